@@ -1,0 +1,221 @@
+"""``JWTAuditMiddleware``: pure ASGI 3 middleware for http and websocket.
+
+Per request it reads a handful of headers, asks the ``Gate`` for a verdict,
+either answers with an RFC 6750 challenge or calls the app with the verified
+token attached to the scope, and emits exactly one audit event: a denial when
+the challenge is sent, an access when the app's response starts (or, if the
+app never starts one, when it returns or raises).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from starlette.authentication import AuthCredentials, BaseUser, UnauthenticatedUser
+
+from ._config import Components
+from .events import WOULD_DENY
+from .policy import Verdict
+from .request import SCOPE_KEY, RequestInfo
+from .settings import Settings
+from .verifier import VerifiedToken
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class JWTUser(BaseUser):
+    """``request.user`` for a verified token (Starlette's ``BaseUser``)."""
+
+    __slots__ = ("token",)
+
+    def __init__(self, token: VerifiedToken) -> None:
+        self.token = token
+
+    @property
+    def is_authenticated(self) -> bool:
+        return True
+
+    @property
+    def display_name(self) -> str:
+        return self.token.subject or ""
+
+    @property
+    def identity(self) -> str:
+        return self.token.subject or ""
+
+    @property
+    def claims(self) -> dict[str, Any]:
+        """The verified claims."""
+        return self.token.claims
+
+    def __repr__(self) -> str:
+        return f"JWTUser(subject={self.token.subject!r})"
+
+
+def attach(scope: Scope, token: VerifiedToken | None) -> None:
+    """Place ``token`` where Starlette and ``get_claims()`` look for it."""
+    scope[SCOPE_KEY] = token
+    if token is None:
+        scope["user"] = UnauthenticatedUser()
+        scope["auth"] = AuthCredentials()
+    else:
+        scope["user"] = JWTUser(token)
+        scope["auth"] = AuthCredentials(sorted(token.scopes))
+
+
+class JWTAuditMiddleware:
+    """ASGI middleware: verify the bearer token, attach claims, audit.
+
+    ``JWTAuditMiddleware(app, settings=None, **options)``; in Starlette and
+    FastAPI, ``app.add_middleware(JWTAuditMiddleware, **options)``.  Handles
+    ``http`` and ``websocket``; every other scope type (``lifespan``) passes
+    through untouched.
+    """
+
+    def __init__(self, app: ASGIApp, settings: Settings | None = None, **options: Any) -> None:
+        self.app = app
+        parts = Components(settings, options)
+        self.settings = parts.settings
+        self._gate = parts.gate
+        self._reader = parts.reader
+        self._audit = parts.audit
+        header = parts.reader.request_id_header
+        self._request_id_header = header.encode("latin-1") if header else None
+        self._forwarding = parts.reader.reads_forwarding
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        protocol = scope["type"]
+        if protocol not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        authorization: list[str] = []
+        user_agent = request_id = forwarded = x_forwarded_for = None
+        rid_header = self._request_id_header
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                authorization.append(value.decode("latin-1"))
+            elif name == b"user-agent":
+                user_agent = value.decode("latin-1")
+            elif name == rid_header:
+                request_id = value.decode("latin-1")
+            elif self._forwarding and name == b"forwarded":
+                forwarded = (
+                    value.decode("latin-1")
+                    if forwarded is None
+                    else f"{forwarded},{value.decode('latin-1')}"
+                )
+            elif self._forwarding and name == b"x-forwarded-for":
+                text = value.decode("latin-1")
+                x_forwarded_for = text if x_forwarded_for is None else f"{x_forwarded_for},{text}"
+        path: str = scope.get("path", "")
+        client = scope.get("client")
+        info = self._reader.info(
+            method=scope.get("method", "GET"),
+            path=path,
+            protocol=protocol,
+            peer=client[0] if client else None,
+            user_agent=user_agent,
+            request_id=request_id,
+            started=started,
+            forwarded=forwarded,
+            x_forwarded_for=x_forwarded_for,
+        )
+        gate = self._gate
+        try:
+            verdict = gate.evaluate(path, authorization)
+            if verdict.pending_revocation:
+                verdict = await gate.resolve_async(verdict)
+        except Exception:  # noqa: BLE001 - a bug of ours must not reach the server
+            verdict = gate.internal_error("JWTAuditMiddleware")
+
+        if not verdict.allow:
+            await self._deny(scope, receive, send, verdict, info)
+            return
+        if verdict.outcome == WOULD_DENY:
+            self._audit.request_event(verdict, info, verdict.status)
+        if verdict.path_kind == "exempt":
+            scope.setdefault("user", UnauthenticatedUser())
+            scope.setdefault("auth", AuthCredentials())
+            scope.setdefault(SCOPE_KEY, None)
+        else:
+            attach(scope, verdict.token)
+        if verdict.outcome == WOULD_DENY:
+            await self.app(scope, receive, send)
+        else:
+            await self._call_app(scope, receive, send, verdict, info)
+
+    async def _call_app(
+        self, scope: Scope, receive: Receive, send: Send, verdict: Verdict, info: RequestInfo
+    ) -> None:
+        audit = self._audit
+        emitted = False
+
+        async def audited_send(message: Message) -> None:
+            nonlocal emitted
+            if not emitted:
+                kind = message["type"]
+                status: int | None = None
+                if kind in ("http.response.start", "websocket.http.response.start"):
+                    status = message["status"]
+                elif kind == "websocket.accept":
+                    status = 101
+                elif kind == "websocket.close":
+                    status = 403  # closed before accept: servers answer 403
+                if status is not None:
+                    emitted = True
+                    try:
+                        await send(message)
+                    finally:
+                        audit.request_event(verdict, info, status)
+                    return
+            await send(message)
+
+        try:
+            await self.app(scope, receive, audited_send)
+        except BaseException:
+            if not emitted:
+                emitted = True
+                audit.request_event(verdict, info, 500)
+            raise
+        if not emitted:
+            audit.request_event(verdict, info, None)
+
+    async def _deny(
+        self, scope: Scope, receive: Receive, send: Send, verdict: Verdict, info: RequestInfo
+    ) -> None:
+        challenge = self._gate.challenge(verdict)
+        status = challenge.status
+        try:
+            if scope["type"] == "http":
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": status,
+                        "headers": list(challenge.headers),
+                    }
+                )
+                await send({"type": "http.response.body", "body": challenge.body})
+            elif (await receive())["type"] == "websocket.connect":
+                if "websocket.http.response" in scope.get("extensions", None) or {}:
+                    await send(
+                        {
+                            "type": "websocket.http.response.start",
+                            "status": status,
+                            "headers": list(challenge.headers),
+                        }
+                    )
+                    await send({"type": "websocket.http.response.body", "body": challenge.body})
+                else:
+                    status = 403  # what servers answer to a close before accept
+                    await send(
+                        {"type": "websocket.close", "code": 1008, "reason": verdict.reason or ""}
+                    )
+        finally:
+            self._audit.request_event(verdict, info, status)

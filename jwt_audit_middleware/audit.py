@@ -1,0 +1,173 @@
+"""Audit events through stdlib logging.
+
+``AuditLogger`` is a ``logging.LoggerAdapter`` on the logger ``jwt_audit``.
+Each event is a dict under one record attribute, ``record.jwt_audit``, so it
+collides with no other library's ``extra`` and no claim can clobber a
+``LogRecord`` field; the message is a short human line built lazily from
+already-cleaned fields.  ``JSONFormatter`` renders a record as one JSON line.
+Formatting and I/O happen in handlers, never in the event builder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+from .events import (
+    ACCESS,
+    DENIAL,
+    DENIED,
+    SCHEMA,
+    clean,
+    clean_list,
+    clean_optional,
+    copy_claims,
+    rfc3339,
+)
+from .policy import Verdict
+from .request import RequestInfo
+
+LOGGER_NAME = "jwt_audit"
+RECORD_ATTRIBUTE = "jwt_audit"
+
+_logger = logging.getLogger(LOGGER_NAME)
+if _logger.level == logging.NOTSET:
+    # Access events are INFO: without this a handler added to "jwt_audit"
+    # alone would inherit the root's WARNING and silently drop them.
+    _logger.setLevel(logging.INFO)
+_logger.addHandler(logging.NullHandler())
+
+_MESSAGE = "%s %s %s %s status=%s reason=%s subject=%s request_id=%s"
+
+
+class AuditLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """The adapter every audit event goes through (logger ``jwt_audit``).
+
+    Unlike the stdlib default before Python 3.13, a call's own ``extra``
+    is merged with the adapter's instead of being dropped.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger | None = None,
+        extra: Mapping[str, object] | None = None,
+        *,
+        log_claims: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(logger or _logger, dict(extra or {}))
+        self.log_claims = log_claims
+
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
+        own = kwargs.get("extra")
+        kwargs["extra"] = {**self.extra, **own} if own else self.extra  # type: ignore[dict-item]
+        return msg, kwargs
+
+    def emit(self, event: dict[str, Any], level: int = logging.INFO) -> None:
+        """Emit one event dict (``record.jwt_audit``) with a one-line message."""
+        logger = self.logger
+        if not logger.isEnabledFor(level):
+            return
+        extra = {**self.extra, RECORD_ATTRIBUTE: event} if self.extra else {RECORD_ATTRIBUTE: event}
+        logger.log(
+            level,
+            _MESSAGE,
+            event["event"],
+            event["outcome"],
+            event.get("method", "-"),
+            event.get("path", "-"),
+            event.get("status"),
+            event.get("reason"),
+            event.get("subject"),
+            event.get("request_id"),
+            extra=extra,
+        )
+
+    def request_event(
+        self,
+        verdict: Verdict,
+        info: RequestInfo,
+        status: int | None,
+        now: float | None = None,
+    ) -> dict[str, Any]:
+        """Build and emit the ``access`` or ``denial`` event of one request."""
+        wall = time.time() if now is None else now
+        claims = verdict.claims
+        is_denial = verdict.reason is not None
+        if claims:
+            subject = clean_optional(claims.get("sub"))
+            issuer = clean_optional(claims.get("iss"))
+            token_id = clean_optional(claims.get("jti"))
+            audience = clean_list(claims.get("aud"))
+            scopes = clean_list(verdict.scopes)
+            logged = copy_claims(claims, self.log_claims) if self.log_claims else {}
+        else:
+            subject = issuer = token_id = None
+            audience, scopes, logged = [], [], {}
+        event = {
+            "schema": SCHEMA,
+            "event": DENIAL if is_denial else ACCESS,
+            "outcome": verdict.outcome,
+            "reason": verdict.reason,
+            "time": rfc3339(wall),
+            "request_id": info.request_id,
+            "method": info.method,
+            "path": info.path,
+            "protocol": info.protocol,
+            "status": status,
+            "duration_ms": round((time.perf_counter() - info.started) * 1000, 3),
+            "client_ip": info.client_ip,
+            "user_agent": info.user_agent,
+            "subject": subject,
+            "issuer": issuer,
+            "token_id": token_id,
+            "audience": audience,
+            "scopes": scopes,
+            "alg": None if verdict.alg is None else clean(verdict.alg, 32),
+            "kid": None if verdict.kid is None else clean(verdict.kid, 64),
+            "token_fingerprint": verdict.fingerprint,
+            "detail": verdict.detail,
+            "claims": logged,
+        }
+        if not is_denial:
+            level = logging.INFO
+        elif verdict.reason == "internal_error":
+            level = logging.ERROR
+        else:
+            level = logging.WARNING if verdict.outcome == DENIED else logging.INFO
+        self.emit(event, level)
+        return event
+
+
+class JSONFormatter(logging.Formatter):
+    """Renders a record as one JSON object on one line.
+
+    An audit record becomes its event plus ``level`` and ``logger``; any other
+    record becomes ``time``, ``level``, ``logger`` and ``message``.  Control
+    characters are escaped by JSON, so a line can never be split.
+    """
+
+    def __init__(self, *, ensure_ascii: bool = False) -> None:
+        super().__init__()
+        self._dumps = json.JSONEncoder(
+            ensure_ascii=ensure_ascii, separators=(",", ":"), default=str
+        ).encode
+
+    def format(self, record: logging.LogRecord) -> str:
+        event = getattr(record, RECORD_ATTRIBUTE, None)
+        if isinstance(event, dict):
+            data = {**event, "level": record.levelname, "logger": record.name}
+        else:
+            data = {
+                "time": rfc3339(record.created),
+                "level": record.levelname,
+                "logger": record.name,
+                "message": clean(record.getMessage(), 4096),
+            }
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return self._dumps(data)

@@ -1,0 +1,186 @@
+"""The audit event (schema ``jwt-audit/1``), the reason codes, and sanitising.
+
+An event is a plain dict built from an allow-list of fields.  Nothing here
+ever sees the raw token except ``fingerprint()``, which hashes it.  Every
+string that came from the client passes through ``clean()``: length-capped and
+with control characters escaped, so it can break neither a JSON line nor a
+plain-text log line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+SCHEMA: Final = "jwt-audit/1"
+
+ACCESS: Final = "access"
+DENIAL: Final = "denial"
+
+ALLOWED: Final = "allowed"
+DENIED: Final = "denied"
+WOULD_DENY: Final = "would_deny"
+
+
+@dataclass(frozen=True, slots=True)
+class ReasonSpec:
+    """How a denial reason is answered: HTTP status, RFC 6750 error, safe text."""
+
+    status: int
+    error: str | None
+    description: str
+
+
+#: The closed, public set of denial reasons (contract §5).
+REASONS: Final[Mapping[str, ReasonSpec]] = {
+    "missing_token": ReasonSpec(401, None, "A bearer token is required."),
+    "unsupported_scheme": ReasonSpec(401, None, "Use the Bearer authorization scheme."),
+    "invalid_request": ReasonSpec(400, "invalid_request", "The Authorization header is malformed."),
+    "token_too_large": ReasonSpec(401, "invalid_token", "The token is too large."),
+    "malformed_token": ReasonSpec(401, "invalid_token", "The token is malformed."),
+    "algorithm_not_allowed": ReasonSpec(
+        401, "invalid_token", "The token's signing algorithm is not accepted."
+    ),
+    "unknown_key": ReasonSpec(401, "invalid_token", "The token's signing key is not known."),
+    "bad_signature": ReasonSpec(401, "invalid_token", "The token's signature is invalid."),
+    "expired": ReasonSpec(401, "invalid_token", "The token has expired."),
+    "not_yet_valid": ReasonSpec(401, "invalid_token", "The token is not valid yet."),
+    "invalid_issuer": ReasonSpec(401, "invalid_token", "The token's issuer is not accepted."),
+    "invalid_audience": ReasonSpec(
+        401, "invalid_token", "The token is not meant for this service."
+    ),
+    "missing_claim": ReasonSpec(401, "invalid_token", "The token lacks a required claim."),
+    "invalid_type": ReasonSpec(401, "invalid_token", "The token's type is not accepted."),
+    "revoked": ReasonSpec(401, "invalid_token", "The token has been revoked."),
+    "insufficient_scope": ReasonSpec(
+        403, "insufficient_scope", "The token lacks the scope this resource requires."
+    ),
+    "key_unavailable": ReasonSpec(503, None, "Signing keys are unavailable; try again later."),
+    "locked_out": ReasonSpec(429, None, "Too many failed attempts; try again later."),
+    "internal_error": ReasonSpec(500, None, "The request could not be authenticated."),
+}
+
+#: Caps for strings that came from the client.
+MAX_PATH = 1024
+MAX_USER_AGENT = 256
+MAX_FIELD = 256
+MAX_LIST_ITEMS = 32
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def clean(value: str, limit: int = MAX_FIELD) -> str:
+    r"""Cap ``value`` at ``limit`` characters and escape non-printable characters.
+
+    Control characters (CR, LF, ESC, ...), line separators and other
+    non-printable code points become ``\\xNN``/``\\uNNNN`` text, so a client
+    string can split neither a JSON line nor a plain-text log line.  The fast
+    path (short and printable, the common case) returns ``value`` itself.
+    Truncation is marked with a trailing ``…``.
+    """
+    if len(value) <= limit and value.isprintable():
+        return value
+    if len(value) > limit:
+        value = value[:limit] + "…"
+    if value.isprintable():
+        return value
+    return "".join(ch if ch.isprintable() else _escape(ch) for ch in value)
+
+
+def clean_optional(value: object, limit: int = MAX_FIELD) -> str | None:
+    """``clean()`` for a value that should be a string; anything else is ``None``."""
+    return clean(value, limit) if isinstance(value, str) else None
+
+
+def clean_list(values: object, limit: int = MAX_FIELD) -> list[str]:
+    """A string or list of strings as a capped list of cleaned strings."""
+    if isinstance(values, str):
+        return [clean(values, limit)]
+    if isinstance(values, (list, tuple, frozenset, set)):
+        items = sorted(values) if isinstance(values, (frozenset, set)) else values
+        return [clean(v, limit) for v in items[:MAX_LIST_ITEMS] if isinstance(v, str)]
+    return []
+
+
+def clean_json(value: Any, depth: int = 0) -> Any:
+    """A JSON value with every string cleaned and depth and size capped."""
+    if isinstance(value, str):
+        return clean(value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if depth >= 4:
+        return "…"
+    if isinstance(value, Mapping):
+        return {
+            clean(str(k), 64): clean_json(v, depth + 1)
+            for k, v in list(value.items())[:MAX_LIST_ITEMS]
+        }
+    if isinstance(value, (list, tuple)):
+        return [clean_json(v, depth + 1) for v in value[:MAX_LIST_ITEMS]]
+    return clean(repr(value))
+
+
+def fingerprint(token: str) -> str:
+    """``sha256:`` + the first 16 hex digits of sha256(token).
+
+    Lets one token be followed across events without storing it.
+    """
+    return "sha256:" + hashlib.sha256(token.encode("ascii", "replace")).hexdigest()[:16]
+
+
+class _Clock:
+    """RFC 3339 UTC timestamps with milliseconds.
+
+    The part up to the second is formatted once per second and kept in one
+    tuple, so threads never see half an update.
+    """
+
+    __slots__ = ("_cached",)
+
+    def __init__(self) -> None:
+        self._cached = (-1, "")
+
+    def format(self, now: float) -> str:
+        second = int(now)
+        cached_second, prefix = self._cached
+        if second != cached_second:
+            prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._cached = (second, prefix)
+        return f"{prefix}.{int((now - second) * 1000):03d}Z"
+
+
+rfc3339 = _Clock().format
+
+
+def copy_claims(claims: Mapping[str, Any] | None, names: Iterable[str]) -> dict[str, Any]:
+    """The ``log_claims`` subset of ``claims``, cleaned."""
+    if not claims:
+        return {}
+    return {name: clean_json(claims[name]) for name in names if name in claims}
+
+
+__all__ = [
+    "ACCESS",
+    "ALLOWED",
+    "DENIAL",
+    "DENIED",
+    "REASONS",
+    "SCHEMA",
+    "WOULD_DENY",
+    "ReasonSpec",
+    "clean",
+    "clean_json",
+    "clean_list",
+    "clean_optional",
+    "copy_claims",
+    "fingerprint",
+    "rfc3339",
+]

@@ -1,0 +1,319 @@
+"""Key sources: key material in, prepared verification keys out.
+
+Everything here runs at start-up (or, for remote key sets, off the request
+path).  Each key is bound to the algorithms its type allows and that the
+configuration allows, so a token can never make an RSA public key act as an
+HMAC secret (the classic algorithm-confusion attack) and an HMAC secret is never
+tried for ``RS256``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from jwt import get_algorithm_by_name
+from jwt.algorithms import Algorithm, get_default_algorithms
+from jwt.exceptions import InvalidKeyError, PyJWKError
+
+from .errors import ConfigurationError
+
+#: Algorithms PyJWT implements, minus ``none``.
+SUPPORTED_ALGORITHMS = frozenset(get_default_algorithms()) - {"none"}
+
+_EC_CURVES = {
+    "ES256": "secp256r1",
+    "ES256K": "secp256k1",
+    "ES384": "secp384r1",
+    "ES512": "secp521r1",
+    "ES521": "secp521r1",
+}
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.+?-----END \1-----", re.DOTALL)
+_MIN_RSA_BITS = 2048
+MAX_KID_LENGTH = 256
+
+
+def is_hmac(alg: str) -> bool:
+    """True for ``HS256``/``HS384``/``HS512``."""
+    return alg.startswith("HS")
+
+
+def algorithms_for_key(key: object, allowed: Iterable[str]) -> frozenset[str]:
+    """The allowed algorithms a prepared key object can verify."""
+    if isinstance(key, bytes):
+        return frozenset(a for a in allowed if is_hmac(a))
+    if isinstance(key, rsa.RSAPublicKey):
+        return frozenset(a for a in allowed if a[:2] in ("RS", "PS"))
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return frozenset(a for a in allowed if _EC_CURVES.get(a) == key.curve.name)
+    if isinstance(key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
+        return frozenset(a for a in allowed if a in ("EdDSA", "Ed25519", "Ed448"))
+    return frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationKey:
+    """A prepared public key (or HMAC secret) and the algorithms it may verify."""
+
+    key: Any
+    algorithms: frozenset[str]
+    kid: str | None = None
+
+    def __repr__(self) -> str:  # never show key material
+        return f"VerificationKey(kid={self.kid!r}, algorithms={sorted(self.algorithms)!r})"
+
+
+class KeyRing:
+    """An immutable set of verification keys, indexed for the hot path.
+
+    ``candidates(alg, kid)`` is one or two dict look-ups.  A token with a
+    ``kid`` is tried against the key with that ``kid`` and against keys that
+    have none (a configured secret or PEM); a token without a ``kid`` against
+    the keys that have none, or the single keyed key of its algorithm.
+    """
+
+    __slots__ = ("_anonymous", "_by_kid", "_single", "algorithms", "keys", "verifiers")
+
+    def __init__(self, keys: Sequence[VerificationKey], algorithms: Iterable[str]) -> None:
+        self.keys = tuple(keys)
+        self.algorithms = frozenset(algorithms)
+        self.verifiers: Mapping[str, Algorithm] = {
+            alg: get_algorithm_by_name(alg) for alg in self.algorithms
+        }
+        by_kid: dict[tuple[str, str], tuple[VerificationKey, ...]] = {}
+        anonymous: dict[str, tuple[VerificationKey, ...]] = {}
+        keyed_per_alg: dict[str, list[VerificationKey]] = {}
+        for key in self.keys:
+            for alg in key.algorithms:
+                if key.kid is None:
+                    anonymous[alg] = (*anonymous.get(alg, ()), key)
+                else:
+                    by_kid[(alg, key.kid)] = (key,)
+                    keyed_per_alg.setdefault(alg, []).append(key)
+        self._anonymous = anonymous
+        self._by_kid = {k: v + anonymous.get(k[0], ()) for k, v in by_kid.items()}
+        self._single = {
+            alg: (*anonymous.get(alg, ()), *(keys if len(keys) == 1 else ()))
+            for alg, keys in keyed_per_alg.items()
+        }
+
+    def candidates(self, alg: str, kid: str | None) -> tuple[VerificationKey, ...]:
+        """The keys to try for a token signed with ``alg`` and naming ``kid``."""
+        if kid is None:
+            return self._single.get(alg) or self._anonymous.get(alg, ())
+        return self._by_kid.get((alg, kid)) or self._anonymous.get(alg, ())
+
+    def usable_algorithms(self) -> frozenset[str]:
+        """Algorithms for which at least one key is present."""
+        return frozenset(alg for key in self.keys for alg in key.algorithms)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __repr__(self) -> str:
+        return f"KeyRing({len(self.keys)} keys, algorithms={sorted(self.algorithms)!r})"
+
+
+def build_keyring(
+    algorithms: Sequence[str],
+    *,
+    secret: bytes | None = None,
+    public_keys: object = None,
+    jwks: object = None,
+    jwks_option: str = "jwks",
+) -> KeyRing:
+    """Validate key material against ``algorithms`` and prepare every key once.
+
+    Raises ``ConfigurationError`` naming the option at fault; messages never
+    contain key material.
+    """
+    for alg in algorithms:
+        if alg.lower() == "none":
+            raise ConfigurationError("algorithms", "'none' is refused: tokens must be signed")
+        if alg not in SUPPORTED_ALGORITHMS:
+            raise ConfigurationError(
+                "algorithms",
+                f"unknown algorithm {alg!r}; use one of {sorted(SUPPORTED_ALGORITHMS)}",
+            )
+    keys: list[VerificationKey] = []
+    if secret is not None:
+        keys.append(_secret_key(secret, algorithms))
+    if public_keys is not None:
+        keys.extend(_pem_keys(public_keys, algorithms))
+    if jwks is not None:
+        try:
+            keys.extend(parse_jwks(jwks, algorithms))
+        except ValueError as exc:
+            raise ConfigurationError(jwks_option, str(exc)) from None
+    if not keys:
+        raise ConfigurationError(
+            "algorithms",
+            "no key configured: set secret, secret_file, public_key, jwks or jwks_file",
+        )
+    ring = KeyRing(keys, algorithms)
+    missing = set(algorithms) - ring.usable_algorithms()
+    if missing:
+        raise ConfigurationError(
+            "algorithms",
+            f"no configured key can verify {sorted(missing)}; remove them or add a key",
+        )
+    return ring
+
+
+def _secret_key(secret: bytes, algorithms: Sequence[str]) -> VerificationKey:
+    hmac_algs = [alg for alg in algorithms if is_hmac(alg)]
+    if not hmac_algs:
+        raise ConfigurationError("secret", "is set but algorithms has no HS256/HS384/HS512")
+    for alg in hmac_algs:
+        verifier = get_algorithm_by_name(alg)
+        try:
+            prepared = verifier.prepare_key(secret)
+        except InvalidKeyError:
+            raise ConfigurationError(
+                "secret", "looks like a PEM/SSH key, certificate or JWK; HMAC needs a random secret"
+            ) from None
+        if verifier.check_key_length(prepared) is not None:
+            minimum = int(alg[2:]) // 8
+            raise ConfigurationError(
+                "secret",
+                f"is {len(secret)} bytes; {alg} needs at least {minimum} (RFC 7518 §3.2)",
+            )
+    return VerificationKey(secret, frozenset(hmac_algs))
+
+
+def _pem_blocks(value: object) -> list[bytes]:
+    items: Sequence[object] = [value] if isinstance(value, (str, bytes)) else value  # type: ignore[assignment]
+    if not isinstance(items, Sequence) or not items:
+        raise ConfigurationError("public_key", "expected a PEM string or a list of PEM strings")
+    blocks: list[bytes] = []
+    for item in items:
+        if not isinstance(item, (str, bytes)):
+            raise ConfigurationError("public_key", "every entry must be a PEM string")
+        data = item.encode() if isinstance(item, str) else item
+        found = [m.group(0) for m in _PEM_BLOCK.finditer(data)]
+        if not found:
+            raise ConfigurationError("public_key", "no PEM block found (-----BEGIN ...-----)")
+        blocks.extend(found)
+    return blocks
+
+
+def _pem_keys(value: object, algorithms: Sequence[str]) -> list[VerificationKey]:
+    keys = []
+    for number, block in enumerate(_pem_blocks(value), 1):
+        label = block[11 : block.index(b"-----", 11)].decode()
+        where = f"PEM block #{number} ({label})"
+        if "PRIVATE" in label:
+            raise ConfigurationError(
+                "public_key", f"{where} is a private key; configure the public key only"
+            )
+        try:
+            if label == "CERTIFICATE":
+                key: object = x509.load_pem_x509_certificate(block).public_key()
+            else:
+                key = load_pem_public_key(block)
+        except ValueError:
+            raise ConfigurationError("public_key", f"{where} cannot be parsed") from None
+        keys.append(_bind("public_key", where, key, algorithms))
+    return keys
+
+
+def _bind(
+    option: str, where: str, key: object, algorithms: Iterable[str], kid: str | None = None
+) -> VerificationKey:
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < _MIN_RSA_BITS:
+        raise ConfigurationError(option, f"{where} is RSA-{key.key_size}; at least 2048 bits")
+    usable = algorithms_for_key(key, algorithms)
+    if not usable:
+        raise ConfigurationError(
+            option, f"{where} is a {_describe(key)} key, which none of the algorithms can use"
+        )
+    return VerificationKey(key, usable, kid)
+
+
+def _describe(key: object) -> str:
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return f"EC {key.curve.name}"
+    return type(key).__name__.replace("PublicKey", "").lstrip("_")
+
+
+_KTY_ALGORITHM = {"RSA": "RS256", "EC": None, "OKP": "EdDSA", "oct": "HS256"}
+_EC_BY_CRV = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512", "secp256k1": "ES256K"}
+
+
+def parse_jwks(document: object, algorithms: Iterable[str]) -> list[VerificationKey]:
+    """Parse a JWKS (mapping or JSON text) into keys usable with ``algorithms``.
+
+    Keys for other uses (``use`` other than ``sig``, ``key_ops`` without
+    ``verify``), of types none of the algorithms can use, or whose ``alg`` is
+    not allowed are skipped.  A private key, a duplicate ``kid`` or a key that
+    does not parse is an error (``ValueError`` with a message safe to log).
+    """
+    allowed = frozenset(algorithms)
+    if isinstance(document, (str, bytes)):
+        try:
+            document = json.loads(document)
+        except (ValueError, RecursionError):
+            raise ValueError("is not valid JSON") from None
+    if not isinstance(document, Mapping) or not isinstance(document.get("keys"), list):
+        raise ValueError('expected a JWKS document: {"keys": [...]}')
+    keys: list[VerificationKey] = []
+    seen: set[str] = set()
+    for number, jwk in enumerate(document["keys"], 1):
+        where = f"key #{number}"
+        if not isinstance(jwk, Mapping):
+            raise ValueError(f"{where} is not a JSON object")
+        kid = jwk.get("kid")
+        if kid is not None:
+            if not isinstance(kid, str) or not kid or len(kid) > MAX_KID_LENGTH:
+                raise ValueError(f"{where} has an invalid kid")
+            if kid in seen:
+                raise ValueError(f"{where}: duplicate kid")
+            seen.add(kid)
+            where = f"key #{number} (kid {kid[:64]!r})"
+        key = _jwk_key(jwk, allowed, where)
+        if key is not None:
+            keys.append(VerificationKey(key[0], key[1], kid))
+    if not keys:
+        raise ValueError(f"has no signing key usable with {sorted(allowed)}")
+    return keys
+
+
+def _jwk_key(
+    jwk: Mapping[str, Any], allowed: frozenset[str], where: str
+) -> tuple[object, frozenset[str]] | None:
+    if jwk.get("use", "sig") != "sig":
+        return None
+    key_ops = jwk.get("key_ops")
+    if key_ops is not None and (not isinstance(key_ops, list) or "verify" not in key_ops):
+        return None
+    kty = jwk.get("kty")
+    if kty not in _KTY_ALGORITHM:
+        return None
+    if "d" in jwk or any(p in jwk for p in ("p", "q", "dp", "dq", "qi")):
+        raise ValueError(f"{where} is a private key; publish public keys only")
+    loader_alg = _EC_BY_CRV.get(jwk.get("crv", "")) if kty == "EC" else _KTY_ALGORITHM[kty]
+    if loader_alg is None:
+        return None
+    try:
+        key = get_algorithm_by_name(loader_alg).from_jwk(dict(jwk))
+    except (InvalidKeyError, PyJWKError, ValueError, TypeError, KeyError):
+        raise ValueError(f"{where} cannot be parsed") from None
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < _MIN_RSA_BITS:
+        raise ValueError(f"{where} is RSA-{key.key_size}; at least 2048 bits")
+    usable = algorithms_for_key(key, allowed)
+    alg = jwk.get("alg")
+    if alg is not None:
+        usable = usable & {alg}
+    if not usable:
+        return None
+    if isinstance(key, bytes):
+        for hs in usable:
+            if len(key) < int(hs[2:]) // 8:
+                raise ValueError(f"{where} is too short for {hs} (RFC 7518 §3.2)")
+    return key, usable

@@ -1,0 +1,302 @@
+"""Request policy: which paths need a token, which scopes, and the verdict.
+
+``Gate.evaluate()`` is the one decision every adapter (ASGI, WSGI, Django,
+Flask) calls: path and ``Authorization`` values in, a ``Verdict`` out.  The
+revocation hook, the only step that may do I/O, is resolved separately by
+``resolve_sync()`` / ``resolve_async()`` so each adapter can run it the way
+its world requires.  Challenges (status, headers, body) are built here once per
+reason at start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Final
+
+import anyio.to_thread
+from asgiref.sync import async_to_sync
+
+from .errors import Denied
+from .events import ALLOWED, DENIED, REASONS, WOULD_DENY, fingerprint
+from .settings import Settings
+from .verifier import VerifiedToken, Verifier
+
+internal_logger = logging.getLogger("jwt_audit.internal")
+
+EXEMPT: Final = "exempt"
+OPTIONAL: Final = "optional"
+REQUIRED: Final = "required"
+
+
+def normalise_path(path: str) -> str:
+    """Resolve ``.``/``..`` segments and collapse ``//`` (RFC 3986 §5.2.4)."""
+    if "/." not in path and "//" not in path:
+        return path
+    out: list[str] = []
+    for segment in path.split("/"):
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if out:
+                out.pop()
+        else:
+            out.append(segment)
+    trailing = "/" if path.endswith(("/", "/.", "/..")) and out else ""
+    return "/" + "/".join(out) + trailing
+
+
+class _Prefixes:
+    """Path prefixes matched on segment boundaries: ``/a`` matches ``/a``, ``/a/b``, not ``/ab``."""
+
+    __slots__ = ("_exact", "_prefixes")
+
+    def __init__(self, paths: tuple[str, ...]) -> None:
+        stripped = [p.rstrip("/") for p in paths]
+        self._exact = frozenset(p or "/" for p in stripped)
+        self._prefixes = tuple(p + "/" for p in stripped)
+
+    def __contains__(self, path: object) -> bool:
+        return isinstance(path, str) and (path in self._exact or path.startswith(self._prefixes))
+
+
+class PathPolicy:
+    """Compiled ``exempt_paths``, ``optional_paths`` and ``path_scopes``.
+
+    A path with dot segments or empty segments is first normalised the way a
+    proxy or router might; it is never exempt or optional (a ``/health/../admin``
+    trick cannot skip authentication) and needs the scopes of both forms.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._exempt = _Prefixes(tuple(settings.exempt_paths))
+        self._optional = _Prefixes(tuple(settings.optional_paths))
+        rules = sorted(settings.path_scopes.items(), key=lambda item: -len(item[0]))
+        self._scopes = tuple((_Prefixes((prefix,)), tuple(scopes)) for prefix, scopes in rules)
+        self._has_scopes = bool(rules)
+
+    def kind(self, path: str) -> str:
+        """``exempt``, ``optional`` or ``required``."""
+        if normalise_path(path) != path:
+            return REQUIRED
+        if path in self._exempt:
+            return EXEMPT
+        if path in self._optional:
+            return OPTIONAL
+        return REQUIRED
+
+    def required_scopes(self, path: str) -> tuple[str, ...]:
+        """The scopes of the longest matching ``path_scopes`` prefix (of both forms)."""
+        if not self._has_scopes:
+            return ()
+        required: dict[str, None] = {}
+        for candidate in {path, normalise_path(path)}:
+            for prefixes, scopes in self._scopes:
+                if candidate in prefixes:
+                    required.update(dict.fromkeys(scopes))
+                    break
+        return tuple(required)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What to do with one request.
+
+    ``allow`` says whether the app is called.  ``token`` is set when a token
+    verified (also for a would-be ``insufficient_scope`` in report-only mode).
+    ``claims`` carries verified claims for the event even on a denial that
+    came after the signature check (``expired``, ``invalid_audience`` ...).
+    """
+
+    allow: bool
+    outcome: str
+    reason: str | None = None
+    status: int | None = None
+    detail: str | None = None
+    token: VerifiedToken | None = None
+    fingerprint: str | None = None
+    alg: str | None = None
+    kid: str | None = None
+    claims: Mapping[str, Any] | None = None
+    scopes: frozenset[str] = frozenset()
+    required_scopes: tuple[str, ...] = ()
+    path_kind: str = REQUIRED
+    pending_revocation: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    """An RFC 6750 error response: status, headers, JSON body."""
+
+    status: int
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
+
+
+class Gate:
+    """The single verification path shared by every adapter."""
+
+    def __init__(self, settings: Settings, verifier: Verifier | None = None) -> None:
+        self.settings = settings
+        self.verifier = verifier or Verifier(settings)
+        self.paths = PathPolicy(settings)
+        self.report_only = settings.mode == "report-only"
+        self.revocation_check = settings.revocation_check
+        self.revocation_is_async = settings.revocation_is_async
+        self._challenges = {reason: self._challenge(reason, ()) for reason in REASONS}
+        self._exempt = Verdict(True, ALLOWED, path_kind=EXEMPT)
+        self._anonymous = Verdict(True, ALLOWED, path_kind=OPTIONAL)
+
+    # -- decisions ---------------------------------------------------------
+
+    def evaluate(self, path: str, authorization: list[str]) -> Verdict:
+        """Everything but the revocation hook: path rules, token, claims, scopes."""
+        kind = self.paths.kind(path)
+        if kind == EXEMPT:
+            return self._exempt
+        try:
+            token_text = self.verifier.token_from_headers(authorization)
+        except Denied as denied:
+            if kind == OPTIONAL and denied.reason == "missing_token":
+                return self._anonymous
+            return self.deny(denied, None, kind)
+        digest = fingerprint(token_text)
+        try:
+            token = self.verifier.verify(token_text, digest)
+        except Denied as denied:
+            return self.deny(denied, digest, kind)
+        required = self.paths.required_scopes(path)
+        if required and not token.scopes.issuperset(required):
+            lacking = Denied(
+                "insufficient_scope",
+                "the token lacks a required scope",
+                alg=token.alg,
+                kid=token.kid,
+                claims=token.claims,
+                required_scopes=required,
+            )
+            return self.deny(lacking, digest, kind, token=token)
+        return Verdict(
+            True,
+            ALLOWED,
+            token=token,
+            fingerprint=digest,
+            alg=token.alg,
+            kid=token.kid,
+            claims=token.claims,
+            scopes=token.scopes,
+            path_kind=kind,
+            pending_revocation=self.revocation_check is not None,
+        )
+
+    def deny(
+        self,
+        denied: Denied,
+        digest: str | None,
+        kind: str = REQUIRED,
+        token: VerifiedToken | None = None,
+    ) -> Verdict:
+        """The verdict for a denial, or a would-deny in report-only mode."""
+        return Verdict(
+            self.report_only,
+            WOULD_DENY if self.report_only else DENIED,
+            reason=denied.reason,
+            status=REASONS[denied.reason].status,
+            detail=denied.detail,
+            token=token if self.report_only else None,
+            fingerprint=digest,
+            alg=denied.alg,
+            kid=denied.kid,
+            claims=denied.claims,
+            scopes=self.verifier.scopes(denied.claims) if denied.claims else frozenset(),
+            required_scopes=denied.required_scopes,
+            path_kind=kind,
+        )
+
+    def internal_error(self, where: str) -> Verdict:
+        """Log the current exception on ``jwt_audit.internal``; fail closed."""
+        internal_logger.error("jwt_audit: internal error in %s", where, exc_info=True)
+        return self.deny(Denied("internal_error", "internal error"), None)
+
+    def _after_revocation(self, verdict: Verdict, revoked: object) -> Verdict:
+        if revoked is True or (revoked and not isinstance(revoked, bool)):
+            denied = Denied(
+                "revoked",
+                "the token has been revoked",
+                alg=verdict.alg,
+                kid=verdict.kid,
+                claims=verdict.claims,
+            )
+            return self.deny(denied, verdict.fingerprint, verdict.path_kind)
+        return _replace_pending(verdict)
+
+    def resolve_sync(self, verdict: Verdict) -> Verdict:
+        """Run the revocation hook from synchronous code (WSGI)."""
+        if not verdict.pending_revocation:
+            return verdict
+        check: Callable[..., Any] = self.revocation_check  # type: ignore[assignment]
+        assert verdict.token is not None
+        try:
+            if self.revocation_is_async:
+                revoked = async_to_sync(check)(verdict.token.claims)
+            else:
+                revoked = check(verdict.token.claims)
+        except Exception:  # noqa: BLE001 - fail closed, with a traceback
+            return self.internal_error("revocation_check")
+        return self._after_revocation(verdict, revoked)
+
+    async def resolve_async(self, verdict: Verdict) -> Verdict:
+        """Run the revocation hook from an event loop (ASGI).
+
+        An ``async def`` hook is awaited; a plain function runs in a worker
+        thread, since it may well do I/O (a database or Redis look-up).
+        """
+        if not verdict.pending_revocation:
+            return verdict
+        check: Callable[..., Any] = self.revocation_check  # type: ignore[assignment]
+        assert verdict.token is not None
+        try:
+            if self.revocation_is_async:
+                revoked = await check(verdict.token.claims)
+            else:
+                revoked = await anyio.to_thread.run_sync(check, verdict.token.claims)
+        except Exception:  # noqa: BLE001 - fail closed, with a traceback
+            return self.internal_error("revocation_check")
+        return self._after_revocation(verdict, revoked)
+
+    # -- responses ---------------------------------------------------------
+
+    def challenge(self, verdict: Verdict) -> Challenge:
+        """The RFC 6750 response for a denied verdict."""
+        reason = verdict.reason or "internal_error"
+        if verdict.required_scopes:
+            return self._challenge(reason, verdict.required_scopes)
+        return self._challenges[reason]
+
+    def _challenge(self, reason: str, scopes: tuple[str, ...]) -> Challenge:
+        spec = REASONS[reason]
+        params = [f'realm="{self.settings.realm}"']
+        if spec.error is not None:
+            params.append(f'error="{spec.error}"')
+            params.append(f'error_description="{spec.description}"')
+        if scopes:
+            params.append(f'scope="{" ".join(scopes)}"')
+        body = json.dumps(
+            {"error": spec.error or reason, "error_description": spec.description},
+            separators=(",", ":"),
+        ).encode()
+        headers = [
+            (b"www-authenticate", ("Bearer " + ", ".join(params)).encode("latin-1")),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+        ]
+        if reason == "locked_out":
+            headers.append((b"retry-after", b"60"))
+        return Challenge(spec.status, tuple(headers), body)
+
+
+def _replace_pending(verdict: Verdict) -> Verdict:
+    return replace(verdict, pending_revocation=False)

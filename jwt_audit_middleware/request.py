@@ -1,0 +1,143 @@
+"""What the middleware reads from a request and leaves on it.
+
+``RequestReader`` turns the few raw values an adapter pulls out of a scope or
+environ into a ``RequestInfo`` for the audit event: the client address
+(believing forwarding headers only from ``trusted_proxies``), a sane request
+id, and cleaned method, path and user agent.  ``get_claims()`` finds the
+verified claims again on any kind of request object.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .events import MAX_PATH, MAX_USER_AGENT, clean
+from .settings import Settings
+from .verifier import VerifiedToken
+
+#: Where the verified token lives in an ASGI scope, a WSGI environ, a request.
+SCOPE_KEY = "jwt_audit"
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=\-]{1,128}")
+_FORWARDED_FOR = re.compile(r'(?:^|[;,\s])for=("?)([^;,"]*)\1', re.IGNORECASE)
+_IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(slots=True)
+class RequestInfo:
+    """The request-side fields of an audit event, already cleaned."""
+
+    method: str
+    path: str
+    protocol: str
+    client_ip: str
+    user_agent: str | None
+    request_id: str
+    started: float
+
+
+def _parse_ip(text: str) -> _IPAddress | None:
+    text = text.strip()
+    if text.startswith("["):  # "[2001:db8::1]:4711"
+        text = text[1 : text.find("]")]
+    elif text.count(":") == 1:  # "192.0.2.1:8080"
+        text = text.partition(":")[0]
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+class RequestReader:
+    """Builds ``RequestInfo`` under one configuration (proxies, id header)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._trusted: tuple[_IPNetwork, ...] = tuple(
+            ipaddress.ip_network(net, strict=False) for net in settings.trusted_proxies
+        )
+        self.request_id_header = settings.request_id_header
+        self.reads_forwarding = bool(self._trusted)
+
+    def info(
+        self,
+        *,
+        method: str,
+        path: str,
+        protocol: str,
+        peer: str | None,
+        user_agent: str | None,
+        request_id: str | None,
+        started: float,
+        forwarded: str | None = None,
+        x_forwarded_for: str | None = None,
+    ) -> RequestInfo:
+        """A ``RequestInfo`` from raw header values (``None`` when absent)."""
+        if request_id is None or not _REQUEST_ID.fullmatch(request_id):
+            request_id = os.urandom(16).hex()
+        return RequestInfo(
+            method=clean(method, 16),
+            path=clean(path, MAX_PATH),
+            protocol=protocol,
+            client_ip=self.client_ip(peer, forwarded, x_forwarded_for),
+            user_agent=None if user_agent is None else clean(user_agent, MAX_USER_AGENT),
+            request_id=request_id,
+            started=started,
+        )
+
+    def client_ip(
+        self, peer: str | None, forwarded: str | None, x_forwarded_for: str | None
+    ) -> str:
+        """The client address.
+
+        The peer's address, or, when the peer is a trusted proxy, the first
+        untrusted hop of ``Forwarded`` (RFC 7239) or ``X-Forwarded-For``,
+        read from the right.
+        """
+        if peer is None:
+            return "unknown"
+        if not self._trusted or not self._is_trusted(_parse_ip(peer)):
+            return clean(peer, 64)
+        if forwarded:
+            hops = [m.group(2) for m in _FORWARDED_FOR.finditer(forwarded)]
+        elif x_forwarded_for:
+            hops = x_forwarded_for.split(",")
+        else:
+            return clean(peer, 64)
+        client = peer
+        for hop in reversed(hops):
+            address = _parse_ip(hop)
+            if address is None:
+                break  # "unknown", an obfuscated id or garbage: stop at the last trusted hop
+            client = str(address)
+            if not self._is_trusted(address):
+                break
+        return clean(client, 64)
+
+    def _is_trusted(self, address: _IPAddress | None) -> bool:
+        return address is not None and any(address in net for net in self._trusted)
+
+
+def get_claims(obj: Any) -> dict[str, Any] | None:
+    """The verified claims of a request, or ``None``.
+
+    Accepts an ASGI scope, a WSGI environ, a Starlette ``Request`` or
+    ``WebSocket``, a Django ``HttpRequest`` or a Flask/Werkzeug request.
+    """
+    token: object = None
+    if isinstance(obj, Mapping):
+        token = obj.get(SCOPE_KEY)
+    else:
+        token = getattr(obj, SCOPE_KEY, None)  # Django: request.jwt_audit
+        if not isinstance(token, VerifiedToken):
+            for attribute in ("scope", "environ", "META"):
+                carrier = getattr(obj, attribute, None)
+                if isinstance(carrier, Mapping) and SCOPE_KEY in carrier:
+                    token = carrier[SCOPE_KEY]
+                    break
+    return token.claims if isinstance(token, VerifiedToken) else None

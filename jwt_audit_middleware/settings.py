@@ -1,0 +1,386 @@
+"""Settings: the validated, immutable configuration of the middleware.
+
+Every option of the contract is a keyword-only field.  Validation runs once, at
+construction; afterwards the object is frozen and the verifier only reads it.
+Values are normalised on the way in (lists become tuples, paths are checked,
+``secret_file`` is read), so nothing downstream has to guess their shape.
+"""
+
+from __future__ import annotations
+
+import datetime
+import difflib
+import functools
+import importlib
+import inspect
+import ipaddress
+import json
+import os
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
+from typing import Any, ClassVar, Literal
+
+from .errors import ConfigurationError
+from .keys import KeyRing, build_keyring
+
+RevocationCheck = Callable[[Mapping[str, Any]], "bool | Awaitable[bool]"]
+Mode = Literal["enforce", "report-only"]
+
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_SECRET_OPTIONS = frozenset({"secret", "jwks"})
+
+
+def _fail(option: str, message: str) -> ConfigurationError:
+    return ConfigurationError(option, message)
+
+
+def _strings(option: str, value: object, *, allow_empty: bool = True) -> tuple[str, ...]:
+    """A string or a sequence of strings, as a tuple without duplicates."""
+    if isinstance(value, str):
+        items: tuple[object, ...] = (value,)
+    elif isinstance(value, Sequence) and not isinstance(value, (bytes, bytearray)):
+        items = tuple(value)
+    else:
+        raise _fail(option, f"expected a string or a list of strings, got {type(value).__name__}")
+    for item in items:
+        if not isinstance(item, str) or not item:
+            raise _fail(option, "every entry must be a non-empty string")
+    if not items and not allow_empty:
+        raise _fail(option, "must not be empty")
+    return tuple(dict.fromkeys(items))  # type: ignore[arg-type,unused-ignore]
+
+
+def _optional_strings(option: str, value: object) -> tuple[str, ...] | None:
+    return None if value is None else _strings(option, value, allow_empty=False)
+
+
+def _paths(option: str, value: object) -> tuple[str, ...]:
+    paths = _strings(option, value)
+    for path in paths:
+        if not path.startswith("/"):
+            raise _fail(option, f"paths must start with '/': {path!r}")
+    return paths
+
+
+def _number(option: str, value: object, *, minimum: float, integer: bool = False) -> float:
+    if isinstance(value, datetime.timedelta) and not integer:
+        value = value.total_seconds()
+    ok_types = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, ok_types):
+        kind = "an integer" if integer else "a number of seconds"
+        raise _fail(option, f"expected {kind}, got {type(value).__name__}")
+    if not minimum <= value < float("inf"):  # also false for NaN
+        raise _fail(option, f"must be a finite number >= {minimum}")
+    return value
+
+
+def _import_callable(option: str, value: object) -> RevocationCheck | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        module_name, _, attribute = value.partition(":")
+        if not attribute:
+            module_name, _, attribute = value.rpartition(".")
+        try:
+            target: object = importlib.import_module(module_name)
+            for part in attribute.split("."):
+                target = getattr(target, part)
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise _fail(option, f"cannot import {value!r} ({type(exc).__name__})") from None
+        value = target
+    if not callable(value):
+        raise _fail(option, "expected a callable (claims) -> bool, sync or async")
+    return value
+
+
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+
+
+def _scope_list(option: str, value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = value.split()
+    scopes = _strings(option, value, allow_empty=False)
+    for scope in scopes:
+        if not _SCOPE_TOKEN.fullmatch(scope):
+            raise _fail(option, f"{scope!r} is not a scope token (RFC 6749 §3.3)")
+    return scopes
+
+
+def is_async_callable(func: object) -> bool:
+    """True for ``async def`` functions and objects with an ``async def __call__``."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
+        getattr(func, "__call__", None)  # noqa: B004 - we want the method itself
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Validated, immutable configuration.
+
+    Build it from keyword arguments, ``Settings.from_mapping()`` (Django's
+    ``JWT_AUDIT = {...}``, Flask config) or ``Settings.from_env()``.  Unknown or
+    invalid options raise ``ConfigurationError`` here, naming the option, so a
+    misconfigured service fails at start-up rather than on its first request.
+    ``repr()`` never shows a secret.
+    """
+
+    algorithms: Sequence[str]
+    secret: str | bytes | None = None
+    secret_file: str | os.PathLike[str] | None = None
+    public_key: str | bytes | Sequence[str | bytes] | None = None
+    jwks: Mapping[str, Any] | str | None = None
+    jwks_file: str | os.PathLike[str] | None = None
+    issuer: str | Sequence[str] | None = None
+    audience: str | Sequence[str] | None = None
+    leeway: float | datetime.timedelta = 0
+    required_claims: Sequence[str] = ("exp",)
+    token_type: str | None = None
+    max_token_bytes: int = 8192
+    exempt_paths: Sequence[str] = ()
+    optional_paths: Sequence[str] = ()
+    path_scopes: Mapping[str, Sequence[str] | str] = field(default_factory=dict)
+    scopes_claim: str | None = None
+    mode: Mode = "enforce"
+    revocation_check: RevocationCheck | str | None = None
+    trusted_proxies: Sequence[str] = ()
+    request_id_header: str | None = "x-request-id"
+    log_claims: Sequence[str] = ()
+    realm: str = "api"
+
+    keyring: KeyRing = field(init=False, repr=False, compare=False)
+    """The prepared keys, parsed once from ``secret``/``public_key``/``jwks``."""
+
+    _ENV_KINDS: ClassVar[Mapping[str, str]] = {
+        "algorithms": "list",
+        "issuer": "list",
+        "audience": "list",
+        "required_claims": "list",
+        "exempt_paths": "list",
+        "optional_paths": "list",
+        "trusted_proxies": "list",
+        "log_claims": "list",
+        "leeway": "float",
+        "max_token_bytes": "int",
+        "path_scopes": "json",
+    }
+
+    def __new__(cls, **options: object) -> Settings:
+        cls._check_names(options)
+        return super().__new__(cls)
+
+    @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        """The names of every option ``Settings`` accepts."""
+        return tuple(f.name for f in fields(cls) if f.init)
+
+    @classmethod
+    def _check_names(cls, options: Mapping[str, object]) -> None:
+        valid = cls.option_names()
+        for name in options:
+            if name not in valid:
+                close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ConfigurationError(name, f"unknown option{hint}")
+        if "algorithms" not in options:
+            raise ConfigurationError("algorithms", "is required, e.g. algorithms=['RS256']")
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any]) -> Settings:
+        """Settings from a mapping such as Django's ``JWT_AUDIT = {...}``.
+
+        Keys are case-insensitive (``"ALGORITHMS"`` and ``"algorithms"`` both
+        work); ``revocation_check`` may be an import string (``"pkg.mod:func"``).
+        """
+        if not isinstance(mapping, Mapping):
+            raise ConfigurationError("JWT_AUDIT", "expected a mapping of options")
+        options: dict[str, Any] = {}
+        for key, value in mapping.items():
+            if not isinstance(key, str):
+                raise ConfigurationError(repr(key), "option names must be strings")
+            options[key.lower()] = value
+        return cls(**options)
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, prefix: str = "JWT_AUDIT_"
+    ) -> Settings:
+        """Settings from environment variables: ``JWT_AUDIT_ALGORITHMS=RS256`` …
+
+        Lists are comma-separated (or a JSON array); ``PATH_SCOPES`` and
+        ``JWKS`` are JSON; ``REVOCATION_CHECK`` is an import string.  An
+        unknown ``JWT_AUDIT_*`` variable is an error, like an unknown option.
+        """
+        environ = os.environ if environ is None else environ
+        options: dict[str, Any] = {}
+        for variable, raw in environ.items():
+            if not variable.startswith(prefix):
+                continue
+            name = variable[len(prefix) :].lower()
+            options[name] = cls._parse_env(variable, name, raw)
+        return cls(**options)
+
+    @classmethod
+    def _parse_env(cls, variable: str, name: str, raw: str) -> object:
+        kind = cls._ENV_KINDS.get(name, "str")
+        text = raw.strip()
+        try:
+            if kind == "list":
+                if text.startswith("["):
+                    return json.loads(text)
+                items = [item.strip() for item in text.split(",") if item.strip()]
+                return items[0] if len(items) == 1 and name in ("issuer", "audience") else items
+            if kind == "float":
+                return float(text)
+            if kind == "int":
+                return int(text)
+            if kind == "json":
+                return json.loads(text)
+        except ValueError:
+            raise ConfigurationError(variable, f"cannot parse the value as {kind}") from None
+        if name in _SECRET_OPTIONS or name == "public_key":
+            return raw  # key material is taken verbatim
+        return text or None
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        algorithms = _strings("algorithms", self.algorithms, allow_empty=False)
+        set_(self, "algorithms", algorithms)
+
+        secret = self.secret
+        if self.secret_file is not None:
+            if secret is not None:
+                raise _fail("secret_file", "give either secret or secret_file, not both")
+            try:
+                with open(self.secret_file, "rb") as handle:
+                    secret = handle.read().rstrip(b"\r\n")
+            except OSError as exc:
+                raise _fail("secret_file", f"cannot read the file ({exc.strerror})") from None
+        if isinstance(secret, str):
+            secret = secret.encode()
+        if secret is not None and not isinstance(secret, bytes):
+            raise _fail("secret", "expected str or bytes")
+        set_(self, "secret", secret)
+
+        if self.jwks is not None and self.jwks_file is not None:
+            raise _fail("jwks_file", "give either jwks or jwks_file, not both")
+        jwks: object = self.jwks
+        if self.jwks_file is not None:
+            try:
+                with open(self.jwks_file, "rb") as handle:
+                    jwks = handle.read().decode("utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise _fail("jwks_file", f"cannot read the file ({type(exc).__name__})") from None
+        if isinstance(jwks, Mapping):
+            set_(self, "jwks", MappingProxyType(dict(jwks)))
+
+        set_(
+            self,
+            "keyring",
+            build_keyring(
+                algorithms,
+                secret=secret,
+                public_keys=self.public_key,
+                jwks=jwks,
+                jwks_option="jwks_file" if self.jwks_file is not None else "jwks",
+            ),
+        )
+        if self.public_key is not None and not isinstance(self.public_key, (str, bytes)):
+            set_(self, "public_key", tuple(self.public_key))
+
+        set_(self, "issuer", _optional_strings("issuer", self.issuer))
+        set_(self, "audience", _optional_strings("audience", self.audience))
+        set_(self, "leeway", _number("leeway", self.leeway, minimum=0))
+        set_(self, "required_claims", _strings("required_claims", self.required_claims))
+        set_(self, "token_type", self._token_type())
+        set_(
+            self,
+            "max_token_bytes",
+            int(_number("max_token_bytes", self.max_token_bytes, minimum=64, integer=True)),
+        )
+        set_(self, "exempt_paths", _paths("exempt_paths", self.exempt_paths))
+        set_(self, "optional_paths", _paths("optional_paths", self.optional_paths))
+        set_(self, "path_scopes", self._path_scopes())
+        if self.scopes_claim is not None and (
+            not isinstance(self.scopes_claim, str) or not self.scopes_claim
+        ):
+            raise _fail("scopes_claim", "expected a claim name")
+        if self.mode not in ("enforce", "report-only"):
+            raise _fail("mode", f"expected 'enforce' or 'report-only', got {self.mode!r}")
+        set_(self, "revocation_check", _import_callable("revocation_check", self.revocation_check))
+        set_(self, "trusted_proxies", self._trusted_proxies())
+        set_(self, "request_id_header", self._request_id_header())
+        set_(self, "log_claims", _strings("log_claims", self.log_claims))
+        if (
+            not isinstance(self.realm, str)
+            or not self.realm.isprintable()
+            or '"' in self.realm
+            or "\\" in self.realm
+        ):
+            raise _fail("realm", "expected printable text without quotes or backslashes")
+
+    def _token_type(self) -> str | None:
+        value = self.token_type
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise _fail("token_type", "expected a media type such as 'at+jwt'")
+        return normalise_media_type(value)
+
+    def _path_scopes(self) -> Mapping[str, tuple[str, ...]]:
+        if not isinstance(self.path_scopes, Mapping):
+            raise _fail("path_scopes", "expected a mapping {path prefix: [scope, ...]}")
+        rules: dict[str, tuple[str, ...]] = {}
+        for prefix, scopes in self.path_scopes.items():
+            (path,) = _paths("path_scopes", prefix)
+            rules[path] = _scope_list("path_scopes", scopes)
+        return MappingProxyType(rules)
+
+    def _trusted_proxies(self) -> tuple[str, ...]:
+        entries = _strings("trusted_proxies", self.trusted_proxies)
+        for entry in entries:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise _fail("trusted_proxies", f"not an IP network: {entry!r}") from None
+        return entries
+
+    def _request_id_header(self) -> str | None:
+        value = self.request_id_header
+        if value is None:
+            return None
+        if not isinstance(value, str) or not _HEADER_NAME.match(value):
+            raise _fail("request_id_header", "expected an HTTP header name")
+        return value.lower()
+
+    @property
+    def revocation_is_async(self) -> bool:
+        """Whether ``revocation_check`` must be awaited."""
+        return is_async_callable(self.revocation_check)
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in fields(self):
+            if not f.repr:
+                continue
+            value = getattr(self, f.name)
+            if value is None or value in (f.default, ()):
+                continue
+            if f.name in _SECRET_OPTIONS:
+                value = "<redacted>"
+            shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
+    __str__ = __repr__
+
+
+def normalise_media_type(value: str) -> str:
+    """``application/at+JWT`` -> ``at+jwt`` (RFC 7515 §4.1.9 allows either form)."""
+    value = value.strip().lower()
+    return value[len("application/") :] if value.startswith("application/") else value
+
+
+__all__ = ["Mode", "RevocationCheck", "Settings", "is_async_callable"]

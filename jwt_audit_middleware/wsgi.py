@@ -1,0 +1,155 @@
+"""``JWTAuditWSGIMiddleware``: PEP 3333 middleware.
+
+The same verdict as the ASGI middleware, translated into a WSGI call.  The
+access event is emitted when the server closes the response iterable, with
+the status the app passed to ``start_response``; the inner iterable's
+``close()`` is always called.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable, Iterator
+from http import HTTPStatus
+from types import TracebackType
+from typing import Any
+
+from ._config import Components
+from .events import WOULD_DENY
+from .policy import Verdict
+from .request import SCOPE_KEY, RequestInfo
+from .settings import Settings
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
+StartResponse = Callable[..., Callable[[bytes], object]]
+Environ = dict[str, Any]
+WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+
+
+def _status_line(status: int) -> str:
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return str(status)
+
+
+def _wsgi_path(environ: Environ) -> str:
+    """``SCRIPT_NAME + PATH_INFO`` as the client sent it (PEP 3333 strings are latin-1)."""
+    raw: str = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+    if raw.isascii():
+        return raw
+    try:
+        return raw.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return raw
+
+
+class _AuditedResponse:
+    """The app's iterable; ``close()`` closes it, then emits the access event once."""
+
+    __slots__ = ("_done", "_iterable", "_on_close")
+
+    def __init__(self, iterable: Iterable[bytes], on_close: Callable[[], None]) -> None:
+        self._iterable = iterable
+        self._on_close = on_close
+        self._done = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._iterable)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._iterable, "close", None)
+            if close is not None:
+                close()
+        finally:
+            if not self._done:
+                self._done = True
+                self._on_close()
+
+
+class JWTAuditWSGIMiddleware:
+    """WSGI middleware: verify the bearer token, attach claims, audit.
+
+    ``JWTAuditWSGIMiddleware(app, settings=None, **options)``; in Flask,
+    ``app.wsgi_app = JWTAuditWSGIMiddleware(app.wsgi_app, ...)``.  Verified
+    tokens are placed at ``environ["jwt_audit"]`` and ``REMOTE_USER`` is set
+    to the token's ``sub``.
+    """
+
+    def __init__(self, app: WSGIApp, settings: Settings | None = None, **options: Any) -> None:
+        self.app = app
+        parts = Components(settings, options)
+        self.settings = parts.settings
+        self._gate = parts.gate
+        self._reader = parts.reader
+        self._audit = parts.audit
+        header = parts.reader.request_id_header
+        self._request_id_key = "HTTP_" + header.upper().replace("-", "_") if header else None
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        started = time.perf_counter()
+        authorization = environ.get("HTTP_AUTHORIZATION")
+        path = _wsgi_path(environ)
+        forwarding = self._reader.reads_forwarding
+        info = self._reader.info(
+            method=environ.get("REQUEST_METHOD", "GET"),
+            path=path,
+            protocol="http",
+            peer=environ.get("REMOTE_ADDR"),
+            user_agent=environ.get("HTTP_USER_AGENT"),
+            request_id=environ.get(self._request_id_key) if self._request_id_key else None,
+            started=started,
+            forwarded=environ.get("HTTP_FORWARDED") if forwarding else None,
+            x_forwarded_for=environ.get("HTTP_X_FORWARDED_FOR") if forwarding else None,
+        )
+        gate = self._gate
+        try:
+            verdict = gate.resolve_sync(
+                gate.evaluate(path, [] if authorization is None else [authorization])
+            )
+        except Exception:  # noqa: BLE001 - a bug of ours must not reach the server
+            verdict = gate.internal_error("JWTAuditWSGIMiddleware")
+
+        if not verdict.allow:
+            challenge = gate.challenge(verdict)
+            headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in challenge.headers]
+            try:
+                start_response(_status_line(challenge.status), headers)
+            finally:
+                self._audit.request_event(verdict, info, challenge.status)
+            return [challenge.body]
+
+        if verdict.path_kind == "exempt":
+            environ.setdefault(SCOPE_KEY, None)
+        else:
+            environ[SCOPE_KEY] = verdict.token
+            if verdict.token is not None and verdict.token.subject is not None:
+                environ["REMOTE_USER"] = verdict.token.subject
+        if verdict.outcome == WOULD_DENY:
+            self._audit.request_event(verdict, info, verdict.status)
+            return self.app(environ, start_response)
+        return self._call_app(environ, start_response, verdict, info)
+
+    def _call_app(
+        self, environ: Environ, start_response: StartResponse, verdict: Verdict, info: RequestInfo
+    ) -> Iterable[bytes]:
+        seen: list[int] = []
+
+        def recording_start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
+        ) -> Callable[[bytes], object]:
+            with contextlib.suppress(ValueError):
+                seen.append(int(status[:3]))
+            return start_response(status, headers, exc_info)
+
+        def emit() -> None:
+            self._audit.request_event(verdict, info, seen[-1] if seen else None)
+
+        try:
+            result = self.app(environ, recording_start_response)
+        except BaseException:
+            self._audit.request_event(verdict, info, 500)
+            raise
+        return _AuditedResponse(result, emit)
