@@ -203,7 +203,7 @@ class JWTAuditMiddleware:
                 )
                 await send({"type": "http.response.body", "body": challenge.body})
             elif (await receive())["type"] == "websocket.connect":
-                if "websocket.http.response" in scope.get("extensions", None) or {}:
+                if "websocket.http.response" in (scope.get("extensions") or {}):
                     await send(
                         {
                             "type": "websocket.http.response.start",

@@ -1,0 +1,180 @@
+"""ASGI protocol details with raw scopes: websocket, lifespan, bad input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from conftest import assert_no_secret
+from starlette.applications import Starlette
+from starlette.authentication import requires
+from starlette.routing import WebSocketRoute
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from jwt_audit_middleware import JWTAuditMiddleware
+from jwt_audit_middleware.testing import CapturedEvents, SigningKey
+
+pytestmark = pytest.mark.anyio
+Message = dict[str, Any]
+
+
+async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        message = await receive()
+        assert message["type"] == "lifespan.startup"
+        await send({"type": "lifespan.startup.complete"})
+        return
+    if scope["type"] == "websocket":
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": 1000})
+        return
+    await send({"type": "http.response.start", "status": 204, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def run(app: Any, scope: dict[str, Any], incoming: list[Message]) -> list[Message]:
+    sent: list[Message] = []
+    queue = list(incoming)
+
+    async def receive() -> Message:
+        return queue.pop(0) if queue else {"type": "websocket.disconnect", "code": 1000}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent
+
+
+def ws_scope(headers: list[tuple[bytes, bytes]], extensions: dict[str, Any] | None = None) -> dict[str, Any]:
+    scope: dict[str, Any] = {
+        "type": "websocket",
+        "asgi": {"version": "3.0"},
+        "path": "/ws",
+        "raw_path": b"/ws",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 5000),
+        "subprotocols": [],
+    }
+    if extensions is not None:
+        scope["extensions"] = extensions
+    return scope
+
+
+async def test_lifespan_passes_through(rsa_key: SigningKey, events: CapturedEvents) -> None:
+    app = JWTAuditMiddleware(echo_app, **rsa_key.options())
+    sent = await run(app, {"type": "lifespan", "asgi": {"version": "3.0"}}, [{"type": "lifespan.startup"}])
+    assert sent == [{"type": "lifespan.startup.complete"}]
+    assert list(events) == []
+
+
+async def test_websocket_denied_with_close_1008(rsa_key: SigningKey, events: CapturedEvents) -> None:
+    app = JWTAuditMiddleware(echo_app, **rsa_key.options())
+    sent = await run(app, ws_scope([]), [{"type": "websocket.connect"}])
+    assert sent == [{"type": "websocket.close", "code": 1008, "reason": "missing_token"}]
+    event = events.only()
+    assert (event["protocol"], event["reason"], event["status"]) == ("websocket", "missing_token", 403)
+
+
+async def test_websocket_denial_response_extension(
+    rsa_key: SigningKey, other_rsa_key: SigningKey, events: CapturedEvents
+) -> None:
+    forged = other_rsa_key.token()
+    app = JWTAuditMiddleware(echo_app, **rsa_key.options())
+    scope = ws_scope([(b"authorization", f"Bearer {forged}".encode())], {"websocket.http.response": {}})
+    sent = await run(app, scope, [{"type": "websocket.connect"}])
+    assert sent[0]["type"] == "websocket.http.response.start"
+    assert sent[0]["status"] == 401
+    headers = dict(sent[0]["headers"])
+    assert b'error="invalid_token"' in headers[b"www-authenticate"]
+    assert sent[1]["type"] == "websocket.http.response.body"
+    assert_no_secret(repr(sent), forged)
+    assert events.only()["reason"] == "bad_signature"
+
+
+async def test_websocket_accepted_with_token(rsa_key: SigningKey, events: CapturedEvents) -> None:
+    app = JWTAuditMiddleware(echo_app, **rsa_key.options())
+    scope = ws_scope([(b"authorization", f"Bearer {rsa_key.token(sub='ws-user')}".encode())])
+    sent = await run(app, scope, [{"type": "websocket.connect"}])
+    assert sent[0] == {"type": "websocket.accept"}
+    assert scope["jwt_audit"].subject == "ws-user"
+    event = events.only()
+    assert (event["event"], event["status"], event["subject"]) == ("access", 101, "ws-user")
+
+
+def test_starlette_websocket_route_with_requires(rsa_key: SigningKey, events: CapturedEvents) -> None:
+    @requires("chat")
+    async def chat(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text(f"hi {websocket.user.identity}")
+        await websocket.close()
+
+    app = Starlette(routes=[WebSocketRoute("/ws", chat)])
+    app.add_middleware(JWTAuditMiddleware, **rsa_key.options())
+    with TestClient(app) as test_client:
+        headers = {"Authorization": "Bearer " + rsa_key.token(sub="carol", scope="chat")}
+        with test_client.websocket_connect("/ws", headers=headers) as ws:
+            assert ws.receive_text() == "hi carol"
+        with pytest.raises(WebSocketDisconnect), test_client.websocket_connect("/ws") as ws:
+            ws.receive_text()
+    assert [(e["outcome"], e["reason"]) for e in events] == [("allowed", None), ("denied", "missing_token")]
+
+
+async def test_non_latin_and_huge_headers_never_raise(rsa_key: SigningKey, events: CapturedEvents) -> None:
+    app = JWTAuditMiddleware(echo_app, **rsa_key.options())
+    odd_values = [b"Bearer \xff\xfe", b"\x00\x01Bearer x", b"Bearer " + b"A" * 100_000, b"Bearer ....", b""]
+    for value in odd_values:
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": "/x\r\ny",
+            "headers": [(b"authorization", value), (b"user-agent", b"\xff" * 5000)],
+            "client": None,
+        }
+        sent = await run(app, scope, [{"type": "http.request", "body": b""}])
+        assert sent[0]["status"] in (400, 401)
+    assert len(events) == len(odd_values)
+    for event in events:
+        assert event["client_ip"] == "unknown"
+        assert event["path"] == "/x\\x0d\\x0ay"
+        assert len(event["user_agent"]) <= 257
+
+
+def test_settings_and_options_are_exclusive(rsa_key: SigningKey) -> None:
+    from jwt_audit_middleware import ConfigurationError, Settings
+
+    with pytest.raises(ConfigurationError, match="not both"):
+        JWTAuditMiddleware(echo_app, settings=Settings(**rsa_key.options()), realm="x")
+    app = JWTAuditMiddleware(echo_app, settings=Settings(**rsa_key.options(), realm="shop"))
+    assert app.settings.realm == "shop"
+
+
+@pytest.mark.parametrize(
+    "path", ["/health/../admin", "/health/./../admin", "//health", "/health/..", "/health/%2e%2e/admin"]
+)
+async def test_dot_segments_never_match_exempt_rules(
+    path: str, rsa_key: SigningKey, events: CapturedEvents
+) -> None:
+    app = JWTAuditMiddleware(echo_app, **rsa_key.options(exempt_paths=["/health"]))
+    scope = {"type": "http", "method": "GET", "path": path, "headers": [], "client": ("127.0.0.1", 1)}
+    sent = await run(app, scope, [{"type": "http.request", "body": b""}])
+    expected = 204 if "%2e" in path else 401  # ASGI paths arrive decoded; %2e stays literal text
+    assert sent[0]["status"] == expected
+    assert len(events) == 1
+
+
+async def test_path_scopes_apply_to_normalised_path(rsa_key: SigningKey, events: CapturedEvents) -> None:
+    app = JWTAuditMiddleware(echo_app, **rsa_key.options(path_scopes={"/admin": ["admin"]}))
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/public/../admin/users",
+        "headers": [(b"authorization", f"Bearer {rsa_key.token(scope='read')}".encode())],
+        "client": ("127.0.0.1", 1),
+    }
+    sent = await run(app, scope, [{"type": "http.request", "body": b""}])
+    assert sent[0]["status"] == 403
+    assert events.only()["reason"] == "insufficient_scope"
