@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 
@@ -25,7 +25,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="orders")
 
     @app.get("/orders")
-    def list_orders(user: dict[str, Any] = Depends(claims)) -> dict[str, Any]:
+    def list_orders(user: Annotated[dict[str, Any], Depends(claims)]) -> dict[str, Any]:
         return {"owner": user["sub"], "orders": []}
 
     @app.get("/health")

@@ -17,7 +17,7 @@ from starlette.authentication import AuthCredentials, BaseUser, UnauthenticatedU
 
 from ._config import Components
 from .events import WOULD_DENY
-from .policy import Verdict
+from .policy import EXEMPT, Verdict
 from .request import SCOPE_KEY, RequestInfo
 from .settings import Settings
 from .verifier import VerifiedToken
@@ -140,7 +140,7 @@ class JWTAuditMiddleware:
             return
         if verdict.outcome == WOULD_DENY:
             self._audit.request_event(verdict, info, verdict.status)
-        if verdict.path_kind == "exempt":
+        if verdict.path_kind == EXEMPT:
             scope.setdefault("user", UnauthenticatedUser())
             scope.setdefault("auth", AuthCredentials())
             scope.setdefault(SCOPE_KEY, None)

@@ -172,6 +172,20 @@ class Settings:
         cls._check_names(options)
         return super().__new__(cls)
 
+    def __copy__(self) -> Settings:
+        return self  # immutable
+
+    def __deepcopy__(self, memo: object) -> Settings:
+        return self  # immutable; key objects cannot be deep-copied anyway
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        options = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+        options["jwks_file"] = options["secret_file"] = None  # their content is in jwks/secret
+        if isinstance(options["jwks"], Mapping):
+            options["jwks"] = dict(options["jwks"])
+        options["path_scopes"] = {k: list(v) for k, v in options["path_scopes"].items()}
+        return (_rebuild, (options,))
+
     @classmethod
     def option_names(cls) -> tuple[str, ...]:
         """The names of every option ``Settings`` accepts."""
@@ -375,6 +389,10 @@ class Settings:
         return f"Settings({', '.join(shown)})"
 
     __str__ = __repr__
+
+
+def _rebuild(options: dict[str, Any]) -> Settings:
+    return Settings(**options)
 
 
 def normalise_media_type(value: str) -> str:

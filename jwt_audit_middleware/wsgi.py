@@ -17,7 +17,7 @@ from typing import Any
 
 from ._config import Components
 from .events import WOULD_DENY
-from .policy import Verdict
+from .policy import EXEMPT, Verdict
 from .request import SCOPE_KEY, RequestInfo
 from .settings import Settings
 
@@ -121,7 +121,7 @@ class JWTAuditWSGIMiddleware:
                 self._audit.request_event(verdict, info, challenge.status)
             return [challenge.body]
 
-        if verdict.path_kind == "exempt":
+        if verdict.path_kind == EXEMPT:
             environ.setdefault(SCOPE_KEY, None)
         else:
             environ[SCOPE_KEY] = verdict.token

@@ -48,7 +48,9 @@ async def run(app: Any, scope: dict[str, Any], incoming: list[Message]) -> list[
     return sent
 
 
-def ws_scope(headers: list[tuple[bytes, bytes]], extensions: dict[str, Any] | None = None) -> dict[str, Any]:
+def ws_scope(
+    headers: list[tuple[bytes, bytes]], extensions: dict[str, Any] | None = None
+) -> dict[str, Any]:
     scope: dict[str, Any] = {
         "type": "websocket",
         "asgi": {"version": "3.0"},
@@ -66,17 +68,25 @@ def ws_scope(headers: list[tuple[bytes, bytes]], extensions: dict[str, Any] | No
 
 async def test_lifespan_passes_through(rsa_key: SigningKey, events: CapturedEvents) -> None:
     app = JWTAuditMiddleware(echo_app, **rsa_key.options())
-    sent = await run(app, {"type": "lifespan", "asgi": {"version": "3.0"}}, [{"type": "lifespan.startup"}])
+    sent = await run(
+        app, {"type": "lifespan", "asgi": {"version": "3.0"}}, [{"type": "lifespan.startup"}]
+    )
     assert sent == [{"type": "lifespan.startup.complete"}]
     assert list(events) == []
 
 
-async def test_websocket_denied_with_close_1008(rsa_key: SigningKey, events: CapturedEvents) -> None:
+async def test_websocket_denied_with_close_1008(
+    rsa_key: SigningKey, events: CapturedEvents
+) -> None:
     app = JWTAuditMiddleware(echo_app, **rsa_key.options())
     sent = await run(app, ws_scope([]), [{"type": "websocket.connect"}])
     assert sent == [{"type": "websocket.close", "code": 1008, "reason": "missing_token"}]
     event = events.only()
-    assert (event["protocol"], event["reason"], event["status"]) == ("websocket", "missing_token", 403)
+    assert (event["protocol"], event["reason"], event["status"]) == (
+        "websocket",
+        "missing_token",
+        403,
+    )
 
 
 async def test_websocket_denial_response_extension(
@@ -84,7 +94,9 @@ async def test_websocket_denial_response_extension(
 ) -> None:
     forged = other_rsa_key.token()
     app = JWTAuditMiddleware(echo_app, **rsa_key.options())
-    scope = ws_scope([(b"authorization", f"Bearer {forged}".encode())], {"websocket.http.response": {}})
+    scope = ws_scope(
+        [(b"authorization", f"Bearer {forged}".encode())], {"websocket.http.response": {}}
+    )
     sent = await run(app, scope, [{"type": "websocket.connect"}])
     assert sent[0]["type"] == "websocket.http.response.start"
     assert sent[0]["status"] == 401
@@ -105,7 +117,9 @@ async def test_websocket_accepted_with_token(rsa_key: SigningKey, events: Captur
     assert (event["event"], event["status"], event["subject"]) == ("access", 101, "ws-user")
 
 
-def test_starlette_websocket_route_with_requires(rsa_key: SigningKey, events: CapturedEvents) -> None:
+def test_starlette_websocket_route_with_requires(
+    rsa_key: SigningKey, events: CapturedEvents
+) -> None:
     @requires("chat")
     async def chat(websocket: WebSocket) -> None:
         await websocket.accept()
@@ -120,12 +134,23 @@ def test_starlette_websocket_route_with_requires(rsa_key: SigningKey, events: Ca
             assert ws.receive_text() == "hi carol"
         with pytest.raises(WebSocketDisconnect), test_client.websocket_connect("/ws") as ws:
             ws.receive_text()
-    assert [(e["outcome"], e["reason"]) for e in events] == [("allowed", None), ("denied", "missing_token")]
+    assert [(e["outcome"], e["reason"]) for e in events] == [
+        ("allowed", None),
+        ("denied", "missing_token"),
+    ]
 
 
-async def test_non_latin_and_huge_headers_never_raise(rsa_key: SigningKey, events: CapturedEvents) -> None:
+async def test_non_latin_and_huge_headers_never_raise(
+    rsa_key: SigningKey, events: CapturedEvents
+) -> None:
     app = JWTAuditMiddleware(echo_app, **rsa_key.options())
-    odd_values = [b"Bearer \xff\xfe", b"\x00\x01Bearer x", b"Bearer " + b"A" * 100_000, b"Bearer ....", b""]
+    odd_values = [
+        b"Bearer \xff\xfe",
+        b"\x00\x01Bearer x",
+        b"Bearer " + b"A" * 100_000,
+        b"Bearer ....",
+        b"",
+    ]
     for value in odd_values:
         scope = {
             "type": "http",
@@ -153,20 +178,29 @@ def test_settings_and_options_are_exclusive(rsa_key: SigningKey) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["/health/../admin", "/health/./../admin", "//health", "/health/..", "/health/%2e%2e/admin"]
+    "path",
+    ["/health/../admin", "/health/./../admin", "//health", "/health/..", "/health/%2e%2e/admin"],
 )
 async def test_dot_segments_never_match_exempt_rules(
     path: str, rsa_key: SigningKey, events: CapturedEvents
 ) -> None:
     app = JWTAuditMiddleware(echo_app, **rsa_key.options(exempt_paths=["/health"]))
-    scope = {"type": "http", "method": "GET", "path": path, "headers": [], "client": ("127.0.0.1", 1)}
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": path,
+        "headers": [],
+        "client": ("127.0.0.1", 1),
+    }
     sent = await run(app, scope, [{"type": "http.request", "body": b""}])
     expected = 204 if "%2e" in path else 401  # ASGI paths arrive decoded; %2e stays literal text
     assert sent[0]["status"] == expected
     assert len(events) == 1
 
 
-async def test_path_scopes_apply_to_normalised_path(rsa_key: SigningKey, events: CapturedEvents) -> None:
+async def test_path_scopes_apply_to_normalised_path(
+    rsa_key: SigningKey, events: CapturedEvents
+) -> None:
     app = JWTAuditMiddleware(echo_app, **rsa_key.options(path_scopes={"/admin": ["admin"]}))
     scope = {
         "type": "http",

@@ -77,11 +77,15 @@ def make_app(key: SigningKey, **options: Any) -> Starlette:
 
 
 def good_token(key: SigningKey, **claims: Any) -> str:
-    return key.token({"iss": ISSUER, "aud": AUDIENCE, "scope": "orders:read orders:write", **claims})
+    return key.token(
+        {"iss": ISSUER, "aud": AUDIENCE, "scope": "orders:read orders:write", **claims}
+    )
 
 
 def client(app: Any) -> httpx.AsyncClient:
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False, client=("198.51.100.9", 4000))
+    transport = httpx.ASGITransport(
+        app=app, raise_app_exceptions=False, client=("198.51.100.9", 4000)
+    )
     return httpx.AsyncClient(transport=transport, base_url="http://testserver")
 
 
@@ -94,7 +98,11 @@ async def test_valid_token_reaches_every_place(
     async with client(make_app(key)) as http:
         response = await http.get(
             "/whoami?secret=1",
-            headers={"Authorization": f"Bearer {token}", "User-Agent": "pytest/1", "X-Request-ID": "req-42"},
+            headers={
+                "Authorization": f"Bearer {token}",
+                "User-Agent": "pytest/1",
+                "X-Request-ID": "req-42",
+            },
         )
     assert response.status_code == 200
     body = response.json()
@@ -129,7 +137,9 @@ async def test_valid_token_reaches_every_place(
 async def test_requires_works_unchanged(rsa_key: SigningKey, events: CapturedEvents) -> None:
     app = make_app(rsa_key)
     async with client(app) as http:
-        ok = await http.post("/orders", headers={"Authorization": "Bearer " + good_token(rsa_key, sub="bo")})
+        ok = await http.post(
+            "/orders", headers={"Authorization": "Bearer " + good_token(rsa_key, sub="bo")}
+        )
         weak = good_token(rsa_key, scope="orders:read")
         forbidden = await http.post("/orders", headers={"Authorization": f"Bearer {weak}"})
     assert ok.status_code == 200
@@ -192,7 +202,11 @@ def token_denials(key: SigningKey, forger: SigningKey) -> list[tuple[str, str, s
         ("wrong_issuer", good_token(key, iss="https://evil.test/"), "invalid_issuer"),
         ("wrong_audience", good_token(key, aud="billing"), "invalid_audience"),
         ("future", good_token(key, nbf=4_000_000_000), "not_yet_valid"),
-        ("hs256", SigningKey.generate("HS256").token({"iss": ISSUER, "aud": AUDIENCE}), "algorithm_not_allowed"),
+        (
+            "hs256",
+            SigningKey.generate("HS256").token({"iss": ISSUER, "aud": AUDIENCE}),
+            "algorithm_not_allowed",
+        ),
     ]
 
 
@@ -217,9 +231,13 @@ async def test_token_denials_carry_identity_only_after_signature(
         assert_no_secret(events.text(), token)
 
 
-async def test_insufficient_scope_is_403_with_scope_param(rsa_key: SigningKey, events: CapturedEvents) -> None:
+async def test_insufficient_scope_is_403_with_scope_param(
+    rsa_key: SigningKey, events: CapturedEvents
+) -> None:
     async with client(make_app(rsa_key)) as http:
-        response = await http.get("/admin/users", headers={"Authorization": "Bearer " + good_token(rsa_key)})
+        response = await http.get(
+            "/admin/users", headers={"Authorization": "Bearer " + good_token(rsa_key)}
+        )
     assert response.status_code == 403
     assert response.headers["www-authenticate"] == (
         'Bearer realm="api", error="insufficient_scope", '
@@ -237,7 +255,9 @@ async def test_exempt_and_optional_paths(rsa_key: SigningKey, events: CapturedEv
         health = await http.get("/health")
         anonymous = await http.get("/public/feed")
         bad = await http.get("/public/feed", headers={"Authorization": "Bearer a.b.c"})
-        named = await http.get("/public/feed", headers={"Authorization": "Bearer " + good_token(rsa_key)})
+        named = await http.get(
+            "/public/feed", headers={"Authorization": "Bearer " + good_token(rsa_key)}
+        )
     assert health.status_code == 200
     assert health.json()["authenticated"] is False
     assert anonymous.status_code == 200
@@ -252,11 +272,17 @@ async def test_exempt_and_optional_paths(rsa_key: SigningKey, events: CapturedEv
     ]
 
 
-async def test_report_only_lets_requests_through(rsa_key: SigningKey, events: CapturedEvents) -> None:
+async def test_report_only_lets_requests_through(
+    rsa_key: SigningKey, events: CapturedEvents
+) -> None:
     app = make_app(rsa_key, mode="report-only")
     async with client(app) as http:
-        expired = await http.get("/whoami", headers={"Authorization": "Bearer " + good_token(rsa_key, exp=1)})
-        scoped = await http.get("/admin/users", headers={"Authorization": "Bearer " + good_token(rsa_key)})
+        expired = await http.get(
+            "/whoami", headers={"Authorization": "Bearer " + good_token(rsa_key, exp=1)}
+        )
+        scoped = await http.get(
+            "/admin/users", headers={"Authorization": "Bearer " + good_token(rsa_key)}
+        )
     assert expired.status_code == 200
     assert expired.json()["claims"] is None  # an invalid token never reaches the app
     assert scoped.status_code == 200
@@ -281,20 +307,28 @@ async def test_revocation_hook(hook_kind: str, rsa_key: SigningKey, events: Capt
 
     app = make_app(rsa_key, revocation_check=sync_check if hook_kind == "sync" else async_check)
     async with client(app) as http:
-        ok = await http.get("/whoami", headers={"Authorization": "Bearer " + good_token(rsa_key, jti="ok-jti")})
-        no = await http.get("/whoami", headers={"Authorization": "Bearer " + good_token(rsa_key, jti="bad-jti")})
+        ok = await http.get(
+            "/whoami", headers={"Authorization": "Bearer " + good_token(rsa_key, jti="ok-jti")}
+        )
+        no = await http.get(
+            "/whoami", headers={"Authorization": "Bearer " + good_token(rsa_key, jti="bad-jti")}
+        )
     assert (ok.status_code, no.status_code) == (200, 401)
     assert seen == ["ok-jti", "bad-jti"]
     assert [e["reason"] for e in events] == [None, "revoked"]
     assert events[1]["token_id"] == "bad-jti"
 
 
-async def test_failing_hook_is_internal_error_not_a_crash(rsa_key: SigningKey, events: CapturedEvents) -> None:
+async def test_failing_hook_is_internal_error_not_a_crash(
+    rsa_key: SigningKey, events: CapturedEvents
+) -> None:
     def broken(claims: Any) -> bool:
         raise ConnectionError("redis down")
 
     async with client(make_app(rsa_key, revocation_check=broken)) as http:
-        response = await http.get("/whoami", headers={"Authorization": "Bearer " + good_token(rsa_key)})
+        response = await http.get(
+            "/whoami", headers={"Authorization": "Bearer " + good_token(rsa_key)}
+        )
     assert response.status_code == 500
     assert response.json()["error"] == "internal_error"
     internal = [r for r in events.records if r.name == "jwt_audit.internal"]
@@ -303,7 +337,9 @@ async def test_failing_hook_is_internal_error_not_a_crash(rsa_key: SigningKey, e
     assert [e["reason"] for e in events] == ["internal_error"]
 
 
-async def test_streaming_and_failing_apps_emit_one_event(rsa_key: SigningKey, events: CapturedEvents) -> None:
+async def test_streaming_and_failing_apps_emit_one_event(
+    rsa_key: SigningKey, events: CapturedEvents
+) -> None:
     headers = {"Authorization": "Bearer " + good_token(rsa_key)}
     async with client(make_app(rsa_key)) as http:
         streamed = await http.get("/stream", headers=headers)
@@ -314,8 +350,12 @@ async def test_streaming_and_failing_apps_emit_one_event(rsa_key: SigningKey, ev
     assert [(e["path"], e["status"]) for e in events] == [("/stream", 207), ("/boom", 500)]
 
 
-async def test_hostile_strings_stay_on_one_line(rsa_key: SigningKey, events: CapturedEvents) -> None:
-    token = good_token(rsa_key, sub="eve\r\n\x1b[31mINFO forged line\u2028", message="m", args="a", exc_info="e")
+async def test_hostile_strings_stay_on_one_line(
+    rsa_key: SigningKey, events: CapturedEvents
+) -> None:
+    token = good_token(
+        rsa_key, sub="eve\r\n\x1b[31mINFO forged line\u2028", message="m", args="a", exc_info="e"
+    )
     app = make_app(rsa_key, log_claims=["message", "args", "exc_info"])
     async with client(app) as http:
         response = await http.get(
@@ -336,7 +376,9 @@ async def test_hostile_strings_stay_on_one_line(rsa_key: SigningKey, events: Cap
 async def test_jwks_selects_by_kid(keys: dict[str, SigningKey], events: CapturedEvents) -> None:
     rsa, ec = keys["RS256"], keys["ES256"]
     app = Starlette(routes=[Route("/whoami", whoami)])
-    app.add_middleware(JWTAuditMiddleware, algorithms=["RS256", "ES256"], jwks=jwks_document(rsa, ec))
+    app.add_middleware(
+        JWTAuditMiddleware, algorithms=["RS256", "ES256"], jwks=jwks_document(rsa, ec)
+    )
     async with client(app) as http:
         statuses = [
             (await http.get("/whoami", headers={"Authorization": f"Bearer {token}"})).status_code
