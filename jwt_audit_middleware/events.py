@@ -133,7 +133,12 @@ def fingerprint(token: str) -> str:
 
     Lets one token be followed across events without storing it.
     """
-    return "sha256:" + hashlib.sha256(token.encode("ascii", "replace")).hexdigest()[:16]
+    return fingerprint_of_digest(hashlib.sha256(token.encode("ascii", "replace")).digest())
+
+
+def fingerprint_of_digest(digest: bytes) -> str:
+    """``fingerprint()`` from an already computed SHA-256 digest."""
+    return "sha256:" + digest[:8].hex()
 
 
 class _Clock:
@@ -182,5 +187,6 @@ __all__ = [
     "clean_optional",
     "copy_claims",
     "fingerprint",
+    "fingerprint_of_digest",
     "rfc3339",
 ]

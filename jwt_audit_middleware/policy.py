@@ -10,6 +10,7 @@ reason at start-up.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -19,8 +20,9 @@ from typing import Any, Final
 import anyio.to_thread
 from asgiref.sync import async_to_sync
 
+from .cache import TokenCache
 from .errors import Denied
-from .events import ALLOWED, DENIED, REASONS, WOULD_DENY, fingerprint
+from .events import ALLOWED, DENIED, REASONS, WOULD_DENY, fingerprint_of_digest
 from .settings import Settings
 from .verifier import VerifiedToken, Verifier
 
@@ -145,6 +147,8 @@ class Gate:
         self.report_only = settings.mode == "report-only"
         self.revocation_check = settings.revocation_check
         self.revocation_is_async = settings.revocation_is_async
+        self.cache = TokenCache(settings.cache_size) if settings.cache_size else None
+        self._leeway = float(settings.leeway)  # type: ignore[arg-type]  # normalised
         self._challenges = {reason: self._challenge(reason, ()) for reason in REASONS}
         self._exempt = Verdict(True, ALLOWED, path_kind=EXEMPT)
         self._anonymous = Verdict(True, ALLOWED, path_kind=OPTIONAL)
@@ -162,11 +166,12 @@ class Gate:
             if kind == OPTIONAL and denied.reason == "missing_token":
                 return self._anonymous
             return self.deny(denied, None, kind)
-        digest = fingerprint(token_text)
+        digest = hashlib.sha256(token_text.encode("ascii")).digest()
+        print_ = fingerprint_of_digest(digest)
         try:
-            token = self.verifier.verify(token_text, digest)
+            token = self._verify(token_text, digest, print_)
         except Denied as denied:
-            return self.deny(denied, digest, kind)
+            return self.deny(denied, print_, kind)
         required = self.paths.required_scopes(path)
         if required and not token.scopes.issuperset(required):
             lacking = Denied(
@@ -177,12 +182,12 @@ class Gate:
                 claims=token.claims,
                 required_scopes=required,
             )
-            return self.deny(lacking, digest, kind, token=token)
+            return self.deny(lacking, print_, kind, token=token)
         return Verdict(
             True,
             ALLOWED,
             token=token,
-            fingerprint=digest,
+            fingerprint=print_,
             alg=token.alg,
             kid=token.kid,
             claims=token.claims,
@@ -190,6 +195,23 @@ class Gate:
             path_kind=kind,
             pending_revocation=self.revocation_check is not None,
         )
+
+    def _verify(self, token_text: str, digest: bytes, print_: str) -> VerifiedToken:
+        """Verify, or take a still-valid verification from the cache."""
+        cache = self.cache
+        if cache is None:
+            return self.verifier.verify(token_text, print_)
+        now = self.verifier.clock()
+        ring = id(self.verifier.keyring)
+        token = cache.get(digest, now, ring)
+        if token is None:
+            token = self.verifier.verify(token_text, print_)
+            # exp (+ leeway) bounds the entry; nbf and iat only grow more valid with time
+            deadline = now + cache.ttl
+            if token.expires_at is not None:
+                deadline = min(deadline, token.expires_at + self._leeway)
+            cache.put(digest, token, deadline, ring)
+        return token
 
     def deny(
         self,

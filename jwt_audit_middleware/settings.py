@@ -150,6 +150,7 @@ class Settings:
     request_id_header: str | None = "x-request-id"
     log_claims: Sequence[str] = ()
     realm: str = "api"
+    cache_size: int = 1024
 
     keyring: KeyRing = field(init=False, repr=False, compare=False)
     """The prepared keys, parsed once from ``secret``/``public_key``/``jwks``."""
@@ -165,6 +166,7 @@ class Settings:
         "log_claims": "list",
         "leeway": "float",
         "max_token_bytes": "int",
+        "cache_size": "int",
         "path_scopes": "json",
     }
 
@@ -314,6 +316,11 @@ class Settings:
             self,
             "max_token_bytes",
             int(_number("max_token_bytes", self.max_token_bytes, minimum=64, integer=True)),
+        )
+        set_(
+            self,
+            "cache_size",
+            int(_number("cache_size", self.cache_size, minimum=0, integer=True)),
         )
         set_(self, "exempt_paths", _paths("exempt_paths", self.exempt_paths))
         set_(self, "optional_paths", _paths("optional_paths", self.optional_paths))
