@@ -245,4 +245,12 @@ class JSONFormatter(logging.Formatter):
             }
         if record.exc_info:
             data["exception"] = self.formatException(record.exc_info)
-        return self._dumps(data)
+        line = self._dumps(data)
+        # JSON leaves these raw when ensure_ascii is off, yet splitlines() and
+        # many log tools break lines on them.
+        if "\u2028" in line or "\u2029" in line or "\x85" in line:
+            line = line.translate(_LINE_BREAKS)
+        return line
+
+
+_LINE_BREAKS = {0x2028: "\\u2028", 0x2029: "\\u2029", 0x85: "\\u0085"}

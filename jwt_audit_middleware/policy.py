@@ -163,7 +163,8 @@ class Gate:
         try:
             token_text = self.verifier.token_from_headers(authorization)
         except Denied as denied:
-            if kind == OPTIONAL and denied.reason == "missing_token":
+            if kind == OPTIONAL and denied.reason in ("missing_token", "unsupported_scheme"):
+                # no bearer token (perhaps credentials for another layer): anonymous
                 return self._anonymous
             return self.deny(denied, None, kind)
         digest = hashlib.sha256(token_text.encode("ascii")).digest()

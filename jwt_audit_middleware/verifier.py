@@ -105,6 +105,8 @@ def extract_token(values: Sequence[str], max_bytes: int) -> str:
     if len(value) > max_bytes + 64:
         raise Denied("token_too_large", "the Authorization header exceeds max_token_bytes")
     value = value.strip(" \t")
+    if not value:
+        raise Denied("invalid_request", "empty Authorization header")
     if value[:6].lower() != "bearer":
         raise Denied("unsupported_scheme", "the Authorization scheme is not Bearer")
     rest = value[6:]
