@@ -18,7 +18,7 @@ from starlette.authentication import AuthCredentials, BaseUser, UnauthenticatedU
 from ._config import Components
 from .events import WOULD_DENY
 from .policy import EXEMPT, Verdict
-from .request import SCOPE_KEY, RequestInfo
+from .request import LATE_DENIAL_KEY, SCOPE_KEY, RequestInfo
 from .settings import Settings
 from .verifier import VerifiedToken
 
@@ -156,11 +156,21 @@ class JWTAuditMiddleware:
     ) -> None:
         audit = self._audit
         emitted = False
+        replaced = False  # the app's response is being replaced by a late denial's challenge
 
         async def audited_send(message: Message) -> None:
-            nonlocal emitted
+            nonlocal emitted, verdict, replaced
+            if replaced:
+                return  # the challenge body has been sent; drop the app's body
             if not emitted:
                 kind = message["type"]
+                late = scope.get(LATE_DENIAL_KEY)
+                if late is not None and kind == "http.response.start":
+                    verdict = self._gate.late_denial(verdict, late) or verdict
+                    if not verdict.allow:
+                        emitted = replaced = True
+                        await self._deny(scope, receive, send, verdict, info)
+                        return
                 status: int | None = None
                 if kind in ("http.response.start", "websocket.http.response.start"):
                     status = message["status"]

@@ -154,12 +154,15 @@ class _Clock:
         self._cached = (-1, "")
 
     def format(self, now: float) -> str:
-        second = int(now)
+        # truncate like datetime.isoformat(timespec='milliseconds'); the 1 µs nudge
+        # keeps 1700000000.123 (stored as .12299…) from printing as .122
+        millis = int(now * 1000 + 0.001)
+        second, fraction = divmod(millis, 1000)
         cached_second, prefix = self._cached
         if second != cached_second:
             prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._cached = (second, prefix)
-        return f"{prefix}.{int((now - second) * 1000):03d}Z"
+        return f"{prefix}.{fraction:03d}Z"
 
 
 rfc3339 = _Clock().format

@@ -293,11 +293,14 @@ def _jwk_key(
     if key_ops is not None and (not isinstance(key_ops, list) or "verify" not in key_ops):
         return None
     kty = jwk.get("kty")
-    if kty not in _KTY_ALGORITHM:
+    if not isinstance(kty, str) or kty not in _KTY_ALGORITHM:
         return None
     if "d" in jwk or any(p in jwk for p in ("p", "q", "dp", "dq", "qi")):
         raise ValueError(f"{where} is a private key; publish public keys only")
-    loader_alg = _EC_BY_CRV.get(jwk.get("crv", "")) if kty == "EC" else _KTY_ALGORITHM[kty]
+    crv = jwk.get("crv", "")
+    if not isinstance(crv, str):
+        return None
+    loader_alg = _EC_BY_CRV.get(crv) if kty == "EC" else _KTY_ALGORITHM[kty]
     if loader_alg is None:
         return None
     try:
@@ -309,6 +312,8 @@ def _jwk_key(
     usable = algorithms_for_key(key, allowed)
     alg = jwk.get("alg")
     if alg is not None:
+        if not isinstance(alg, str):
+            return None
         usable = usable & {alg}
     if not usable:
         return None

@@ -238,6 +238,21 @@ class Gate:
             path_kind=kind,
         )
 
+    def late_denial(self, verdict: Verdict, denied: object) -> Verdict | None:
+        """The verdict for a denial the app left with ``deny_request()``, if any."""
+        if not isinstance(denied, Denied) or verdict.token is None:
+            return None
+        token = verdict.token
+        late = Denied(
+            denied.reason,
+            denied.detail,
+            alg=token.alg,
+            kid=token.kid,
+            claims=token.claims,
+            required_scopes=denied.required_scopes,
+        )
+        return self.deny(late, verdict.fingerprint, verdict.path_kind, token=token)
+
     def internal_error(self, where: str) -> Verdict:
         """Log the current exception on ``jwt_audit.internal``; fail closed."""
         internal_logger.error("jwt_audit: internal error in %s", where, exc_info=True)

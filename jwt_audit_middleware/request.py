@@ -16,12 +16,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .events import MAX_PATH, MAX_USER_AGENT, clean
+from .errors import Denied
+from .events import MAX_PATH, MAX_USER_AGENT, REASONS, clean
 from .settings import Settings
 from .verifier import VerifiedToken
 
 #: Where the verified token lives in an ASGI scope, a WSGI environ, a request.
 SCOPE_KEY = "jwt_audit"
+#: Where view-level code leaves a denial for the middleware to answer and audit.
+LATE_DENIAL_KEY = "jwt_audit.denial"
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=\-]{1,128}")
 _FORWARDED_FOR = re.compile(r'(?:^|[;,\s])for=("?)([^;,"]*)\1', re.IGNORECASE)
@@ -49,9 +52,12 @@ def _parse_ip(text: str) -> _IPAddress | None:
     elif text.count(":") == 1:  # "192.0.2.1:8080"
         text = text.partition(":")[0]
     try:
-        return ipaddress.ip_address(text)
+        address = ipaddress.ip_address(text)
     except ValueError:
         return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped  # "::ffff:10.0.0.1" from a dual-stack socket
+    return address
 
 
 class RequestReader:
@@ -141,3 +147,29 @@ def get_claims(obj: Any) -> dict[str, Any] | None:
                     token = carrier[SCOPE_KEY]
                     break
     return token.claims if isinstance(token, VerifiedToken) else None
+
+
+def _carrier(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return obj
+    for attribute in ("scope", "environ"):
+        carrier = getattr(obj, attribute, None)
+        if isinstance(carrier, dict):
+            return carrier
+    raise TypeError("expected an ASGI scope, a WSGI environ or a request that carries one")
+
+
+def deny_request(obj: Any, reason: str, *, required_scopes: tuple[str, ...] = ()) -> None:
+    """Ask the middleware to deny this request as ``reason`` after all.
+
+    For checks only a view can make (FastAPI's scope dependencies, a Flask
+    decorator): the middleware then sends its RFC 6750 challenge in place of
+    the app's response and audits the request as a ``denial``, exactly as if it
+    had denied the request itself.  In report-only mode the app's response goes
+    out and the event says ``would_deny``.
+    """
+    if reason not in REASONS:
+        raise ValueError(f"unknown reason {reason!r}")
+    _carrier(obj)[LATE_DENIAL_KEY] = Denied(
+        reason, "denied by the application", required_scopes=tuple(required_scopes)
+    )

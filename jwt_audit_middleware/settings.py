@@ -272,7 +272,9 @@ class Settings:
                 raise _fail("secret_file", "give either secret or secret_file, not both")
             try:
                 with open(self.secret_file, "rb") as handle:
-                    secret = handle.read().rstrip(b"\r\n")
+                    secret = handle.read()
+                # one line ending, as editors and `echo` add; a binary secret keeps its bytes
+                secret = secret.removesuffix(b"\n").removesuffix(b"\r")
             except OSError as exc:
                 raise _fail("secret_file", f"cannot read the file ({exc.strerror})") from None
         if isinstance(secret, str):
@@ -388,7 +390,7 @@ class Settings:
             if not f.repr:
                 continue
             value = getattr(self, f.name)
-            if value is None or value in (f.default, ()):
+            if value is None or value in (f.default, ()) or value == {}:
                 continue
             if f.name in _SECRET_OPTIONS:
                 value = "<redacted>"

@@ -18,7 +18,7 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from cryptography.exceptions import InvalidSignature
 from jwt import exceptions as jwt_errors
@@ -156,8 +156,16 @@ def _json_object(segment: str, what: str) -> dict[str, Any]:
     return value
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+_MAX_TIME = 2**63
+
+
+def _is_number(value: object) -> TypeGuard[float]:
+    """A JSON number usable as a NumericDate: not a bool, finite, in range."""
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and -_MAX_TIME < value < _MAX_TIME  # also false for NaN
+    )
 
 
 class Verifier:
@@ -258,7 +266,7 @@ class Verifier:
             return Denied(reason, detail, alg=alg, kid=kid, claims=claims)
 
         for name in self._required:
-            if name not in claims:
+            if claims.get(name) is None:  # a null claim is a missing claim
                 raise deny("missing_claim", f"the token has no {name} claim")
         for name in ("iss", "sub", "jti"):
             if name in claims and not isinstance(claims[name], str):
@@ -266,14 +274,14 @@ class Verifier:
         now = self.clock()
         leeway = self._leeway
         exp = claims.get("exp")
-        if exp is not None:
+        if "exp" in claims:
             if not _is_number(exp):
                 raise deny("malformed_token", "the exp claim is not a number")
             if exp <= now - leeway:
                 raise deny("expired", "the token has expired")
         for name in ("nbf", "iat"):
             value = claims.get(name)
-            if value is not None:
+            if name in claims:
                 if not _is_number(value):
                     raise deny("malformed_token", f"the {name} claim is not a number")
                 if value > now + leeway:

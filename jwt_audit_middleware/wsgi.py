@@ -18,7 +18,7 @@ from typing import Any
 from ._config import Components
 from .events import WOULD_DENY
 from .policy import EXEMPT, Verdict
-from .request import SCOPE_KEY, RequestInfo
+from .request import LATE_DENIAL_KEY, SCOPE_KEY, RequestInfo
 from .settings import Settings
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
@@ -32,6 +32,10 @@ def _status_line(status: int) -> str:
         return f"{status} {HTTPStatus(status).phrase}"
     except ValueError:
         return str(status)
+
+
+def _str_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
 
 
 def _wsgi_path(environ: Environ) -> str:
@@ -48,14 +52,22 @@ def _wsgi_path(environ: Environ) -> str:
 class _AuditedResponse:
     """The app's iterable; ``close()`` closes it, then emits the access event once."""
 
-    __slots__ = ("_done", "_iterable", "_on_close")
+    __slots__ = ("_done", "_iterable", "_on_close", "_replacement")
 
-    def __init__(self, iterable: Iterable[bytes], on_close: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        iterable: Iterable[bytes],
+        on_close: Callable[[], None],
+        replacement: list[bytes] | None = None,
+    ) -> None:
         self._iterable = iterable
         self._on_close = on_close
+        self._replacement = replacement
         self._done = False
 
     def __iter__(self) -> Iterator[bytes]:
+        if self._replacement:  # a late denial: its challenge replaces the app's body
+            return iter(self._replacement)
         return iter(self._iterable)
 
     def close(self) -> None:
@@ -114,9 +126,8 @@ class JWTAuditWSGIMiddleware:
 
         if not verdict.allow:
             challenge = gate.challenge(verdict)
-            headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in challenge.headers]
             try:
-                start_response(_status_line(challenge.status), headers)
+                start_response(_status_line(challenge.status), _str_headers(challenge.headers))
             finally:
                 self._audit.request_event(verdict, info, challenge.status)
             return [challenge.body]
@@ -136,10 +147,22 @@ class JWTAuditWSGIMiddleware:
         self, environ: Environ, start_response: StartResponse, verdict: Verdict, info: RequestInfo
     ) -> Iterable[bytes]:
         seen: list[int] = []
+        challenge_body: list[bytes] = []
 
         def recording_start_response(
             status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
         ) -> Callable[[bytes], object]:
+            nonlocal verdict
+            late = environ.get(LATE_DENIAL_KEY)
+            if late is not None and not challenge_body:
+                verdict = self._gate.late_denial(verdict, late) or verdict
+                if not verdict.allow:
+                    challenge = self._gate.challenge(verdict)
+                    challenge_body.append(challenge.body)
+                    seen.append(challenge.status)
+                    return start_response(
+                        _status_line(challenge.status), _str_headers(challenge.headers), exc_info
+                    )
             with contextlib.suppress(ValueError):
                 seen.append(int(status[:3]))
             return start_response(status, headers, exc_info)
@@ -152,4 +175,4 @@ class JWTAuditWSGIMiddleware:
         except BaseException:
             self._audit.request_event(verdict, info, 500)
             raise
-        return _AuditedResponse(result, emit)
+        return _AuditedResponse(result, emit, challenge_body)

@@ -1,0 +1,222 @@
+"""Events: sanitising client strings, fingerprints, timestamps, logged claims."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import re
+
+import pytest
+
+from jwt_audit_middleware.events import (
+    MAX_FIELD,
+    MAX_LIST_ITEMS,
+    REASONS,
+    clean,
+    clean_json,
+    clean_list,
+    clean_optional,
+    copy_claims,
+    fingerprint,
+    rfc3339,
+)
+
+# -- clean() ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "escaped"),
+    [
+        ("a\rb", "a\\x0db"),
+        ("a\nb", "a\\x0ab"),
+        ("a\x1b[31mred", "a\\x1b[31mred"),
+        ("a\u2028b", "a\\u2028b"),
+        ("a\u2029b", "a\\u2029b"),
+        ("a\x00b", "a\\x00b"),
+        ("a\tb", "a\\x09b"),
+        ("a\x85b", "a\\x85b"),
+        ("a\x7fb", "a\\x7fb"),
+    ],
+)
+def test_clean_escapes_control_characters(raw: str, escaped: str) -> None:
+    result = clean(raw)
+    assert result == escaped
+    assert result.isprintable()
+    assert len(result.splitlines()) == 1
+
+
+def test_clean_output_never_splits_a_line() -> None:
+    hostile = "GET / HTTP/1.1\r\nX-Injected: 1\n\x1b]0;title\x07\u2028\u2029\x00\x0b\x0c"
+    result = clean(hostile)
+    assert result.isprintable()
+    assert result.splitlines() == [result]
+    assert "X-Injected" in result
+
+
+def test_clean_caps_length_with_ellipsis() -> None:
+    result = clean("x" * 1000, 10)
+    assert result == "x" * 10 + "…"
+    assert len(clean("y" * (MAX_FIELD + 50))) == MAX_FIELD + 1
+    assert clean("y" * (MAX_FIELD + 50)).endswith("…")
+
+
+def test_clean_exactly_at_limit_is_not_truncated() -> None:
+    assert clean("z" * 10, 10) == "z" * 10
+
+
+def test_clean_caps_then_escapes() -> None:
+    result = clean("\n" * 100, 5)
+    assert result == "\\x0a" * 5 + "…"
+
+
+def test_clean_fast_path_returns_the_same_object() -> None:
+    value = "".join(["Mozilla/5.0 ", "(X11; Linux x86_64) ", "ünïcødé ✓"])
+    assert clean(value) is value
+
+
+def test_clean_keeps_printable_unicode() -> None:
+    assert clean("café ✓ 日本") == "café ✓ 日本"
+
+
+def test_clean_optional_and_list() -> None:
+    assert clean_optional(None) is None
+    assert clean_optional(42) is None
+    assert clean_optional("a\nb") == "a\\x0ab"
+    assert clean_list("a\nb") == ["a\\x0ab"]
+    assert clean_list(["x", 1, "y\r"]) == ["x", "y\\x0d"]
+    assert clean_list(frozenset({"b", "a"})) == ["a", "b"]
+    assert clean_list(None) == []
+    assert len(clean_list([str(i) for i in range(100)])) == MAX_LIST_ITEMS
+
+
+def test_clean_json_cleans_nested_strings_and_keys() -> None:
+    value = {"k\ney": ["v\r", {"deep": "x\x1b"}], "n": 1, "b": True, "none": None}
+    assert clean_json(value) == {
+        "k\\x0aey": ["v\\x0d", {"deep": "x\\x1b"}],
+        "n": 1,
+        "b": True,
+        "none": None,
+    }
+
+
+def test_clean_json_caps_depth_and_size() -> None:
+    deep: object = "bottom"
+    for _ in range(10):
+        deep = [deep]
+    assert clean_json(deep) == [[[["…"]]]]
+    assert len(clean_json(list(range(1000)))) == MAX_LIST_ITEMS
+    assert clean_json(b"\x00bytes") == "b'\\x00bytes'"
+
+
+# -- fingerprint() -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("token", ["a.b.c", "eyJhbGciOiJIUzI1NiJ9.e30.c2ln", "x" * 5000])
+def test_fingerprint_format_and_value(token: str) -> None:
+    value = fingerprint(token)
+    assert re.fullmatch(r"sha256:[0-9a-f]{16}", value)
+    assert value == "sha256:" + hashlib.sha256(token.encode()).hexdigest()[:16]
+    assert token not in value
+
+
+def test_fingerprint_differs_per_token() -> None:
+    assert fingerprint("a.b.c") != fingerprint("a.b.d")
+
+
+# -- rfc3339() ----------------------------------------------------------------
+
+RFC3339_MS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "expected"),
+    [
+        (0.0, "1970-01-01T00:00:00.000Z"),
+        (1700000000.5, "2023-11-14T22:13:20.500Z"),
+        (1700000000.25, "2023-11-14T22:13:20.250Z"),
+        (1700000000.125, "2023-11-14T22:13:20.125Z"),
+        (951782400.0, "2000-02-29T00:00:00.000Z"),
+        (4102444799.999755859375, "2099-12-31T23:59:59.999Z"),
+    ],
+)
+def test_rfc3339_known_values(timestamp: float, expected: str) -> None:
+    assert rfc3339(timestamp) == expected
+
+
+def test_rfc3339_is_utc_and_matches_datetime() -> None:
+    for timestamp in (1234567890.0, 1600000000.75, 1700000001.0625, 1700000000.5):
+        text = rfc3339(timestamp)
+        assert RFC3339_MS.fullmatch(text)
+        parsed = datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+            tzinfo=datetime.timezone.utc
+        )
+        assert abs(parsed.timestamp() - timestamp) < 0.001
+
+
+def test_rfc3339_after_a_cached_second_changes() -> None:
+    assert rfc3339(1700000000.0) == "2023-11-14T22:13:20.000Z"
+    assert rfc3339(1700000060.0) == "2023-11-14T22:14:20.000Z"
+    assert rfc3339(1700000000.5) == "2023-11-14T22:13:20.500Z"
+
+
+def test_rfc3339_of_now() -> None:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    text = rfc3339(now.timestamp())
+    assert RFC3339_MS.fullmatch(text)
+    assert text.startswith(now.strftime("%Y-%m-%dT%H:%M"))
+
+
+# -- copy_claims() ------------------------------------------------------------
+
+
+def test_copy_claims_copies_only_named_claims_cleaned() -> None:
+    claims = {
+        "sub": "alice",
+        "email": "alice@example.com\r\nX-Evil: 1",
+        "roles": ["admin\n", "user"],
+        "password": "hunter2",
+    }
+    copied = copy_claims(claims, ["email", "roles", "missing"])
+    assert copied == {
+        "email": "alice@example.com\\x0d\\x0aX-Evil: 1",
+        "roles": ["admin\\x0a", "user"],
+    }
+    assert "password" not in copied
+    assert "sub" not in copied
+
+
+def test_copy_claims_without_claims() -> None:
+    assert copy_claims(None, ["email"]) == {}
+    assert copy_claims({}, ["email"]) == {}
+    assert copy_claims({"email": "x"}, []) == {}
+
+
+# -- REASONS ----------------------------------------------------------------
+
+
+def test_reason_table_matches_the_contract() -> None:
+    expected = {
+        "missing_token": (401, None),
+        "unsupported_scheme": (401, None),
+        "invalid_request": (400, "invalid_request"),
+        "token_too_large": (401, "invalid_token"),
+        "malformed_token": (401, "invalid_token"),
+        "algorithm_not_allowed": (401, "invalid_token"),
+        "unknown_key": (401, "invalid_token"),
+        "bad_signature": (401, "invalid_token"),
+        "expired": (401, "invalid_token"),
+        "not_yet_valid": (401, "invalid_token"),
+        "invalid_issuer": (401, "invalid_token"),
+        "invalid_audience": (401, "invalid_token"),
+        "missing_claim": (401, "invalid_token"),
+        "invalid_type": (401, "invalid_token"),
+        "revoked": (401, "invalid_token"),
+        "insufficient_scope": (403, "insufficient_scope"),
+        "key_unavailable": (503, None),
+        "locked_out": (429, None),
+        "internal_error": (500, None),
+    }
+    assert {name: (spec.status, spec.error) for name, spec in REASONS.items()} == expected
+    for spec in REASONS.values():
+        assert spec.description.isprintable()
+        assert '"' not in spec.description

@@ -1,0 +1,660 @@
+"""Verifier: one parametrised row per reason code, then valid tokens of every algorithm."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+import pytest
+
+from jwt_audit_middleware import Settings
+from jwt_audit_middleware.errors import Denied
+from jwt_audit_middleware.events import REASONS, fingerprint
+from jwt_audit_middleware.testing import SigningKey, jwks_document
+from jwt_audit_middleware.verifier import (
+    PYJWT_REASONS,
+    VerifiedToken,
+    Verifier,
+    extract_token,
+    reason_for,
+)
+
+B64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def b64(data: bytes | str | dict[str, Any] | list[Any]) -> str:
+    if isinstance(data, (dict, list)):
+        data = json.dumps(data)
+    if isinstance(data, str):
+        data = data.encode()
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def claims(**more: Any) -> dict[str, Any]:
+    now = int(time.time())
+    return {"sub": "alice", "iat": now, "exp": now + 300, **more}
+
+
+def hs256_token(secret: bytes, header: dict[str, Any], payload: dict[str, Any]) -> str:
+    """An HS256 token made by hand (PyJWT refuses a PEM as an HMAC secret)."""
+    signing_input = f"{b64(header)}.{b64(payload)}"
+    signature = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{b64(signature)}"
+
+
+def signed_raw(key: SigningKey, payload: bytes) -> str:
+    """A validly signed JWS over arbitrary payload bytes."""
+    return jwt.api_jws.encode(payload, key.private, algorithm=key.alg, headers={"kid": key.kid})
+
+
+def non_canonical(token: str) -> str:
+    """Same signature bytes, different base64url text (unused low bits set)."""
+    head, signature = token.rsplit(".", 1)
+    last = B64_ALPHABET.index(signature[-1])
+    flipped = signature[:-1] + B64_ALPHABET[last ^ 1]
+    assert base64.urlsafe_b64decode(flipped + "==") == base64.urlsafe_b64decode(signature + "==")
+    return f"{head}.{flipped}"
+
+
+@dataclass
+class Ctx:
+    """What a table row needs to build its settings and its Authorization values."""
+
+    rsa: SigningKey
+    other_rsa: SigningKey
+    keys: dict[str, SigningKey]
+
+    def rs256(self, **extra: Any) -> dict[str, Any]:
+        return {"algorithms": ["RS256"], "jwks": jwks_document(self.rsa), **extra}
+
+    def good(self, **claims_: Any) -> str:
+        return self.rsa.token(**claims_)
+
+
+Row = Callable[[Ctx], tuple[dict[str, Any], list[str]]]
+
+
+def bearer(token: str) -> list[str]:
+    return [f"Bearer {token}"]
+
+
+def default(values: Callable[[Ctx], list[str]]) -> Row:
+    return lambda c: (c.rs256(), values(c))
+
+
+NONE_HEADER = b64({"alg": "none", "typ": "JWT"})
+PAYLOAD = b64({"sub": "mallory", "exp": 4102444800})
+DUPLICATE_HEADER = b64('{"alg":"RS256","alg":"HS256"}')
+NON_UTF8_HEADER = b64(b'\xff\xfe{"alg":"RS256"}')
+
+#: (id, row, expected reason or None for "verifies", Denied.claims expected set)
+TABLE: list[tuple[str, Row, str | None, bool]] = [
+    # -- Authorization header syntax ------------------------------------------
+    ("ok", default(lambda c: bearer(c.good())), None, False),
+    ("scheme-case-insensitive", default(lambda c: [f"bEaReR {c.good()}"]), None, False),
+    ("missing-token", default(lambda c: []), "missing_token", False),
+    (
+        "several-headers",
+        default(lambda c: [*bearer(c.good()), *bearer(c.good())]),
+        "invalid_request",
+        False,
+    ),
+    ("empty-token", default(lambda c: ["Bearer"]), "invalid_request", False),
+    ("empty-token-space", default(lambda c: ["Bearer "]), "invalid_request", False),
+    ("tab-after-scheme", default(lambda c: [f"Bearer\t{c.good()}"]), "invalid_request", False),
+    ("no-space", default(lambda c: [f"Bearer{c.good()}"]), "invalid_request", False),
+    ("no-space-short", default(lambda c: ["Bearerabc"]), "invalid_request", False),
+    ("char-plus", default(lambda c: bearer("abc+def.ghi.jkl")), "invalid_request", False),
+    ("char-slash", default(lambda c: bearer("abc/def.ghi.jkl")), "invalid_request", False),
+    ("char-equals", default(lambda c: bearer(c.good() + "=")), "invalid_request", False),
+    ("char-comma", default(lambda c: bearer("abc,def.ghi.jkl")), "invalid_request", False),
+    ("char-space-inside", default(lambda c: bearer("abc def.ghi")), "invalid_request", False),
+    ("basic-scheme", default(lambda c: ["Basic xyz"]), "unsupported_scheme", False),
+    ("longer-scheme", default(lambda c: ["Bearers x"]), "unsupported_scheme", False),
+    (
+        "token-too-large",
+        lambda c: (c.rs256(max_token_bytes=128), bearer(c.good())),
+        "token_too_large",
+        False,
+    ),
+    (
+        "token-over-limit",
+        lambda c: (c.rs256(max_token_bytes=128), bearer("a" * 129)),
+        "token_too_large",
+        False,
+    ),
+    (
+        "header-too-large",
+        default(lambda c: bearer("a" * 9000)),
+        "token_too_large",
+        False,
+    ),
+    # -- compact serialisation -------------------------------------------------
+    (
+        "two-segments",
+        default(lambda c: bearer(f"{NONE_HEADER}.{PAYLOAD}")),
+        "malformed_token",
+        False,
+    ),
+    (
+        "four-segments",
+        default(lambda c: bearer(c.good() + ".c2ln")),
+        "malformed_token",
+        False,
+    ),
+    (
+        "empty-signature-alg-none",
+        default(lambda c: bearer(f"{NONE_HEADER}.{PAYLOAD}.")),
+        "malformed_token",
+        False,
+    ),
+    (
+        "bad-base64-length",
+        default(lambda c: bearer(f"abcde.{PAYLOAD}.c2lnbmF0dXJl")),
+        "malformed_token",
+        False,
+    ),
+    (
+        "header-not-json",
+        default(lambda c: bearer(f"{b64('not json')}.{PAYLOAD}.c2lnbmF0dXJl")),
+        "malformed_token",
+        False,
+    ),
+    (
+        "header-json-array",
+        default(lambda c: bearer(f"{b64(['RS256'])}.{PAYLOAD}.c2lnbmF0dXJl")),
+        "malformed_token",
+        False,
+    ),
+    (
+        "header-duplicate-member",
+        default(lambda c: bearer(f"{DUPLICATE_HEADER}.{PAYLOAD}.c2lnbmF0dXJl")),
+        "malformed_token",
+        False,
+    ),
+    (
+        "header-not-utf8",
+        default(lambda c: bearer(f"{NON_UTF8_HEADER}.{PAYLOAD}.c2lnbmF0dXJl")),
+        "malformed_token",
+        False,
+    ),
+    (
+        "header-without-alg",
+        default(lambda c: bearer(f"{b64({'typ': 'JWT'})}.{PAYLOAD}.c2lnbmF0dXJl")),
+        "malformed_token",
+        False,
+    ),
+    (
+        "kid-not-a-string",
+        default(lambda c: bearer(f"{b64({'alg': 'RS256', 'kid': 7})}.{PAYLOAD}.c2lnbmF0dXJl")),
+        "malformed_token",
+        False,
+    ),
+    (
+        "crit-header",
+        default(lambda c: bearer(c.rsa.token(headers={"crit": ["exp"], "exp": 1}))),
+        "malformed_token",
+        False,
+    ),
+    (
+        "non-canonical-signature",
+        default(lambda c: bearer(non_canonical(c.good()))),
+        "malformed_token",
+        False,
+    ),
+    (
+        "payload-duplicate-member-signed",
+        default(lambda c: bearer(signed_raw(c.rsa, b'{"sub":"a","sub":"b","exp":4102444800}'))),
+        "malformed_token",
+        False,
+    ),
+    (
+        "payload-json-array-signed",
+        default(lambda c: bearer(signed_raw(c.rsa, b'["sub"]'))),
+        "malformed_token",
+        False,
+    ),
+    ("exp-string", default(lambda c: bearer(c.good(exp="4102444800"))), "malformed_token", True),
+    ("exp-bool", default(lambda c: bearer(c.good(exp=True))), "malformed_token", True),
+    ("nbf-string", default(lambda c: bearer(c.good(nbf="0"))), "malformed_token", True),
+    ("sub-not-string", default(lambda c: bearer(c.good(sub=12345))), "malformed_token", True),
+    ("aud-not-strings", default(lambda c: bearer(c.good(aud=[1, 2]))), "malformed_token", True),
+    # -- algorithm -------------------------------------------------------------
+    (
+        "alg-none",
+        default(lambda c: bearer(f"{NONE_HEADER}.{PAYLOAD}.c2lnbmF0dXJl")),
+        "algorithm_not_allowed",
+        False,
+    ),
+    (
+        "hs256-signed-with-rsa-public-pem",
+        default(
+            lambda c: bearer(
+                hs256_token(
+                    str(c.rsa.public_pem).encode(),
+                    {"alg": "HS256", "typ": "JWT", "kid": "rs256-1"},
+                    claims(sub="mallory"),
+                )
+            )
+        ),
+        "algorithm_not_allowed",
+        False,
+    ),
+    (
+        "es256-on-rs256-policy",
+        default(lambda c: bearer(c.keys["ES256"].token())),
+        "algorithm_not_allowed",
+        False,
+    ),
+    # -- keys and signature ----------------------------------------------------
+    (
+        "unknown-kid",
+        default(lambda c: bearer(c.rsa.token(headers={"kid": "nope"}))),
+        "unknown_key",
+        False,
+    ),
+    (
+        "forged-same-kid",
+        default(lambda c: bearer(c.other_rsa.token(sub="mallory"))),
+        "bad_signature",
+        False,
+    ),
+    (
+        "tampered-payload",
+        default(
+            lambda c: bearer(
+                ".".join(
+                    (
+                        c.good().split(".")[0],
+                        b64(claims(sub="admin")),
+                        c.good().split(".")[2],
+                    )
+                )
+            )
+        ),
+        "bad_signature",
+        False,
+    ),
+    (
+        "hs256-with-rsa-pem-when-both-allowed",
+        lambda c: (
+            {
+                "algorithms": ["RS256", "HS256"],
+                "public_key": c.rsa.public_pem,
+                "secret": c.keys["HS256"].secret,
+            },
+            bearer(
+                hs256_token(
+                    str(c.rsa.public_pem).encode(),
+                    {"alg": "HS256", "typ": "JWT"},
+                    claims(sub="mallory"),
+                )
+            ),
+        ),
+        "bad_signature",
+        False,
+    ),
+    # -- time ------------------------------------------------------------------
+    ("expired", default(lambda c: bearer(c.rsa.token(expires_in=-60))), "expired", True),
+    (
+        "expired-within-leeway",
+        lambda c: (c.rs256(leeway=60), bearer(c.rsa.token(expires_in=-5))),
+        None,
+        False,
+    ),
+    (
+        "nbf-in-future",
+        default(lambda c: bearer(c.good(nbf=int(time.time()) + 3600))),
+        "not_yet_valid",
+        True,
+    ),
+    (
+        "iat-in-future",
+        default(lambda c: bearer(c.good(iat=int(time.time()) + 3600))),
+        "not_yet_valid",
+        True,
+    ),
+    (
+        "nbf-within-leeway",
+        lambda c: (c.rs256(leeway=60), bearer(c.good(nbf=int(time.time()) + 10))),
+        None,
+        False,
+    ),
+    # -- issuer, audience, required claims, typ ---------------------------------
+    (
+        "wrong-issuer",
+        lambda c: (
+            c.rs256(issuer="https://issuer.example"),
+            bearer(c.good(iss="https://evil.example")),
+        ),
+        "invalid_issuer",
+        True,
+    ),
+    (
+        "issuer-ok",
+        lambda c: (
+            c.rs256(issuer=["https://a.example", "https://issuer.example"]),
+            bearer(c.good(iss="https://issuer.example")),
+        ),
+        None,
+        False,
+    ),
+    (
+        "iss-missing-when-issuer-configured",
+        lambda c: (c.rs256(issuer="https://issuer.example"), bearer(c.good())),
+        "missing_claim",
+        True,
+    ),
+    ("exp-missing", default(lambda c: bearer(c.rsa.token(expires_in=None))), "missing_claim", True),
+    (
+        "exp-not-required",
+        lambda c: (c.rs256(required_claims=[]), bearer(c.rsa.token(expires_in=None))),
+        None,
+        False,
+    ),
+    (
+        "custom-required-claim",
+        lambda c: (c.rs256(required_claims=["exp", "tenant"]), bearer(c.good())),
+        "missing_claim",
+        True,
+    ),
+    (
+        "aud-missing-when-audience-configured",
+        lambda c: (c.rs256(audience="api"), bearer(c.good())),
+        "missing_claim",
+        True,
+    ),
+    (
+        "wrong-audience",
+        lambda c: (c.rs256(audience="api"), bearer(c.good(aud="other"))),
+        "invalid_audience",
+        True,
+    ),
+    (
+        "wrong-audience-list",
+        lambda c: (c.rs256(audience=["api"]), bearer(c.good(aud=["x", "y"]))),
+        "invalid_audience",
+        True,
+    ),
+    (
+        "aud-but-no-audience-configured",
+        default(lambda c: bearer(c.good(aud="api"))),
+        "invalid_audience",
+        True,
+    ),
+    (
+        "audience-in-list",
+        lambda c: (c.rs256(audience="api"), bearer(c.good(aud=["other", "api"]))),
+        None,
+        False,
+    ),
+    (
+        "wrong-typ",
+        lambda c: (c.rs256(token_type="at+jwt"), bearer(c.good())),
+        "invalid_type",
+        False,
+    ),
+    (
+        "typ-application-at-jwt",
+        lambda c: (
+            c.rs256(token_type="at+jwt"),
+            bearer(c.rsa.token(headers={"typ": "application/at+JWT"})),
+        ),
+        None,
+        False,
+    ),
+    (
+        "typ-upper-case",
+        lambda c: (c.rs256(token_type="at+jwt"), bearer(c.rsa.token(headers={"typ": "AT+JWT"}))),
+        None,
+        False,
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def ctx(keys: dict[str, SigningKey], rsa_key: SigningKey, other_rsa_key: SigningKey) -> Ctx:
+    return Ctx(rsa=rsa_key, other_rsa=other_rsa_key, keys=keys)
+
+
+def run(settings: Settings, values: list[str]) -> VerifiedToken:
+    verifier = Verifier(settings)
+    token = verifier.token_from_headers(values)
+    return verifier.verify(token, fingerprint(token))
+
+
+def test_every_verifier_reason_has_a_row() -> None:
+    produced = {reason for _, _, reason, _ in TABLE if reason is not None}
+    not_from_verifier = {
+        "revoked",
+        "insufficient_scope",
+        "key_unavailable",
+        "locked_out",
+        "internal_error",
+    }
+    assert produced == set(REASONS) - not_from_verifier
+
+
+@pytest.mark.parametrize(
+    ("row", "reason", "has_claims"),
+    [pytest.param(row, reason, has_claims, id=name) for name, row, reason, has_claims in TABLE],
+)
+def test_reason_table(ctx: Ctx, row: Row, reason: str | None, has_claims: bool) -> None:
+    options, values = row(ctx)
+    settings = Settings(**options)
+    if reason is None:
+        verified = run(settings, values)
+        assert isinstance(verified, VerifiedToken)
+        assert verified.subject == "alice"
+        assert verified.alg == "RS256"
+        return
+    with pytest.raises(Denied) as info:
+        run(settings, values)
+    denied = info.value
+    assert denied.reason == reason
+    assert denied.reason in REASONS
+    assert isinstance(denied.detail, str)
+    assert denied.detail
+    if has_claims:
+        assert isinstance(denied.claims, dict)
+        assert "sub" in denied.claims
+    else:
+        assert denied.claims is None
+    for value in values:  # the detail never echoes token text
+        token_text = value.rpartition(" ")[2]
+        for part in token_text.split("."):
+            if len(part) >= 8:
+                assert part not in denied.detail
+                assert part not in str(denied)
+
+
+def test_alg_of_a_refused_token_is_capped(ctx: Ctx) -> None:
+    header = b64({"alg": "X" * 5000})
+    settings = Settings(**ctx.rs256())
+    with pytest.raises(Denied) as info:
+        run(settings, bearer(f"{header}.{PAYLOAD}.c2lnbmF0dXJl"))
+    assert info.value.reason == "algorithm_not_allowed"
+    assert info.value.alg is not None
+    assert len(info.value.alg) <= 32
+
+
+def test_denied_carries_alg_and_kid_after_header_check(ctx: Ctx) -> None:
+    settings = Settings(**ctx.rs256())
+    with pytest.raises(Denied) as info:
+        run(settings, bearer(ctx.other_rsa.token()))
+    assert info.value.alg == "RS256"
+    assert info.value.kid == "rs256-1"
+
+
+def test_verifier_uses_its_clock(ctx: Ctx) -> None:
+    token = ctx.rsa.token()
+    exp = jwt.decode(token, options={"verify_signature": False})["exp"]
+    settings = Settings(**ctx.rs256())
+    before = Verifier(settings, clock=lambda: exp - 1)
+    assert before.verify(token, fingerprint(token)).expires_at == float(exp)
+    at_expiry = Verifier(settings, clock=lambda: float(exp))
+    with pytest.raises(Denied) as info:
+        at_expiry.verify(token, fingerprint(token))
+    assert info.value.reason == "expired"
+
+
+def test_verify_checks_size_itself(ctx: Ctx) -> None:
+    settings = Settings(**ctx.rs256(max_token_bytes=64))
+    with pytest.raises(Denied) as info:
+        Verifier(settings).verify("a" * 65, "sha256:0")
+    assert info.value.reason == "token_too_large"
+
+
+# -- extract_token ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["Bearer abc.def.ghi", "bearer abc.def.ghi", "BEARER abc.def.ghi", "  Bearer abc.def.ghi "],
+)
+def test_extract_token_returns_the_token(value: str) -> None:
+    assert extract_token([value], 8192) == "abc.def.ghi"
+
+
+def test_extract_token_size_limit_is_exact() -> None:
+    assert extract_token(["Bearer " + "a" * 100], 100) == "a" * 100
+    with pytest.raises(Denied) as info:
+        extract_token(["Bearer " + "a" * 101], 100)
+    assert info.value.reason == "token_too_large"
+
+
+# -- valid tokens -------------------------------------------------------------
+
+ALL_ALGS = ["HS256", "RS256", "ES256", "EdDSA", "PS256", "ES384"]
+
+
+@pytest.mark.parametrize("alg", ALL_ALGS)
+def test_valid_token_verifies_for_every_algorithm(keys: dict[str, SigningKey], alg: str) -> None:
+    key = keys[alg]
+    token = key.token(sub=f"user-{alg}")
+    for options in (key.options(), {"algorithms": [alg], "jwks": jwks_document(key)}):
+        verified = Verifier(Settings(**options)).verify(token, fingerprint(token))
+        assert verified.subject == f"user-{alg}"
+        assert verified.alg == alg
+        assert verified.kid == key.kid
+        assert verified.fingerprint == fingerprint(token)
+
+
+def test_mixed_algorithm_jwks(keys: dict[str, SigningKey]) -> None:
+    settings = Settings(algorithms=ALL_ALGS, jwks=jwks_document(*keys.values()))
+    verifier = Verifier(settings)
+    for alg, key in keys.items():
+        token = key.token(sub=alg)
+        assert verifier.verify(token, fingerprint(token)).subject == alg
+
+
+def test_verified_token_fields(rsa_key: SigningKey) -> None:
+    settings = Settings(
+        algorithms=["RS256"],
+        jwks=jwks_document(rsa_key),
+        issuer="https://issuer.example",
+        audience="api",
+    )
+    token = rsa_key.token(
+        sub="bob",
+        iss="https://issuer.example",
+        aud=["api", "other"],
+        jti="token-1",
+        scope="read write",
+        scp=["admin"],
+    )
+    verified = Verifier(settings).verify(token, fingerprint(token))
+    assert verified.subject == "bob"
+    assert verified.issuer == "https://issuer.example"
+    assert verified.token_id == "token-1"
+    assert verified.audience == ("api", "other")
+    assert verified.scopes == frozenset({"read", "write", "admin"})
+    assert verified.claims["sub"] == "bob"
+    assert verified.header["kid"] == "rs256-1"
+    assert token not in repr(verified)
+
+
+def test_single_audience_string_becomes_a_tuple(rsa_key: SigningKey) -> None:
+    settings = Settings(algorithms=["RS256"], jwks=jwks_document(rsa_key), audience="api")
+    token = rsa_key.token(aud="api")
+    assert Verifier(settings).verify(token, fingerprint(token)).audience == ("api",)
+
+
+def test_custom_scopes_claim(rsa_key: SigningKey) -> None:
+    settings = Settings(
+        algorithms=["RS256"], jwks=jwks_document(rsa_key), scopes_claim="permissions"
+    )
+    token = rsa_key.token(permissions=["orders:read", "orders:write", 5], scope="ignored")
+    verified = Verifier(settings).verify(token, fingerprint(token))
+    assert verified.scopes == frozenset({"orders:read", "orders:write"})
+
+
+def test_no_scopes(rsa_key: SigningKey) -> None:
+    settings = Settings(algorithms=["RS256"], jwks=jwks_document(rsa_key))
+    token = rsa_key.token(sub="x")
+    verified = Verifier(settings).verify(token, fingerprint(token))
+    assert verified.scopes == frozenset()
+    assert verified.issuer is None
+    assert verified.audience == ()
+
+
+# -- reason_for ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", list(PYJWT_REASONS), ids=lambda cls: cls.__name__)
+def test_reason_for_maps_every_pyjwt_exception(cls: type[Exception]) -> None:
+    exc = cls.__new__(cls)
+    reason = reason_for(exc)
+    assert reason == PYJWT_REASONS[cls]
+    assert reason in REASONS
+
+
+def test_reason_for_uses_the_mro() -> None:
+    class Custom(jwt.ExpiredSignatureError):
+        pass
+
+    assert reason_for(Custom()) == "expired"
+    assert reason_for(jwt.MissingRequiredClaimError("exp")) == "missing_claim"
+
+
+def test_reason_for_unrelated_exception() -> None:
+    assert reason_for(ValueError("x")) is None
+    assert reason_for(KeyError("x")) is None
+
+
+# -- known bugs ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("claim", "reasons"),
+    [
+        ("exp", {"missing_claim", "malformed_token"}),
+        ("nbf", {"malformed_token"}),
+        ("iat", {"malformed_token"}),
+    ],
+)
+def test_null_time_claim_is_denied(ctx: Ctx, claim: str, reasons: set[str]) -> None:
+    token = ctx.good(**{claim: None})
+    with pytest.raises(Denied) as info:
+        run(Settings(**ctx.rs256()), bearer(token))
+    assert info.value.reason in reasons
+    assert info.value.claims is not None
+
+
+def test_huge_integer_exp_is_a_verdict_not_a_crash(ctx: Ctx) -> None:
+    token = ctx.good(exp=10**400)
+    outcome: object
+    try:
+        outcome = run(Settings(**ctx.rs256()), bearer(token))
+    except Denied as denied:
+        outcome = denied.reason
+    assert outcome == "malformed_token" or (
+        isinstance(outcome, VerifiedToken) and outcome.subject == "alice"
+    )
