@@ -25,9 +25,8 @@ from .events import (
     DENIED,
     SCHEMA,
     clean,
-    clean_list,
-    clean_optional,
     copy_claims,
+    identity_fields,
     rfc3339,
 )
 from .policy import Verdict
@@ -170,25 +169,21 @@ class AuditLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         now: float | None = None,
     ) -> dict[str, Any]:
         """Build and emit the ``access`` or ``denial`` event of one request."""
-        wall = time.time() if now is None else now
         claims = verdict.claims
-        is_denial = verdict.reason is not None
-        if claims:
-            subject = clean_optional(claims.get("sub"))
-            issuer = clean_optional(claims.get("iss"))
-            token_id = clean_optional(claims.get("jti"))
-            audience = clean_list(claims.get("aud"))
-            scopes = clean_list(verdict.scopes)
-            logged = copy_claims(claims, self.log_claims) if self.log_claims else {}
-        else:
-            subject = issuer = token_id = None
-            audience, scopes, logged = [], [], {}
+        token = verdict.token
+        if token is not None and claims is token.claims:
+            identity = token.identity  # cleaned once, when the token verified
+        elif claims:
+            identity = identity_fields(claims, verdict.scopes, verdict.alg, verdict.kid)
+        else:  # nothing verified: only the header's alg and kid are known
+            identity = identity_fields({}, (), verdict.alg, verdict.kid)
+        reason = verdict.reason
         event = {
             "schema": SCHEMA,
-            "event": DENIAL if is_denial else ACCESS,
+            "event": ACCESS if reason is None else DENIAL,
             "outcome": verdict.outcome,
-            "reason": verdict.reason,
-            "time": rfc3339(wall),
+            "reason": reason,
+            "time": rfc3339(time.time() if now is None else now),
             "request_id": info.request_id,
             "method": info.method,
             "path": info.path,
@@ -197,20 +192,20 @@ class AuditLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
             "duration_ms": round((time.perf_counter() - info.started) * 1000, 3),
             "client_ip": info.client_ip,
             "user_agent": info.user_agent,
-            "subject": subject,
-            "issuer": issuer,
-            "token_id": token_id,
-            "audience": audience,
-            "scopes": scopes,
-            "alg": None if verdict.alg is None else clean(verdict.alg, 32),
-            "kid": None if verdict.kid is None else clean(verdict.kid, 64),
+            "subject": identity["subject"],
+            "issuer": identity["issuer"],
+            "token_id": identity["token_id"],
+            "audience": list(identity["audience"]),
+            "scopes": list(identity["scopes"]),
+            "alg": identity["alg"],
+            "kid": identity["kid"],
             "token_fingerprint": verdict.fingerprint,
             "detail": verdict.detail,
-            "claims": logged,
+            "claims": copy_claims(claims, self.log_claims) if self.log_claims and claims else {},
         }
-        if not is_denial:
+        if reason is None:
             level = logging.INFO
-        elif verdict.reason == "internal_error":
+        elif reason == "internal_error":
             level = logging.ERROR
         else:
             level = logging.WARNING if verdict.outcome == DENIED else logging.INFO

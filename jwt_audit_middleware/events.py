@@ -168,6 +168,21 @@ class _Clock:
 rfc3339 = _Clock().format
 
 
+def identity_fields(
+    claims: Mapping[str, Any], scopes: Iterable[str], alg: str | None, kid: str | None
+) -> dict[str, Any]:
+    """The token-derived fields of an event, cleaned (from verified claims only)."""
+    return {
+        "subject": clean_optional(claims.get("sub")),
+        "issuer": clean_optional(claims.get("iss")),
+        "token_id": clean_optional(claims.get("jti")),
+        "audience": clean_list(claims.get("aud")),
+        "scopes": clean_list(frozenset(scopes)),
+        "alg": None if alg is None else clean(alg, 32),
+        "kid": None if kid is None else clean(kid, 64),
+    }
+
+
 def copy_claims(claims: Mapping[str, Any] | None, names: Iterable[str]) -> dict[str, Any]:
     """The ``log_claims`` subset of ``claims``, cleaned."""
     if not claims:
@@ -191,5 +206,6 @@ __all__ = [
     "copy_claims",
     "fingerprint",
     "fingerprint_of_digest",
+    "identity_fields",
     "rfc3339",
 ]

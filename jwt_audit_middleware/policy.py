@@ -102,7 +102,7 @@ class PathPolicy:
         return tuple(required)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Verdict:
     """What to do with one request.
 

@@ -10,6 +10,7 @@ verified claims again on any kind of request object.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import os
 import re
 from collections.abc import Mapping
@@ -30,6 +31,33 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=\-]{1,128}")
 _FORWARDED_FOR = re.compile(r'(?:^|[;,\s])for=("?)([^;,"]*)\1', re.IGNORECASE)
 _IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class _RequestIds:
+    """Unique request ids: a random per-process prefix and a counter.
+
+    Cheaper than ``os.urandom`` per request; the prefix is renewed in a forked
+    child (gunicorn workers), so ids stay unique across processes.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self.prefix = os.urandom(12).hex()
+        self.counter = itertools.count(1)
+
+    def __call__(self) -> str:
+        """32 hex digits: 24 of random prefix, 8 of counter."""
+        number = next(self.counter)
+        if number > 0xFFFFFFFF:  # after 4 billion ids, a fresh prefix
+            self.reset()
+            number = next(self.counter)
+        return f"{self.prefix}{number:08x}"
+
+
+new_request_id = _RequestIds()
 
 
 @dataclass(slots=True)
@@ -85,7 +113,7 @@ class RequestReader:
     ) -> RequestInfo:
         """A ``RequestInfo`` from raw header values (``None`` when absent)."""
         if request_id is None or not _REQUEST_ID.fullmatch(request_id):
-            request_id = os.urandom(16).hex()
+            request_id = new_request_id()
         return RequestInfo(
             method=clean(method, 16),
             path=clean(path, MAX_PATH),

@@ -24,6 +24,7 @@ from cryptography.exceptions import InvalidSignature
 from jwt import exceptions as jwt_errors
 
 from .errors import Denied
+from .events import identity_fields
 from .keys import MAX_KID_LENGTH, KeyRing
 from .settings import Settings, normalise_media_type
 
@@ -79,6 +80,8 @@ class VerifiedToken:
     token_id: str | None = None
     audience: tuple[str, ...] = ()
     expires_at: float | None = field(default=None, repr=False)
+    identity: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    """The token's audit-event fields, cleaned once (served from the cache after that)."""
 
     @property
     def alg(self) -> str:
@@ -311,16 +314,18 @@ class Verifier:
                 raise deny("invalid_audience", "the token is not meant for this audience")
         elif audiences:  # RFC 7519 §4.1.3: an audience we are not in is a rejection
             raise deny("invalid_audience", "the token has an audience but none is configured")
+        scopes = self.scopes(claims)
         return VerifiedToken(
             claims=claims,
             header=header,
             fingerprint=fingerprint,
-            scopes=self.scopes(claims),
+            scopes=scopes,
             subject=claims.get("sub"),
             issuer=issuer,
             token_id=claims.get("jti"),
             audience=audiences,
             expires_at=float(exp) if exp is not None else None,
+            identity=identity_fields(claims, scopes, alg, kid),
         )
 
     def scopes(self, claims: Mapping[str, Any]) -> frozenset[str]:
