@@ -1,23 +1,22 @@
-"""FastAPI behind JWTAuditMiddleware.
+"""FastAPI behind JWTAuditMiddleware, with the contrib.fastapi dependencies.
 
 Run:  JWT_AUDIT_ALGORITHMS=RS256 JWT_AUDIT_PUBLIC_KEY="$(cat public.pem)" \
       uvicorn examples.fastapi_app:app
+
+Every ``JWT_AUDIT_*`` variable is an option (``Settings.from_env()``); events go to
+``$AUDIT_LOG`` as JSON lines, or to standard output.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, WebSocket
 
-from jwt_audit_middleware import JSONFormatter, JWTAuditMiddleware, Settings, get_claims
-
-
-def claims(request: Request) -> dict[str, Any]:
-    """The verified claims of the current request (the middleware guarantees them)."""
-    return get_claims(request) or {}
+from examples._logging import log_events
+from jwt_audit_middleware import JWTAuditMiddleware, Settings
+from jwt_audit_middleware.contrib.fastapi import Claims, require_scopes
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -25,24 +24,27 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="orders")
 
     @app.get("/orders")
-    def list_orders(user: Annotated[dict[str, Any], Depends(claims)]) -> dict[str, Any]:
-        return {"owner": user["sub"], "orders": []}
+    def list_orders(claims: Claims) -> dict[str, Any]:
+        return {"owner": claims["sub"], "orders": []}
+
+    @app.post("/orders", status_code=201, dependencies=[require_scopes("orders:write")])
+    def create_order(claims: Claims) -> dict[str, Any]:
+        return {"created_by": claims["sub"]}
 
     @app.get("/health")
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    @app.websocket("/ws")
+    async def updates(websocket: WebSocket, claims: Claims) -> None:
+        await websocket.accept()
+        await websocket.send_json({"hello": claims["sub"]})
+        await websocket.close()
+
     app.add_middleware(JWTAuditMiddleware, settings=settings)
     return app
 
 
-def log_to_stdout() -> None:
-    """Audit events as JSON lines on standard output."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(JSONFormatter())
-    logging.getLogger("jwt_audit").addHandler(handler)
-
-
 if "JWT_AUDIT_ALGORITHMS" in os.environ:
-    log_to_stdout()
+    log_events()
     app = create_app(Settings.from_env())

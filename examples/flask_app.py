@@ -1,38 +1,38 @@
-"""Flask behind JWTAuditWSGIMiddleware.
+"""Flask with the JWTAudit extension, configured from ``app.config``.
 
-Run:  JWT_AUDIT_ALGORITHMS=HS256 JWT_AUDIT_SECRET=... flask --app examples.flask_app run
+Run:  FLASK_JWT_AUDIT_ALGORITHMS=RS256 FLASK_JWT_AUDIT_PUBLIC_KEY="$(cat public.pem)" \
+      flask --app examples.flask_app run
+ or:  gunicorn 'examples.flask_app:create_app()'  (same variables)
+
+``app.config.from_prefixed_env()`` turns ``FLASK_JWT_AUDIT_*`` variables into the
+``JWT_AUDIT_*`` keys the extension reads; events go to ``$AUDIT_LOG`` as JSON
+lines, or to standard output.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-
 from flask import Flask, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from jwt_audit_middleware import JSONFormatter, JWTAuditWSGIMiddleware, Settings, get_claims
+from examples._logging import log_events
+from jwt_audit_middleware import Settings
+from jwt_audit_middleware.contrib.flask import JWTAudit, current_claims
 
 
-def create_app(settings: Settings) -> Flask:
-    """Build the app; ``settings`` would usually be ``Settings.from_env()``."""
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the app: from ``settings`` when given, else from ``FLASK_*`` variables."""
     app = Flask(__name__)
 
     @app.get("/orders")
     def list_orders() -> ResponseReturnValue:
-        claims = get_claims(request) or {}
-        return jsonify(owner=claims["sub"], remote_user=request.environ.get("REMOTE_USER"))
+        return jsonify(owner=current_claims["sub"], remote_user=request.environ.get("REMOTE_USER"))
 
     @app.get("/health")
     def health() -> ResponseReturnValue:
         return jsonify(status="ok")
 
-    app.wsgi_app = JWTAuditWSGIMiddleware(app.wsgi_app, settings=settings)  # type: ignore[method-assign]
+    if settings is None:
+        app.config.from_prefixed_env()
+        log_events()
+    JWTAudit(app, settings=settings)
     return app
-
-
-if "JWT_AUDIT_ALGORITHMS" in os.environ:
-    handler = logging.StreamHandler()
-    handler.setFormatter(JSONFormatter())
-    logging.getLogger("jwt_audit").addHandler(handler)
-    app = create_app(Settings.from_env())

@@ -16,46 +16,51 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .verifier import VerifiedToken
+    from .policy import Verdict
 
 DEFAULT_TTL = 300.0
 
 
 class TokenCache:
-    """A bounded LRU map: token digest -> (deadline, key-ring id, VerifiedToken)."""
+    """A bounded LRU map: token digest -> (deadline, key-ring id, allowed Verdict).
+
+    Reads take no lock: a ``dict.get`` and an ``OrderedDict.move_to_end`` are
+    single C calls under the GIL.  Writes and evictions hold the lock.
+    """
 
     __slots__ = ("_entries", "_lock", "hits", "misses", "size", "ttl")
 
     def __init__(self, size: int, ttl: float = DEFAULT_TTL) -> None:
         self.size = size
         self.ttl = ttl
-        self._entries: OrderedDict[bytes, tuple[float, int, VerifiedToken]] = OrderedDict()
+        self._entries: OrderedDict[bytes, tuple[float, int, Verdict]] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
-    def get(self, digest: bytes, now: float, ring: int) -> VerifiedToken | None:
-        """The cached token for ``digest``, unless it is stale or absent."""
+    def get(self, digest: bytes, now: float, ring: int) -> Verdict | None:
+        """The cached verdict for ``digest``, unless it is stale or absent."""
         entry = self._entries.get(digest)
         if entry is None:
             self.misses += 1
             return None
-        deadline, entry_ring, token = entry
+        deadline, entry_ring, verdict = entry
         if now >= deadline or entry_ring != ring:
             with self._lock:
                 self._entries.pop(digest, None)
             self.misses += 1
             return None
-        with self._lock:
-            if digest in self._entries:
-                self._entries.move_to_end(digest)
+        try:  # noqa: SIM105 - suppress() costs more on this path
+            self._entries.move_to_end(digest)
+        except KeyError:  # evicted by another thread meanwhile: still a valid answer
+            pass
         self.hits += 1
-        return token
+        return verdict
 
-    def put(self, digest: bytes, token: VerifiedToken, deadline: float, ring: int) -> None:
-        """Remember ``token`` until ``deadline`` (the caller bounds it by ``exp``)."""
+    def put(self, digest: bytes, verdict: Verdict, deadline: float, ring: int) -> None:
+        """Remember ``verdict`` until ``deadline`` (the caller bounds it by ``exp``)."""
         with self._lock:
-            self._entries[digest] = (deadline, ring, token)
+            self._entries[digest] = (deadline, ring, verdict)
             self._entries.move_to_end(digest)
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)

@@ -126,6 +126,12 @@ class Verdict:
     required_scopes: tuple[str, ...] = ()
     path_kind: str = REQUIRED
     pending_revocation: bool = False
+    event_base: dict[str, Any] | None = None
+    """The request-independent part of this verdict's audit event, built once.
+
+    Verdicts of cached tokens are shared by every request that presents the
+    token; nothing may change them but this memo (filled by ``AuditLogger``).
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +166,17 @@ class Gate:
         kind = self.paths.kind(path)
         if kind == EXEMPT:
             return self._exempt
+        cache = self.cache
+        if cache is not None and len(authorization) == 1:
+            # Fast path: a token seen before.  Only verified tokens are cached, so
+            # a hit has passed every syntax check already; anything unusual
+            # (other casing, extra spaces) simply misses and takes the full path.
+            value = authorization[0]
+            if value.startswith(_BEARER):
+                digest = hashlib.sha256(value[7:].encode("latin-1")).digest()
+                cached = cache.get(digest, self.verifier.clock(), id(self.verifier.keyring))
+                if cached is not None:
+                    return self._allowed(cached, path, kind)
         try:
             token_text = self.verifier.token_from_headers(authorization)
         except Denied as denied:
@@ -169,22 +186,12 @@ class Gate:
             return self.deny(denied, None, kind)
         digest = hashlib.sha256(token_text.encode("ascii")).digest()
         print_ = fingerprint_of_digest(digest)
+        now = self.verifier.clock()
         try:
-            token = self._verify(token_text, digest, print_)
+            token = self.verifier.verify(token_text, print_)
         except Denied as denied:
             return self.deny(denied, print_, kind)
-        required = self.paths.required_scopes(path)
-        if required and not token.scopes.issuperset(required):
-            lacking = Denied(
-                "insufficient_scope",
-                "the token lacks a required scope",
-                alg=token.alg,
-                kid=token.kid,
-                claims=token.claims,
-                required_scopes=required,
-            )
-            return self.deny(lacking, print_, kind, token=token)
-        return Verdict(
+        verdict = Verdict(
             True,
             ALLOWED,
             token=token,
@@ -193,26 +200,34 @@ class Gate:
             kid=token.kid,
             claims=token.claims,
             scopes=token.scopes,
-            path_kind=kind,
             pending_revocation=self.revocation_check is not None,
         )
-
-    def _verify(self, token_text: str, digest: bytes, print_: str) -> VerifiedToken:
-        """Verify, or take a still-valid verification from the cache."""
-        cache = self.cache
-        if cache is None:
-            return self.verifier.verify(token_text, print_)
-        now = self.verifier.clock()
-        ring = id(self.verifier.keyring)
-        token = cache.get(digest, now, ring)
-        if token is None:
-            token = self.verifier.verify(token_text, print_)
+        if cache is not None:
             # exp (+ leeway) bounds the entry; nbf and iat only grow more valid with time
             deadline = now + cache.ttl
             if token.expires_at is not None:
                 deadline = min(deadline, token.expires_at + self._leeway)
-            cache.put(digest, token, deadline, ring)
-        return token
+            cache.put(digest, verdict, deadline, id(self.verifier.keyring))
+        return self._allowed(verdict, path, kind)
+
+    def _allowed(self, verdict: Verdict, path: str, kind: str) -> Verdict:
+        """``verdict`` (a verified token on a required path) checked against ``path``."""
+        token = verdict.token
+        assert token is not None
+        required = self.paths.required_scopes(path)
+        if required and not token.scopes.issuperset(required):
+            lacking = Denied(
+                "insufficient_scope",
+                "the token lacks a required scope",
+                alg=verdict.alg,
+                kid=verdict.kid,
+                claims=token.claims,
+                required_scopes=required,
+            )
+            return self.deny(lacking, verdict.fingerprint, kind, token=token)
+        if kind != REQUIRED:
+            return replace(verdict, path_kind=kind, event_base=None)
+        return verdict
 
     def deny(
         self,
@@ -337,4 +352,7 @@ class Gate:
 
 
 def _replace_pending(verdict: Verdict) -> Verdict:
-    return replace(verdict, pending_revocation=False)
+    return replace(verdict, pending_revocation=False, event_base=None)
+
+
+_BEARER = ("Bearer ", "bearer ")

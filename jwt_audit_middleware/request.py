@@ -27,6 +27,7 @@ SCOPE_KEY = "jwt_audit"
 #: Where view-level code leaves a denial for the middleware to answer and audit.
 LATE_DENIAL_KEY = "jwt_audit.denial"
 
+_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=\-]{1,128}")
 _FORWARDED_FOR = re.compile(r'(?:^|[;,\s])for=("?)([^;,"]*)\1', re.IGNORECASE)
 _IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -114,14 +115,18 @@ class RequestReader:
         """A ``RequestInfo`` from raw header values (``None`` when absent)."""
         if request_id is None or not _REQUEST_ID.fullmatch(request_id):
             request_id = new_request_id()
+        if self._trusted or peer is None:
+            client_ip = self.client_ip(peer, forwarded, x_forwarded_for)
+        else:
+            client_ip = clean(peer, 64)
         return RequestInfo(
-            method=clean(method, 16),
-            path=clean(path, MAX_PATH),
-            protocol=protocol,
-            client_ip=self.client_ip(peer, forwarded, x_forwarded_for),
-            user_agent=None if user_agent is None else clean(user_agent, MAX_USER_AGENT),
-            request_id=request_id,
-            started=started,
+            method if method in _METHODS else clean(method, 16),
+            clean(path, MAX_PATH),
+            protocol,
+            client_ip,
+            None if user_agent is None else clean(user_agent, MAX_USER_AGENT),
+            request_id,
+            started,
         )
 
     def client_ip(

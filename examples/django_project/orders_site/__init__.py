@@ -1,0 +1,1 @@
+"""The example Django project: an orders API behind jwt_audit_middleware."""

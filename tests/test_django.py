@@ -1,0 +1,406 @@
+"""contrib.django: the MIDDLEWARE entry (sync and async), system checks, start-up errors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import django
+import pytest
+from asgiref.sync import iscoroutinefunction
+from conftest import assert_no_secret
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.test import AsyncClient, AsyncRequestFactory, Client, RequestFactory, override_settings
+from django.urls import path
+
+from jwt_audit_middleware import get_claims
+from jwt_audit_middleware.contrib.django import JWTAuditMiddleware
+from jwt_audit_middleware.request import deny_request
+from jwt_audit_middleware.testing import CapturedEvents, SigningKey
+
+MIDDLEWARE = "jwt_audit_middleware.contrib.django.JWTAuditMiddleware"
+KEY = SigningKey.generate("ES256", kid="django-1")  # fresh per run
+OTHER = SigningKey.generate("ES256", kid="django-1")  # signs forgeries
+AUDIENCE = "orders"
+JWT_AUDIT = {
+    "ALGORITHMS": ["ES256"],
+    "PUBLIC_KEY": KEY.public_pem,
+    "AUDIENCE": AUDIENCE,
+    "EXEMPT_PATHS": ["/health"],
+    "OPTIONAL_PATHS": ["/public"],
+    "PATH_SCOPES": {"/admin": ["admin"]},
+}
+RSA_KEY = SigningKey.generate("RS256")  # the example project verifies RS256
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "django_project"
+
+
+# -- the project under test: views and URLs live in this module ---------------
+
+
+def me(request: HttpRequest) -> JsonResponse:
+    claims = request.jwt_claims  # type: ignore[attr-defined]
+    token = request.jwt_audit  # type: ignore[attr-defined]
+    return JsonResponse(
+        {
+            "claims": claims,
+            "get_claims": get_claims(request),
+            "fingerprint_of_token": None if token is None else token.fingerprint,
+            "remote_user": request.META.get("REMOTE_USER"),
+        }
+    )
+
+
+async def me_async(request: HttpRequest) -> JsonResponse:
+    return me(request)
+
+
+def boom(request: HttpRequest) -> HttpResponse:
+    raise RuntimeError("the view failed")
+
+
+def needs_write(request: HttpRequest) -> HttpResponse:
+    deny_request(request, "insufficient_scope", required_scopes=("orders:write",))
+    return HttpResponse("should be replaced")
+
+
+async def needs_write_async(request: HttpRequest) -> HttpResponse:
+    return needs_write(request)
+
+
+def stream(request: HttpRequest) -> StreamingHttpResponse:
+    return StreamingHttpResponse(iter([b"a", b"b"]), status=206)
+
+
+urlpatterns = [
+    path("me/", me),
+    path("async/me/", me_async),
+    path("boom/", boom),
+    path("write/", needs_write),
+    path("async/write/", needs_write_async),
+    path("stream/", stream),
+    path("health/", me),
+    path("public/", me),
+    path("admin/", me),
+]
+
+if not settings.configured:
+    settings.configure(
+        DEBUG=False,
+        SECRET_KEY="tests-only",
+        ALLOWED_HOSTS=["testserver"],
+        USE_TZ=True,
+        ROOT_URLCONF=__name__,
+        INSTALLED_APPS=["jwt_audit_middleware.contrib.django"],
+        MIDDLEWARE=[MIDDLEWARE],
+        DATABASES={},
+        JWT_AUDIT=JWT_AUDIT,
+    )
+    django.setup()
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def good(**claims: Any) -> str:
+    return KEY.token({"aud": AUDIENCE, **claims})
+
+
+# -- sync (WSGI) --------------------------------------------------------------
+
+
+def test_valid_token_sets_request_attributes(events: CapturedEvents) -> None:
+    token = good(sub="alice", scope="orders:read")
+    response = Client().get("/me/?q=1", headers={**auth(token), "User-Agent": "pytest"})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["claims"]["sub"] == "alice"
+    assert body["get_claims"] == body["claims"]
+    assert body["fingerprint_of_token"] == events.only()["token_fingerprint"]
+    assert body["remote_user"] == "alice"
+    event = events.only()
+    assert (event["event"], event["outcome"], event["status"], event["path"]) == (
+        "access",
+        "allowed",
+        200,
+        "/me/",
+    )
+    assert event["subject"] == "alice"
+    assert event["scopes"] == ["orders:read"]
+    assert event["client_ip"] == "127.0.0.1"
+    assert event["user_agent"] == "pytest"
+    assert_no_secret(events.text() + response.content.decode(), token)
+
+
+@pytest.mark.parametrize(
+    ("label", "headers", "status", "reason", "challenge"),
+    [
+        ("missing", {}, 401, "missing_token", 'Bearer realm="api"'),
+        ("expired", auth(good(exp=1)), 401, "expired", 'error="invalid_token"'),
+        ("forged", auth(OTHER.token(aud=AUDIENCE)), 401, "bad_signature", 'error="invalid_token"'),
+        ("audience", auth(KEY.token(aud="billing")), 401, "invalid_audience", "invalid_token"),
+        ("basic", {"Authorization": "Basic YTpi"}, 401, "unsupported_scheme", "realm"),
+    ],
+)
+def test_denials_answer_with_the_challenge(
+    label: str,
+    headers: dict[str, str],
+    status: int,
+    reason: str,
+    challenge: str,
+    events: CapturedEvents,
+) -> None:
+    response = Client().get("/me/", headers=headers)
+    assert response.status_code == status
+    assert challenge in response.headers["WWW-Authenticate"]
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["Content-Type"] == "application/json"
+    assert set(response.json()) == {"error", "error_description"}
+    event = events.only()
+    assert (event["event"], event["reason"], event["status"]) == ("denial", reason, status)
+
+
+def test_path_scopes_and_view_level_denial(events: CapturedEvents) -> None:
+    token = good(sub="bo", scope="orders:read")
+    admin = Client().get("/admin/", headers=auth(token))
+    write = Client().get("/write/", headers=auth(token))
+    assert admin.status_code == write.status_code == 403
+    assert admin.headers["WWW-Authenticate"].endswith('scope="admin"')
+    assert write.headers["WWW-Authenticate"].endswith('scope="orders:write"')
+    assert write.json()["error"] == "insufficient_scope"
+    assert b"should be replaced" not in write.content
+    rows = [(e["event"], e["reason"], e["status"], e["subject"]) for e in events]
+    assert rows == [
+        ("denial", "insufficient_scope", 403, "bo"),
+        ("denial", "insufficient_scope", 403, "bo"),
+    ]
+
+
+def test_exempt_and_optional_paths(events: CapturedEvents) -> None:
+    health = Client().get("/health/")
+    anonymous = Client().get("/public/")
+    named = Client().get("/public/", headers=auth(good(sub="cy")))
+    assert health.json()["claims"] is None
+    assert anonymous.json()["claims"] is None
+    assert named.json()["claims"]["sub"] == "cy"
+    assert [(e["path"], e["status"], e["subject"]) for e in events] == [
+        ("/health/", 200, None),
+        ("/public/", 200, None),
+        ("/public/", 200, "cy"),
+    ]
+
+
+def test_view_exception_is_one_500_event(events: CapturedEvents) -> None:
+    response = Client(raise_request_exception=False).get("/boom/", headers=auth(good()))
+    assert response.status_code == 500
+    assert [(e["event"], e["status"]) for e in events] == [("access", 500)]
+
+
+def test_exception_through_get_response_is_audited_and_reraised(events: CapturedEvents) -> None:
+    def get_response(request: HttpRequest) -> HttpResponse:
+        raise KeyError("boom")
+
+    middleware = JWTAuditMiddleware(get_response)
+    with pytest.raises(KeyError):
+        middleware(RequestFactory().get("/me/", headers=auth(good())))
+    assert [(e["event"], e["status"], e["subject"]) for e in events] == [("access", 500, "alice")]
+
+
+def test_streaming_response_status(events: CapturedEvents) -> None:
+    response = Client().get("/stream/", headers=auth(good()))
+    assert response.status_code == 206
+    assert b"".join(response.streaming_content) == b"ab"  # type: ignore[arg-type]
+    assert events.only()["status"] == 206
+
+
+@override_settings(JWT_AUDIT={**JWT_AUDIT, "MODE": "report-only"})
+def test_report_only(events: CapturedEvents) -> None:
+    expired = Client().get("/me/", headers=auth(good(exp=1)))
+    assert expired.status_code == 200
+    assert expired.json()["claims"] is None
+    assert [(e["outcome"], e["reason"], e["status"]) for e in events] == [
+        ("would_deny", "expired", 401)
+    ]
+
+
+def test_revocation_hook_sync() -> None:
+    revoked = {"gone"}
+    options = {**JWT_AUDIT, "REVOCATION_CHECK": lambda claims: claims.get("jti") in revoked}
+    with override_settings(JWT_AUDIT=options):
+        assert Client().get("/me/", headers=auth(good(jti="fine"))).status_code == 200
+        assert Client().get("/me/", headers=auth(good(jti="gone"))).status_code == 401
+
+
+# -- flavours: Django builds the chain once, sync or async --------------------
+
+
+def test_flavour_follows_get_response() -> None:
+    def sync_view(request: HttpRequest) -> HttpResponse:
+        return HttpResponse()
+
+    async def async_view(request: HttpRequest) -> HttpResponse:
+        return HttpResponse()
+
+    sync_mw = JWTAuditMiddleware(sync_view)
+    async_mw = JWTAuditMiddleware(async_view)
+    assert JWTAuditMiddleware.sync_capable is JWTAuditMiddleware.async_capable is True
+    assert isinstance(async_mw, JWTAuditMiddleware)
+    assert not iscoroutinefunction(sync_mw)
+    assert iscoroutinefunction(async_mw)
+    assert not asyncio.iscoroutine(result := sync_mw(RequestFactory().get("/health/")))
+    assert result.status_code == 200
+
+
+@pytest.mark.anyio
+async def test_async_client(events: CapturedEvents) -> None:
+    client = AsyncClient()
+    token = good(sub="dee")
+    ok = await client.get("/async/me/", headers=auth(token))
+    missing = await client.get("/async/me/")
+    write = await client.get("/async/write/", headers=auth(token))
+    sync_view = await client.get("/me/", headers=auth(token))
+    assert ok.status_code == 200
+    assert ok.json()["claims"]["sub"] == "dee"
+    assert ok.json()["remote_user"] == "dee"
+    assert missing.status_code == 401
+    assert missing.headers["WWW-Authenticate"] == 'Bearer realm="api"'
+    assert write.status_code == 403
+    assert sync_view.json()["claims"]["sub"] == "dee"
+    assert [(e["status"], e["reason"]) for e in events] == [
+        (200, None),
+        (401, "missing_token"),
+        (403, "insufficient_scope"),
+        (200, None),
+    ]
+
+
+@pytest.mark.anyio
+@override_settings(DEBUG=True)
+async def test_async_chain_is_not_adapted(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="django.request")
+    response = await AsyncClient().get("/async/me/", headers=auth(good()))
+    assert response.status_code == 200
+    adapted = [r.getMessage() for r in caplog.records if "adapted for middleware" in r.getMessage()]
+    assert adapted == []  # Django would say "... adapted for middleware <ours>" otherwise
+
+
+@pytest.mark.anyio
+async def test_async_revocation_hook_is_awaited_on_the_loop(events: CapturedEvents) -> None:
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    async def check(claims: Any) -> bool:
+        loops.append(asyncio.get_running_loop())
+        return claims.get("jti") == "gone"
+
+    async def view(request: HttpRequest) -> HttpResponse:
+        return HttpResponse(status=204)
+
+    with override_settings(JWT_AUDIT={**JWT_AUDIT, "REVOCATION_CHECK": check}):
+        middleware = JWTAuditMiddleware(view)
+    factory = AsyncRequestFactory()
+    ok = await middleware(factory.get("/me/", headers=auth(good(jti="fine"))))
+    gone = await middleware(factory.get("/me/", headers=auth(good(jti="gone"))))
+    assert (ok.status_code, gone.status_code) == (204, 401)
+    assert loops == [asyncio.get_running_loop()] * 2
+    assert [e["reason"] for e in events] == [None, "revoked"]
+
+
+@pytest.mark.anyio
+async def test_async_exception_is_audited_and_reraised(events: CapturedEvents) -> None:
+    async def view(request: HttpRequest) -> HttpResponse:
+        raise KeyError("boom")
+
+    middleware = JWTAuditMiddleware(view)
+    with pytest.raises(KeyError):
+        await middleware(AsyncRequestFactory().get("/me/", headers=auth(good())))
+    assert [(e["event"], e["status"]) for e in events] == [("access", 500)]
+
+
+# -- configuration: start-up errors and system checks -------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (None, "JWT_AUDIT: JWT_AUDIT: is not set"),
+        ({**JWT_AUDIT, "AUDIANCE": "x"}, "audiance: unknown option; did you mean 'audience'?"),
+        ({"ALGORITHMS": ["ES256"]}, "JWT_AUDIT: "),
+        ("ES256", "expected a mapping"),
+    ],
+)
+def test_bad_configuration_is_improperly_configured(value: object, message: str) -> None:
+    with override_settings(JWT_AUDIT=value):
+        with pytest.raises(ImproperlyConfigured) as raised:
+            JWTAuditMiddleware(me)
+        assert message in str(raised.value)
+        with pytest.raises(ImproperlyConfigured):
+            Client().get("/health/")  # the handler loads its middleware: start-up
+
+
+@pytest.mark.parametrize(
+    ("value", "check_id", "text"),
+    [
+        (None, "jwt_audit.E001", "JWT_AUDIT is not set"),
+        (["ES256"], "jwt_audit.E002", "must be a dict"),
+        ({**JWT_AUDIT, "ALGORITMS": ["ES256"]}, "jwt_audit.E003", "did you mean 'algorithms'"),
+        ({**JWT_AUDIT, "MODE": "strict"}, "jwt_audit.E004", "mode: expected"),
+        ({"ALGORITHMS": ["ES256"]}, "jwt_audit.E004", "JWT_AUDIT: "),
+    ],
+)
+def test_system_checks(value: object, check_id: str, text: str) -> None:
+    with override_settings(JWT_AUDIT=value), pytest.raises(SystemCheckError) as raised:
+        call_command("check")
+    assert check_id in str(raised.value)
+    assert text in str(raised.value)
+
+
+def test_checks_pass_and_warn_without_middleware(capsys: pytest.CaptureFixture[str]) -> None:
+    call_command("check")
+    assert "no issues" in capsys.readouterr().out
+    with override_settings(MIDDLEWARE=[]):
+        call_command("check")
+    assert "jwt_audit.W001" in capsys.readouterr().err
+
+
+def _manage(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(EXAMPLE.parent.parent)]),
+        "AUDIT_LOG": str(tmp_path / "audit.jsonl"),
+        **env,
+    }
+    environ.pop("DJANGO_SETTINGS_MODULE", None)
+    return subprocess.run(
+        [sys.executable, str(EXAMPLE / "manage.py"), *args],
+        capture_output=True,
+        text=True,
+        env=environ,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_example_manage_py_check_reports_a_misspelled_option(tmp_path: Path) -> None:
+    env = {"JWT_PUBLIC_KEY": RSA_KEY.public_pem or ""}
+    ok = _manage(["check"], tmp_path, **env)
+    assert ok.returncode == 0, ok.stderr
+    assert "no issues" in ok.stdout
+    (tmp_path / "typo_settings.py").write_text(
+        "from orders_site.settings import *  # noqa: F403\n"
+        "JWT_AUDIT = {**JWT_AUDIT, 'LEEWAYY': 5}  # noqa: F405\n"
+    )
+    typo = _manage(["check", "--settings=typo_settings"], tmp_path, **env)
+    assert typo.returncode == 1
+    assert "(jwt_audit.E003) JWT_AUDIT: leewayy: unknown option; did you mean 'leeway'?" in (
+        typo.stderr
+    )
