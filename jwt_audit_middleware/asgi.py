@@ -18,7 +18,7 @@ from starlette.authentication import AuthCredentials, BaseUser, UnauthenticatedU
 from ._config import Components
 from .events import WOULD_DENY
 from .policy import EXEMPT, Verdict
-from .request import LATE_DENIAL_KEY, SCOPE_KEY, RequestInfo
+from .request import LATE_DENIAL_KEY, MODE_KEY, SCOPE_KEY, RequestInfo
 from .settings import Settings
 from .verifier import VerifiedToken
 
@@ -88,6 +88,7 @@ class JWTAuditMiddleware:
         header = parts.reader.request_id_header
         self._request_id_header = header.encode("latin-1") if header else None
         self._forwarding = parts.reader.reads_forwarding
+        self._report_only = parts.gate.report_only
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         protocol = scope["type"]
@@ -140,6 +141,8 @@ class JWTAuditMiddleware:
             return
         if verdict.outcome == WOULD_DENY:
             self._audit.request_event(verdict, info, verdict.status)
+        if self._report_only:
+            scope[MODE_KEY] = "report-only"
         if verdict.path_kind == EXEMPT:
             scope.setdefault("user", UnauthenticatedUser())
             scope.setdefault("auth", AuthCredentials())
@@ -165,11 +168,11 @@ class JWTAuditMiddleware:
             if not emitted:
                 kind = message["type"]
                 late = scope.get(LATE_DENIAL_KEY)
-                if late is not None and kind == "http.response.start":
+                if late is not None and kind in ("http.response.start", "websocket.close"):
                     verdict = self._gate.late_denial(verdict, late) or verdict
                     if not verdict.allow:
                         emitted = replaced = True
-                        await self._deny(scope, receive, send, verdict, info)
+                        await self._deny(scope, receive, send, verdict, info, connected=True)
                         return
                 status: int | None = None
                 if kind in ("http.response.start", "websocket.http.response.start"):
@@ -183,6 +186,8 @@ class JWTAuditMiddleware:
                     try:
                         await send(message)
                     finally:
+                        if verdict.outcome == WOULD_DENY:  # a late denial in report-only mode
+                            status = verdict.status
                         audit.request_event(verdict, info, status)
                     return
             await send(message)
@@ -198,7 +203,14 @@ class JWTAuditMiddleware:
             audit.request_event(verdict, info, None)
 
     async def _deny(
-        self, scope: Scope, receive: Receive, send: Send, verdict: Verdict, info: RequestInfo
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        verdict: Verdict,
+        info: RequestInfo,
+        *,
+        connected: bool = False,
     ) -> None:
         challenge = self._gate.challenge(verdict)
         status = challenge.status
@@ -212,7 +224,7 @@ class JWTAuditMiddleware:
                     }
                 )
                 await send({"type": "http.response.body", "body": challenge.body})
-            elif (await receive())["type"] == "websocket.connect":
+            elif connected or (await receive())["type"] == "websocket.connect":
                 if "websocket.http.response" in (scope.get("extensions") or {}):
                     await send(
                         {

@@ -255,9 +255,13 @@ class Gate:
 
     def late_denial(self, verdict: Verdict, denied: object) -> Verdict | None:
         """The verdict for a denial the app left with ``deny_request()``, if any."""
-        if not isinstance(denied, Denied) or verdict.token is None:
+        if not isinstance(denied, Denied):
             return None
         token = verdict.token
+        if token is None:  # anonymous (optional path): only "you need a token" makes sense
+            if denied.reason != "missing_token":
+                return None
+            return self.deny(denied, None, verdict.path_kind)
         late = Denied(
             denied.reason,
             denied.detail,

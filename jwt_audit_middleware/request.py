@@ -26,6 +26,13 @@ from .verifier import VerifiedToken
 SCOPE_KEY = "jwt_audit"
 #: Where view-level code leaves a denial for the middleware to answer and audit.
 LATE_DENIAL_KEY = "jwt_audit.denial"
+#: Present (``"report-only"``) when the middleware lets denials through.
+MODE_KEY = "jwt_audit.mode"
+_LATE_DETAILS = {
+    "insufficient_scope": "the token lacks a required scope",
+    "missing_token": "no Authorization header",
+    "revoked": "the token has been revoked",
+}
 
 _METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=\-]{1,128}")
@@ -192,17 +199,29 @@ def _carrier(obj: Any) -> Any:
     raise TypeError("expected an ASGI scope, a WSGI environ or a request that carries one")
 
 
-def deny_request(obj: Any, reason: str, *, required_scopes: tuple[str, ...] = ()) -> None:
+def deny_request(
+    obj: Any,
+    reason: str,
+    *,
+    required_scopes: tuple[str, ...] = (),
+    detail: str | None = None,
+) -> bool:
     """Ask the middleware to deny this request as ``reason`` after all.
 
     For checks only a view can make (FastAPI's scope dependencies, a Flask
     decorator): the middleware then sends its RFC 6750 challenge in place of
-    the app's response and audits the request as a ``denial``, exactly as if it
-    had denied the request itself.  In report-only mode the app's response goes
-    out and the event says ``would_deny``.
+    the app's response (or its handshake refusal, for a websocket closed before
+    accept) and audits the request as a ``denial``, exactly as if it had denied
+    the request itself.  Returns whether the request will be denied: ``False``
+    in report-only mode, where the app goes on and the event says
+    ``would_deny``.
     """
     if reason not in REASONS:
         raise ValueError(f"unknown reason {reason!r}")
-    _carrier(obj)[LATE_DENIAL_KEY] = Denied(
-        reason, "denied by the application", required_scopes=tuple(required_scopes)
+    carrier = _carrier(obj)
+    carrier[LATE_DENIAL_KEY] = Denied(
+        reason,
+        detail or _LATE_DETAILS.get(reason, "denied by the application"),
+        required_scopes=tuple(required_scopes),
     )
+    return bool(carrier.get(MODE_KEY) != "report-only")

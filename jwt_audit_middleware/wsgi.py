@@ -18,7 +18,7 @@ from typing import Any
 from ._config import Components
 from .events import WOULD_DENY
 from .policy import EXEMPT, Verdict
-from .request import LATE_DENIAL_KEY, SCOPE_KEY, RequestInfo
+from .request import LATE_DENIAL_KEY, MODE_KEY, SCOPE_KEY, RequestInfo
 from .settings import Settings
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
@@ -132,6 +132,8 @@ class JWTAuditWSGIMiddleware:
                 self._audit.request_event(verdict, info, challenge.status)
             return [challenge.body]
 
+        if gate.report_only:
+            environ[MODE_KEY] = "report-only"
         if verdict.path_kind == EXEMPT:
             environ.setdefault(SCOPE_KEY, None)
         else:
@@ -168,7 +170,11 @@ class JWTAuditWSGIMiddleware:
             return start_response(status, headers, exc_info)
 
         def emit() -> None:
-            self._audit.request_event(verdict, info, seen[-1] if seen else None)
+            if verdict.outcome == WOULD_DENY:  # a late denial in report-only mode
+                status = verdict.status
+            else:
+                status = seen[-1] if seen else None
+            self._audit.request_event(verdict, info, status)
 
         try:
             result = self.app(environ, recording_start_response)

@@ -10,7 +10,6 @@ from conftest import assert_no_secret
 from fastapi import FastAPI, Security, WebSocket
 from fastapi.testclient import TestClient
 from starlette.testclient import WebSocketDenialResponse
-from starlette.websockets import WebSocketDisconnect
 
 from jwt_audit_middleware import JWTAuditMiddleware
 from jwt_audit_middleware.contrib.fastapi import (
@@ -152,8 +151,13 @@ async def test_optional_claims_and_strict_dependency_on_optional_path(
     assert anonymous.json() == {"sub": None}
     assert named.json() == {"sub": "eve"}
     assert strict.status_code == 401
-    assert strict.headers["www-authenticate"] == "Bearer"
-    assert [e["status"] for e in events] == [200, 200, 401]
+    assert strict.headers["www-authenticate"] == 'Bearer realm="api"'  # the middleware's challenge
+    assert strict.json()["error"] == "missing_token"
+    assert [(e["status"], e["reason"]) for e in events] == [
+        (200, None),
+        (200, None),
+        (401, "missing_token"),
+    ]
 
 
 async def test_without_middleware_fails_closed(rsa_key: SigningKey) -> None:
@@ -199,17 +203,31 @@ def test_websocket_refused_without_token_and_accepted_with_one(
         token = rsa_key.token(sub="frank")
         with test_client.websocket_connect("/ws", headers=bearer(token)) as ws:
             assert ws.receive_json() == {"sub": "frank"}
-        with pytest.raises(WebSocketDisconnect) as unscoped:
+        with pytest.raises(WebSocketDenialResponse) as unscoped:
             with test_client.websocket_connect("/ws/admin", headers=bearer(token)):
                 pass
     assert refused.value.status_code == 401  # the real challenge (denial-response extension)
     assert refused.value.headers["www-authenticate"] == 'Bearer realm="api"'
-    assert unscoped.value.code == 1008
-    rows = [(e["protocol"], e["reason"], e["status"], e["subject"]) for e in events]
-    assert rows[:2] == [
-        ("websocket", "missing_token", 401, None),
-        ("websocket", None, 101, "frank"),
+    assert unscoped.value.status_code == 403  # the dependency's refusal, answered by the middleware
+    assert 'error="insufficient_scope", ' in unscoped.value.headers["www-authenticate"]
+    assert unscoped.value.headers["www-authenticate"].endswith('scope="admin"')
+    rows = [(e["protocol"], e["event"], e["reason"], e["status"], e["subject"]) for e in events]
+    assert rows == [
+        ("websocket", "denial", "missing_token", 401, None),
+        ("websocket", "access", None, 101, "frank"),
+        ("websocket", "denial", "insufficient_scope", 403, "frank"),
     ]
-    assert rows[2][0] == "websocket"
-    assert rows[2][2] == 403
-    assert len(rows) == 3
+    assert events[2]["detail"] == "the token lacks a required scope"
+
+
+async def test_report_only_lets_scope_dependencies_through(
+    rsa_key: SigningKey, events: CapturedEvents
+) -> None:
+    app = make_app(rsa_key, mode="report-only")
+    async with client(app) as http:
+        response = await http.get("/orders", headers=bearer(rsa_key.token(scope="other")))
+    assert response.status_code == 200
+    assert response.json() == {"orders": []}
+    assert [(e["event"], e["outcome"], e["reason"], e["status"]) for e in events] == [
+        ("denial", "would_deny", "insufficient_scope", 403)
+    ]

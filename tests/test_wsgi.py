@@ -1126,3 +1126,32 @@ def test_garbage_signature_is_bad_signature_for_every_algorithm(
     assert event["subject"] is None
     assert event["token_fingerprint"] == fingerprint(forged)
     assert_clean(result, events, forged, secrets=key_secrets(key))
+
+
+def test_late_denial_from_the_app_is_answered_and_audited(
+    rsa_key: SigningKey, events: CapturedEvents
+) -> None:
+    from jwt_audit_middleware.request import deny_request
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        if not deny_request(environ, "insufficient_scope", required_scopes=("admin",)):
+            raise AssertionError("enforce mode must deny")
+        start_response("403 Forbidden", [("Content-Type", "text/plain")])
+        return [b"the app's own body"]
+
+    wrapped = JWTAuditWSGIMiddleware(app, **rsa_key.options())
+    environ = make_environ(authorization=f"Bearer {rsa_key.token(sub='zed')}")
+    result = serve(wrapped, environ)
+    assert result.status == "403 Forbidden"
+    assert result.headers["www-authenticate"].endswith('scope="admin"')
+    assert result.json() == {
+        "error": "insufficient_scope",
+        "error_description": "The token lacks the scope this resource requires.",
+    }
+    event = events.only()
+    assert (event["event"], event["reason"], event["status"], event["subject"]) == (
+        "denial",
+        "insufficient_scope",
+        403,
+        "zed",
+    )

@@ -41,10 +41,19 @@ __all__ = [
 POLICY_VIOLATION = 1008  # websocket close code (RFC 6455 §7.4.1)
 
 
-def _refuse(connection: HTTPConnection, status: int, reason: str, challenge: str) -> None:
+def _refuse(
+    connection: HTTPConnection, status: int, reason: str, required_scopes: tuple[str, ...] = ()
+) -> bool:
+    """Deny through the middleware, which answers and audits; False in report-only mode.
+
+    The exception only stops the route: the middleware replaces its response
+    with the canonical RFC 6750 challenge (realm and all).
+    """
+    if not deny_request(connection.scope, reason, required_scopes=required_scopes):
+        return False
     if connection.scope["type"] == "websocket":
         raise WebSocketException(code=POLICY_VIOLATION, reason=reason)
-    raise HTTPException(status, detail=reason, headers={"WWW-Authenticate": challenge})
+    raise HTTPException(status, detail=reason)
 
 
 class JWTBearer(SecurityBase):
@@ -73,8 +82,8 @@ class JWTBearer(SecurityBase):
             return claims
         if SCOPE_KEY not in connection.scope:
             raise RuntimeError("JWTAuditMiddleware is not installed in front of this app")
-        _refuse(connection, 401, "missing_token", "Bearer")
-        return None  # pragma: no cover - _refuse raises
+        _refuse(connection, 401, "missing_token")
+        return None  # report-only: the request goes on, anonymous
 
 
 jwt_bearer = JWTBearer()
@@ -110,14 +119,7 @@ class RequireScopes:
         token = connection.scope.get(SCOPE_KEY)
         granted = token.scopes if isinstance(token, VerifiedToken) else frozenset()
         if not granted.issuperset(self.scopes):
-            deny_request(connection.scope, "insufficient_scope", required_scopes=self.scopes)
-            wanted = " ".join(self.scopes)
-            _refuse(
-                connection,
-                403,
-                "insufficient_scope",
-                f'Bearer error="insufficient_scope", scope="{wanted}"',
-            )
+            _refuse(connection, 403, "insufficient_scope", self.scopes)
         return claims
 
 
