@@ -170,10 +170,9 @@ class JWTAuditWSGIMiddleware:
             return start_response(status, headers, exc_info)
 
         def emit() -> None:
-            if verdict.outcome == WOULD_DENY:  # a late denial in report-only mode
-                status = verdict.status
-            else:
-                status = seen[-1] if seen else None
+            # a late denial in report-only mode reports the status it would have sent
+            would_deny = verdict.outcome == WOULD_DENY
+            status = verdict.status if would_deny else (seen[-1] if seen else None)
             self._audit.request_event(verdict, info, status)
 
         try:
