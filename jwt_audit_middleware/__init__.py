@@ -10,6 +10,7 @@ from .asgi import JWTAuditMiddleware, JWTUser
 from .audit import AuditLogger, JSONFormatter
 from .errors import ConfigurationError
 from .events import REASONS, SCHEMA
+from .issuer import TokenIssuer
 from .request import get_claims
 from .settings import Settings
 from .verifier import VerifiedToken
@@ -25,6 +26,7 @@ __all__ = [
     "JWTAuditWSGIMiddleware",
     "JWTUser",
     "Settings",
+    "TokenIssuer",
     "VerifiedToken",
     "get_claims",
 ]

@@ -25,12 +25,14 @@ from .events import (
     DENIED,
     SCHEMA,
     clean,
+    clean_list,
+    clean_optional,
     copy_claims,
     identity_fields,
     rfc3339,
 )
 from .policy import Verdict
-from .request import RequestInfo
+from .request import RequestInfo, new_request_id
 
 LOGGER_NAME = "jwt_audit"
 RECORD_ATTRIBUTE = "jwt_audit"
@@ -69,7 +71,11 @@ def _record_template(name: str, level: int) -> dict[str, Any]:
 
 
 def make_record(
-    logger: logging.Logger, level: int, args: tuple[Any, ...], extra: dict[str, Any]
+    logger: logging.Logger,
+    level: int,
+    args: tuple[Any, ...],
+    extra: dict[str, Any],
+    template: dict[str, Any] | None = None,
 ) -> logging.LogRecord:
     """A ``LogRecord`` for an audit event, without ``Logger.log``'s stack walk.
 
@@ -85,7 +91,7 @@ def make_record(
     now = time.time()
     record = _new_record(logging.LogRecord)
     fields = record.__dict__
-    fields.update(_TEMPLATES.get((logger.name, level)) or _template(logger.name, level))
+    fields.update(template or _TEMPLATES.get((logger.name, level)) or _template(logger.name, level))
     fields["args"] = args
     fields["created"] = now
     fields["msecs"] = (now * 1000) % 1000
@@ -95,18 +101,23 @@ def make_record(
         fields["threadName"] = threading.current_thread().name
     else:
         fields["thread"] = fields["threadName"] = None
-    fields["process"] = os.getpid() if logging.logProcesses else None
-    fields["processName"] = _process_name() if logging.logMultiprocessing else None
+    fields["process"] = _PROCESS[0] if logging.logProcesses else None
+    fields["processName"] = _PROCESS[1] if logging.logMultiprocessing else None
     fields.update(extra)
     return record
 
 
 _TEMPLATES: dict[tuple[str, int], dict[str, Any]] = {}
+_PROCESS: list[Any] = [0, "MainProcess"]  # pid and process name, renewed in forked children
 
 
 def _template(name: str, level: int) -> dict[str, Any]:
     template = _TEMPLATES[(name, level)] = _record_template(name, level)
     return template
+
+
+def _remember_process() -> None:
+    _PROCESS[:] = [os.getpid(), _process_name()]
 
 
 def _process_name() -> str:
@@ -135,6 +146,7 @@ class AuditLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
     ) -> None:
         super().__init__(logger or _logger, dict(extra or {}))
         self.log_claims = log_claims
+        self._templates: dict[int, dict[str, Any]] = {}
 
     def process(
         self, msg: Any, kwargs: MutableMapping[str, Any]
@@ -159,7 +171,10 @@ class AuditLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
             event.get("subject"),
             event.get("request_id"),
         )
-        logger.handle(make_record(logger, level, args, extra))
+        template = self._templates.get(level)
+        if template is None or template["name"] != logger.name:
+            template = self._templates[level] = _record_template(logger.name, level)
+        logger.handle(make_record(logger, level, args, extra, template))
 
     def request_event(
         self,
@@ -169,40 +184,22 @@ class AuditLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         now: float | None = None,
     ) -> dict[str, Any]:
         """Build and emit the ``access`` or ``denial`` event of one request."""
-        claims = verdict.claims
-        token = verdict.token
-        if token is not None and claims is token.claims:
-            identity = token.identity  # cleaned once, when the token verified
-        elif claims:
-            identity = identity_fields(claims, verdict.scopes, verdict.alg, verdict.kid)
-        else:  # nothing verified: only the header's alg and kid are known
-            identity = identity_fields({}, (), verdict.alg, verdict.kid)
+        base = verdict.event_base
+        if base is None:
+            base = verdict.event_base = self._event_base(verdict)
+        event = base.copy()
+        event["time"] = rfc3339(time.time() if now is None else now)
+        event["request_id"] = info.request_id
+        event["method"] = info.method
+        event["path"] = info.path
+        event["protocol"] = info.protocol
+        event["status"] = status
+        event["duration_ms"] = round((time.perf_counter() - info.started) * 1000, 3)
+        event["client_ip"] = info.client_ip
+        event["user_agent"] = info.user_agent
+        event["audience"] = list(base["audience"])
+        event["scopes"] = list(base["scopes"])
         reason = verdict.reason
-        event = {
-            "schema": SCHEMA,
-            "event": ACCESS if reason is None else DENIAL,
-            "outcome": verdict.outcome,
-            "reason": reason,
-            "time": rfc3339(time.time() if now is None else now),
-            "request_id": info.request_id,
-            "method": info.method,
-            "path": info.path,
-            "protocol": info.protocol,
-            "status": status,
-            "duration_ms": round((time.perf_counter() - info.started) * 1000, 3),
-            "client_ip": info.client_ip,
-            "user_agent": info.user_agent,
-            "subject": identity["subject"],
-            "issuer": identity["issuer"],
-            "token_id": identity["token_id"],
-            "audience": list(identity["audience"]),
-            "scopes": list(identity["scopes"]),
-            "alg": identity["alg"],
-            "kid": identity["kid"],
-            "token_fingerprint": verdict.fingerprint,
-            "detail": verdict.detail,
-            "claims": copy_claims(claims, self.log_claims) if self.log_claims and claims else {},
-        }
         if reason is None:
             level = logging.INFO
         elif reason == "internal_error":
@@ -210,6 +207,154 @@ class AuditLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         else:
             level = logging.WARNING if verdict.outcome == DENIED else logging.INFO
         self.emit(event, level)
+        return event
+
+    def _event_base(self, verdict: Verdict) -> dict[str, Any]:
+        """The fields of an event that depend on the verdict only, in schema order."""
+        claims = verdict.claims
+        token = verdict.token
+        if token is not None and claims is token.claims:
+            identity = token.identity  # cleaned once, when the token verified
+        else:  # a denial: verified claims (expired, ...) or only the header's alg and kid
+            identity = identity_fields(claims or {}, verdict.scopes, verdict.alg, verdict.kid)
+        reason = verdict.reason
+        return {
+            "schema": SCHEMA,
+            "event": ACCESS if reason is None else DENIAL,
+            "outcome": verdict.outcome,
+            "reason": reason,
+            "time": None,
+            "request_id": None,
+            "method": None,
+            "path": None,
+            "protocol": None,
+            "status": None,
+            "duration_ms": None,
+            "client_ip": None,
+            "user_agent": None,
+            "subject": identity["subject"],
+            "issuer": identity["issuer"],
+            "token_id": identity["token_id"],
+            "audience": identity["audience"],
+            "scopes": identity["scopes"],
+            "alg": identity["alg"],
+            "kid": identity["kid"],
+            "token_fingerprint": verdict.fingerprint,
+            "detail": verdict.detail,
+            "claims": copy_claims(claims, self.log_claims) if self.log_claims and claims else {},
+        }
+
+    def build_event(
+        self,
+        event: str,
+        outcome: str,
+        *,
+        reason: str | None = None,
+        subject: object = None,
+        client_ip: str | None = None,
+        request_id: str | None = None,
+        user_agent: str | None = None,
+        method: str | None = None,
+        path: str | None = None,
+        issuer: str | None = None,
+        token_id: str | None = None,
+        audience: object = None,
+        scopes: object = None,
+        alg: str | None = None,
+        kid: str | None = None,
+        token_fingerprint: str | None = None,
+        detail: str | None = None,
+        claims: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """A ``jwt-audit/1`` event for something an app did rather than a request.
+
+        Same fields as a request event; request-only ones not given are null
+        or empty.  Every string is cleaned like a client string (capped, no
+        control characters), so a user name cannot forge a log line.
+        """
+        return {
+            "schema": SCHEMA,
+            "event": event,
+            "outcome": outcome,
+            "reason": None if reason is None else clean(str(reason), 64),
+            "time": rfc3339(time.time()),
+            "request_id": clean(request_id, 128) if request_id else new_request_id(),
+            "method": clean_optional(method, 16),
+            "path": clean_optional(path, 1024),
+            "protocol": None,
+            "status": None,
+            "duration_ms": None,
+            "client_ip": clean_optional(client_ip, 64),
+            "user_agent": clean_optional(user_agent, 256),
+            "subject": None if subject is None else clean(str(subject)),
+            "issuer": clean_optional(issuer),
+            "token_id": clean_optional(token_id),
+            "audience": clean_list(audience),
+            "scopes": clean_list(scopes),
+            "alg": clean_optional(alg, 32),
+            "kid": clean_optional(kid, 64),
+            "token_fingerprint": token_fingerprint,
+            "detail": clean_optional(detail),
+            "claims": copy_claims(claims, claims) if claims else {},
+        }
+
+    def login_succeeded(
+        self,
+        user: object,
+        client_ip: str | None = None,
+        *,
+        request_id: str | None = None,
+        user_agent: str | None = None,
+        method: str | None = None,
+        path: str | None = None,
+        detail: str | None = None,
+    ) -> dict[str, Any]:
+        """Emit (INFO) and return a ``login_succeeded`` event for ``user`` (name or id)."""
+        event = self.build_event(
+            "login_succeeded",
+            "allowed",
+            subject=user,
+            client_ip=client_ip,
+            request_id=request_id,
+            user_agent=user_agent,
+            method=method,
+            path=path,
+            detail=detail,
+        )
+        self.emit(event, logging.INFO)
+        return event
+
+    def login_failed(
+        self,
+        user: object,
+        reason: str,
+        client_ip: str | None = None,
+        *,
+        request_id: str | None = None,
+        user_agent: str | None = None,
+        method: str | None = None,
+        path: str | None = None,
+        detail: str | None = None,
+    ) -> dict[str, Any]:
+        """Emit (WARNING) and return a ``login_failed`` event.
+
+        ``user`` is the name or id that was tried (client input: it is cleaned
+        and capped); ``reason`` is the app's own short code, such as
+        ``"bad_password"``, ``"unknown_user"`` or ``"locked"``.
+        """
+        event = self.build_event(
+            "login_failed",
+            "denied",
+            reason=reason,
+            subject=user,
+            client_ip=client_ip,
+            request_id=request_id,
+            user_agent=user_agent,
+            method=method,
+            path=path,
+            detail=detail,
+        )
+        self.emit(event, logging.WARNING)
         return event
 
 
@@ -249,3 +394,7 @@ class JSONFormatter(logging.Formatter):
 
 
 _LINE_BREAKS = {0x2028: "\\u2028", 0x2029: "\\u2029", 0x85: "\\u0085"}
+
+
+_remember_process()
+os.register_at_fork(after_in_child=_remember_process)

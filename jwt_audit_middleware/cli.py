@@ -1,23 +1,36 @@
-"""The ``jwt-audit`` command line.
+"""The ``jwt-audit`` command line: demo, report, explain.
 
 ``jwt-audit demo`` runs a small app wrapped in the middleware, in-process,
-sends it good and bad requests and prints the audit events as JSON lines, then
-a summary: the whole job in one command.
+sends it good and bad requests, prints the audit events as JSON lines, stores
+them in an embedded SQLite file and ends with the report: the whole job in one
+command.  ``jwt-audit report`` summarises a SQL store or JSON-lines files;
+``jwt-audit explain`` says why a token would be allowed or denied (and never
+prints or logs the token).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import binascii
 import json
 import logging
+import os
 import sys
+import tempfile
+import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
 from .asgi import JWTAuditMiddleware, Message, Scope
 from .audit import JSONFormatter
+from .errors import ConfigurationError
+from .events import REASONS, clean, rfc3339
+from .policy import Gate
+from .report import parse_since, render, report_from_database, report_from_files
 from .request import get_claims
+from .settings import Settings
 from .testing import SigningKey, capture_events
 
 
@@ -69,8 +82,46 @@ async def _request(
     return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
 
 
-def demo(out: TextIO) -> int:
-    """Run the demo; print events as JSON lines and a summary to ``out``."""
+def demo(out: TextIO, db: str | None = None) -> int:
+    """Run the demo; print events, store them in SQLite (``db``) and report to ``out``."""
+    try:
+        from .sinks.sql import SQLAuditHandler  # noqa: PLC0415 - SQLAlchemy only when needed
+    except ImportError:
+        sys.stderr.write(
+            "jwt-audit demo stores its events with the SQL sink, which needs SQLAlchemy:\n"
+            "    pip install 'jwt-audit-middleware[sql]'\n"
+        )
+        return 2
+
+    if db is None:
+        db = "sqlite:///" + os.path.join(tempfile.mkdtemp(prefix="jwt-audit-demo-"), "audit.db")
+    store = SQLAuditHandler(db)
+    logger = logging.getLogger("jwt_audit")
+    logger.addHandler(store)
+    try:
+        _demo_requests(out)
+    finally:
+        logger.removeHandler(store)
+        store.close()
+    stats = store.stats()
+    out.write(
+        f"\nStored {stats['written']} events in {_safe_url(db)}"
+        + (f" ({stats['spilled']} spilled to {store.spill_path})" if stats["spilled"] else "")
+        + ".\n"
+    )
+    out.write(f"See them again with: jwt-audit report --db '{_safe_url(db)}' --since all\n\n")
+    render(report_from_database(db), out)
+    return 0
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url  # noqa: PLC0415
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _demo_requests(out: TextIO) -> None:
+    """Send the demo's requests; print each event and a summary table."""
     issuer, audience = "https://idp.example.test/", "orders-api"
     key = SigningKey.generate("RS256", kid="demo-key")
     forger = SigningKey.generate("RS256", kid="demo-key")
@@ -112,18 +163,204 @@ def demo(out: TextIO) -> int:
         f"\n{len(requests)} requests, {len(events)} audit events: one each, even on the"
         " exempt /health path.\n"
     )
+
+
+# -- explain -------------------------------------------------------------------------
+
+_TIME_CLAIMS = ("exp", "nbf", "iat", "auth_time", "updated_at")
+
+
+def _segment(token: str, index: int) -> dict[str, Any] | None:
+    """One decoded JSON segment of the token (0 header, 1 claims), unverified."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(parts[index] + "=" * (-len(parts[index]) % 4))
+        value = json.loads(raw)
+    except (binascii.Error, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _relative(seconds: float) -> str:
+    magnitude = abs(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if magnitude >= size:
+            amount = f"{magnitude / size:.1f}".removesuffix(".0") + f" {unit}"
+            break
+    else:
+        amount = f"{magnitude:.0f} s"
+    return f"in {amount}" if seconds > 0 else f"{amount} ago"
+
+
+def _show(name: str, value: Any, now: float) -> str:
+    if (
+        name in _TIME_CLAIMS
+        and isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and abs(value) < 1e11
+    ):
+        moment = rfc3339(float(value)).replace(".000Z", "Z")
+        return f"{value}  ({moment}, {_relative(value - now)})"
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return clean(text, 512)
+
+
+def _explain_settings(args: argparse.Namespace) -> Settings:
+    if args.env:
+        return Settings.from_env()
+    options: dict[str, Any] = {}
+    if args.algorithms:
+        options["algorithms"] = [a.strip() for a in args.algorithms.split(",") if a.strip()]
+    if args.secret_file:
+        options["secret_file"] = args.secret_file
+    if args.public_key_file:
+        pems = []
+        for path in args.public_key_file:
+            with open(path, encoding="utf-8") as handle:
+                pems.append(handle.read())
+        options["public_key"] = pems
+    if args.jwks_file:
+        options["jwks_file"] = args.jwks_file
+    if args.issuer:
+        options["issuer"] = args.issuer
+    if args.audience:
+        options["audience"] = args.audience
+    if args.leeway is not None:
+        options["leeway"] = args.leeway
+    if args.token_type:
+        options["token_type"] = args.token_type
+    return Settings(**options)
+
+
+def _read_token(argument: str, stdin: TextIO) -> str:
+    text = stdin.read() if argument == "-" else argument
+    text = text.strip()
+    if text[:7].lower() == "bearer ":
+        text = text[7:].strip()
+    return text
+
+
+def explain(args: argparse.Namespace, out: TextIO, stdin: TextIO) -> int:
+    """Print the verdict a token would get, and its decoded header and claims.
+
+    Exit status 0 when it would be allowed, 1 when not.  The token itself, and
+    so its signature, is never printed or logged: only its fingerprint.
+    """
+    settings = _explain_settings(args)
+    token = _read_token(args.token, stdin)
+    gate = Gate(settings)
+    verdict = gate.resolve_sync(gate.evaluate("/", ["Bearer " + token]))
+    now = time.time()
+    header, claims = _segment(token, 0), _segment(token, 1)
+    result: dict[str, Any] = {
+        "verdict": verdict.outcome,
+        "reason": verdict.reason,
+        "status": verdict.status or 200,
+        "description": REASONS[verdict.reason].description if verdict.reason else None,
+        "detail": verdict.detail,
+        "token_fingerprint": verdict.fingerprint,
+        "signature_verified": verdict.claims is not None,
+        "header": header,
+        "claims": claims,
+    }
+    if args.json:
+        out.write(json.dumps(result, indent=2, ensure_ascii=False, default=str) + "\n")
+        return 0 if verdict.reason is None else 1
+    out.write(f"verdict:     {verdict.outcome} ({result['status']})\n")
+    if verdict.reason:
+        out.write(f"reason:      {verdict.reason}: {result['description']}\n")
+    if verdict.detail:
+        out.write(f"detail:      {clean(verdict.detail)}\n")
+    if verdict.fingerprint:
+        out.write(f"fingerprint: {verdict.fingerprint}\n")
+    trust = "verified" if result["signature_verified"] else "NOT verified: do not trust the claims"
+    out.write(f"signature:   {trust}\n")
+    for title, part in (("header", header), ("claims", claims)):
+        if part is None:
+            out.write(f"\n{title}: (cannot be decoded)\n")
+            continue
+        out.write(f"\n{title}:\n")
+        for name, value in part.items():
+            out.write(f"  {clean(str(name), 64)}: {_show(name, value, now)}\n")
+    return 0 if verdict.reason is None else 1
+
+
+# -- report and entry point ----------------------------------------------------------------
+
+
+def report(args: argparse.Namespace, out: TextIO) -> int:
+    """Print the report of a SQL store or JSON-lines files."""
+    since = parse_since(args.since)
+    if args.db:
+        result = report_from_database(args.db, since, args.top, args.table)
+    else:
+        result = report_from_files(args.file, since, args.top)
+    if args.json:
+        out.write(json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    else:
+        render(result, out)
     return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jwt-audit", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo_ = commands.add_parser("demo", help="run a small app in-process and show its audit trail")
+    demo_.add_argument("--db", help="SQLAlchemy URL to store the events (default: a temp SQLite)")
+
+    report_ = commands.add_parser("report", help="summarise stored audit events")
+    source = report_.add_mutually_exclusive_group(required=True)
+    source.add_argument("--db", help="SQLAlchemy URL of a SQLAuditHandler store")
+    source.add_argument(
+        "--file", action="append", help="a JSON-lines file (repeat for rotated files)"
+    )
+    report_.add_argument("--since", default="24h", help="24h, 30m, 7d, 2w or all (default 24h)")
+    report_.add_argument("--top", type=int, default=10, help="rows per table (default 10)")
+    report_.add_argument("--table", help="table name (default jwt_audit_events)")
+    report_.add_argument("--json", action="store_true", help="machine-readable output")
+
+    explain_ = commands.add_parser(
+        "explain", help="why a token would be allowed or denied (never prints the token)"
+    )
+    explain_.add_argument("token", help="the token, or - to read it from stdin (preferred)")
+    explain_.add_argument("--env", action="store_true", help="configuration from JWT_AUDIT_*")
+    explain_.add_argument("--algorithms", help="comma-separated allow-list, e.g. RS256,ES256")
+    explain_.add_argument("--secret-file", help="HMAC secret file")
+    explain_.add_argument("--public-key-file", action="append", help="PEM file (repeatable)")
+    explain_.add_argument("--jwks-file", help="JWKS document file")
+    explain_.add_argument("--issuer", action="append", help="accepted issuer (repeatable)")
+    explain_.add_argument("--audience", action="append", help="accepted audience (repeatable)")
+    explain_.add_argument("--leeway", type=float, help="seconds of clock skew allowed")
+    explain_.add_argument("--token-type", help="expected JOSE typ, e.g. at+jwt")
+    explain_.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``jwt-audit`` console script."""
-    parser = argparse.ArgumentParser(prog="jwt-audit", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("demo", help="run a small app in-process and show its audit trail")
+    parser = _parser()
     args = parser.parse_args(argv)
     logging.getLogger("jwt_audit").propagate = False
-    assert args.command == "demo"
-    return demo(sys.stdout)
+    try:
+        if args.command == "demo":
+            return demo(sys.stdout, args.db)
+        if args.command == "report":
+            return report(args, sys.stdout)
+        if args.env and any(
+            getattr(args, name) is not None
+            for name in ("algorithms", "secret_file", "public_key_file", "jwks_file", "issuer")
+        ):
+            parser.error("explain: --env takes the whole configuration from the environment")
+        if not args.env and not args.algorithms:
+            parser.error("explain: give --algorithms and a key option, or --env")
+        return explain(args, sys.stdout, sys.stdin)
+    except ConfigurationError as exc:
+        parser.exit(2, f"jwt-audit: configuration: {exc}\n")
+    except (OSError, ValueError) as exc:
+        parser.exit(2, f"jwt-audit: {exc}\n")
 
 
 if __name__ == "__main__":  # pragma: no cover

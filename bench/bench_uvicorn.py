@@ -1,0 +1,148 @@
+"""End to end: uvicorn (one worker) with and without the middleware, under load.
+
+    python bench/bench_uvicorn.py [--seconds 10] [--connections 32] [--rounds 3]
+
+Serves the same small Starlette app twice on 127.0.0.1, once bare and once
+behind ``JWTAuditMiddleware`` (valid tokens, audit events on, written as JSON
+lines to a file by ``JSONLinesHandler`` off the request thread), and loads each
+with ``wrk`` (Debian package ``wrk``) for a bounded time.  Rounds alternate the two
+servers so drift on a shared machine hits both; the table shows the median
+requests/s and the ratio.  Only loopback addresses are ever targeted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+APP_MODULE = "bench_uvicorn_app"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(port: int, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"server on port {port} did not start")
+
+
+def serve(variant: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    command = [
+        sys.executable, "-m", "uvicorn", f"{APP_MODULE}:{variant}",
+        "--host", "127.0.0.1", "--port", str(port),
+        "--workers", "1", "--no-access-log", "--log-level", "warning",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, cwd=HERE, env=env)
+    wait_ready(port, time.monotonic() + 20)
+    return process, port
+
+
+def load(port: int, seconds: int, connections: int, token: str) -> float:
+    output = subprocess.run(
+        [
+            "wrk",
+            "-t",
+            "1",
+            "-c",
+            str(connections),
+            "-d",
+            f"{seconds}s",
+            "-H",
+            f"Authorization: Bearer {token}",
+            f"http://127.0.0.1:{port}/hello",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=seconds + 30,
+    ).stdout
+    if "Non-2xx" in output:
+        raise RuntimeError(f"non-2xx answers under load:\n{output}")
+    match = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    if match is None:
+        raise RuntimeError(f"cannot read wrk's output:\n{output}")
+    return float(match.group(1))
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("wrk is not installed: apt-get install -y wrk", file=sys.stderr)
+        return 2
+
+    from jwt_audit_middleware.testing import SigningKey
+
+    key = SigningKey.generate("RS256", kid="bench")
+    token = key.token(expires_in=3600, scope="read")
+    workdir = Path(tempfile.mkdtemp(prefix="jwt-audit-bench-"))
+    events = workdir / "events.jsonl"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+        "BENCH_PUBLIC_KEY": key.public_pem or "",
+        "BENCH_EVENTS": str(events),
+    }
+    results: dict[str, list[float]] = {"bare": [], "audited": []}
+    for _ in range(args.rounds):
+        for variant in ("bare", "audited"):
+            process, port = serve(variant, env)
+            try:
+                load(port, 2, args.connections, token)  # warm-up
+                results[variant].append(load(port, args.seconds, args.connections, token))
+            finally:
+                stop(process)
+    bare = statistics.median(results["bare"])
+    audited = statistics.median(results["audited"])
+    lines = sum(1 for _ in events.open()) if events.exists() else 0
+    print(
+        f"\nuvicorn, 1 worker, wrk -c {args.connections} -d {args.seconds}s, {args.rounds} rounds"
+    )
+    print(f"{'app':34} {'requests/s (median)':>20}  rounds")
+    print(
+        f"{'Starlette, no auth':34} {bare:>20,.0f}  {', '.join(f'{r:,.0f}' for r in results['bare'])}"
+    )
+    print(
+        f"{'Starlette + JWTAuditMiddleware':34} {audited:>20,.0f}  "
+        f"{', '.join(f'{r:,.0f}' for r in results['audited'])}"
+    )
+    print(
+        f"\nwith the middleware: {audited / bare:.0%} of the bare app's throughput (target ≥ 85%)"
+    )
+    print(f"audit events written: {lines:,} JSON lines")
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

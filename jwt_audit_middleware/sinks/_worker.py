@@ -1,0 +1,367 @@
+"""The machinery both sinks share: a bounded queue drained by a background thread.
+
+``BackgroundHandler.emit()`` is all the request thread pays: one ``deque``
+append (and, once per batch, waking the writer).  Formatting and I/O happen on
+the writer thread, in batches.  What happens when the queue is full is a
+policy, not an accident:
+
+1. the request thread waits up to ``block_timeout`` seconds for room;
+2. if there is still none, the record is *spilled*: written at once, on the
+   calling thread, by ``spill()`` (the JSON-lines sink appends it to its own
+   file; the SQL sink to a local JSON-lines spill file), and counted in
+   ``stats()["spilled"]``; a warning is logged on ``jwt_audit_middleware.sinks``;
+3. while the queue stays full (until the writer has drained it below half),
+   further records spill at once, without waiting again, so a long outage does
+   not add ``block_timeout`` to every request.
+
+``flush()`` waits until everything queued before it is written; ``close()`` (and
+process exit, through ``atexit`` and ``logging.shutdown``) drains the queue, and
+what the writer still could not write by ``close_timeout`` is spilled too.
+After ``fork()`` the child starts with an empty queue and its own writer thread.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from typing import Any
+
+from jwt_audit_middleware.audit import RECORD_ATTRIBUTE, JSONFormatter
+
+#: Problems of the sinks themselves; not under "jwt_audit", so they never loop back.
+sink_logger = logging.getLogger("jwt_audit_middleware.sinks")
+
+_live: weakref.WeakSet[BackgroundHandler] = weakref.WeakSet()
+
+
+def _close_all_at_exit() -> None:
+    for handler in list(_live):
+        handler.close()
+
+
+def _reset_all_after_fork() -> None:
+    for handler in list(_live):
+        handler._after_fork()
+
+
+atexit.register(_close_all_at_exit)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_all_after_fork)
+
+
+class _Marker:
+    """A ``flush()`` request travelling through the queue behind earlier records."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+class BackgroundHandler(logging.Handler):
+    """A ``logging.Handler`` whose writes happen on one background thread, in batches.
+
+    Subclasses implement ``write_batch(records)`` (raise to have the batch kept
+    and retried, see ``retry``) and ``spill(records)`` (the last resort: write
+    synchronously somewhere local).
+    """
+
+    #: How long ``close()`` waits for the writer before spilling what is left.
+    close_timeout: float
+
+    def __init__(
+        self,
+        level: int | str = logging.NOTSET,
+        *,
+        queue_size: int = 10_000,
+        batch_size: int = 500,
+        flush_interval: float = 0.5,
+        block_timeout: float = 0.1,
+        close_timeout: float = 30.0,
+    ) -> None:
+        super().__init__(level)
+        if queue_size < 1 or batch_size < 1:
+            raise ValueError("queue_size and batch_size must be at least 1")
+        if flush_interval <= 0 or block_timeout < 0 or close_timeout < 0:
+            raise ValueError("flush_interval must be > 0, the timeouts >= 0")
+        self.queue_size = queue_size
+        self.batch_size = min(batch_size, queue_size)
+        self.flush_interval = flush_interval
+        self.block_timeout = block_timeout
+        self.close_timeout = close_timeout
+        self._json = JSONFormatter()
+        self._counters = {"written": 0, "spilled": 0, "retries": 0, "failed_batches": 0}
+        self._init_state()
+        _live.add(self)
+
+    # -- state (rebuilt after fork) --------------------------------------------
+
+    def _init_state(self) -> None:
+        self._queue: deque[Any] = deque()
+        self._wake = threading.Event()
+        self._room = threading.Condition(threading.Lock())
+        self._spilling = False
+        self._closing = False
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._spill_lock = threading.Lock()
+
+    def _after_fork(self) -> None:
+        # The parent's queued records are the parent's to write: dropping the
+        # copies here is what keeps them from being written twice.
+        self.createLock()
+        self._init_state()
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is None and not self._closed:
+                thread = threading.Thread(
+                    target=self._run, name=f"jwt-audit-{type(self).__name__}", daemon=True
+                )
+                thread.start()
+                self._thread = thread
+
+    # -- the request thread -------------------------------------------------------
+
+    def handle(self, record: logging.LogRecord) -> logging.LogRecord | bool:  # type: ignore[override]
+        """Filter and enqueue; no handler lock (a ``deque`` append is thread-safe)."""
+        if self.filters:
+            result = self.filter(record)
+            if not result:
+                return False
+            # Python 3.12+: a filter may return a replacement record
+            record = result if isinstance(result, logging.LogRecord) else record  # type: ignore[redundant-expr,unused-ignore]
+        self.emit(record)
+        return record
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Enqueue ``record`` for the writer thread: the whole per-event cost."""
+        if self._thread is None or self._closed:
+            if self._closed:  # a late record: written at once rather than lost
+                self.spill([self._prepare(record)])
+                self._count_spilled(1)
+                return
+            self._start()
+        if not hasattr(record, RECORD_ATTRIBUTE):
+            record = self._prepare(record)
+        queue = self._queue
+        if len(queue) >= self.queue_size:
+            self._full(record)
+            return
+        queue.append(record)
+        if len(queue) >= self.batch_size and not self._wake.is_set():
+            self._wake.set()
+
+    def _prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        """Freeze a plain log record's message, as ``QueueHandler`` does."""
+        if record.args:
+            record.msg = record.getMessage()
+            record.args = None
+        return record
+
+    def _full(self, record: logging.LogRecord) -> None:
+        if not self._spilling:
+            self._wake.set()
+            with self._room:
+                self._room.wait_for(
+                    lambda: len(self._queue) < self.queue_size, timeout=self.block_timeout
+                )
+            if len(self._queue) < self.queue_size:
+                self._queue.append(record)
+                return
+            if not self._spilling:
+                self._spilling = True
+                sink_logger.warning(
+                    "%s: queue full (%d records); spilling records to %s",
+                    type(self).__name__,
+                    self.queue_size,
+                    self.spill_target(),
+                )
+        self.spill([record])
+        self._count_spilled(1)
+
+    def _count_spilled(self, count: int) -> None:
+        with self._spill_lock:
+            self._counters["spilled"] += count
+
+    # -- the writer thread ------------------------------------------------------
+
+    def _take(self) -> tuple[list[logging.LogRecord], list[_Marker]]:
+        queue = self._queue
+        batch: list[logging.LogRecord] = []
+        markers: list[_Marker] = []
+        while queue and len(batch) < self.batch_size:
+            item = queue.popleft()
+            if isinstance(item, _Marker):
+                markers.append(item)
+                break  # everything before the marker is in this batch
+            batch.append(item)
+        if self._spilling and len(queue) < self.queue_size // 2:
+            self._spilling = False
+        with self._room:
+            self._room.notify_all()
+        return batch, markers
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            closing = self._closing
+            while self._queue:
+                if closing and time.monotonic() > self._deadline:
+                    return  # close() spills what is left
+                batch, markers = self._take()
+                if batch and not self._deliver(batch):
+                    return  # closing and out of time: close() spills the rest
+                for marker in markers:
+                    marker.done.set()
+            self.idle()
+            if closing:
+                return
+
+    def _deliver(self, batch: list[logging.LogRecord]) -> bool:
+        """Write one batch, retrying with backoff; False if closing ran out of time."""
+        delay = 0.05
+        failing = False
+        try:
+            prepared = self.prepare(batch)
+        except Exception:
+            sink_logger.exception("%s: cannot prepare a batch; spilling it", type(self).__name__)
+            self.spill(batch)
+            self._count_spilled(len(batch))
+            return True
+        while True:
+            try:
+                self.write_batch(prepared)
+            except Exception as exc:  # noqa: BLE001 - any failure is retried, never dropped
+                self._counters["failed_batches"] += 1
+                if not self.retryable(exc):
+                    sink_logger.warning(
+                        "%s: batch refused (%s); writing its records one by one",
+                        type(self).__name__,
+                        type(exc).__name__,
+                    )
+                    self.write_individually(batch, prepared)
+                    return True
+                if not failing or delay >= self.max_retry_delay():
+                    sink_logger.warning(
+                        "%s: write failed (%s); keeping %d records and retrying",
+                        type(self).__name__,
+                        type(exc).__name__,
+                        len(batch),
+                    )
+                self._counters["retries"] += 1
+                failing = True
+                if self._closing and time.monotonic() > self._deadline:
+                    self._queue.extendleft(reversed(batch))
+                    return False
+                time.sleep(delay)
+                delay = min(delay * 2, self.max_retry_delay())
+            else:
+                self._counters["written"] += len(batch)
+                if failing:
+                    sink_logger.warning("%s: writing again", type(self).__name__)
+                return True
+
+    # -- hooks for subclasses --------------------------------------------------------
+
+    def prepare(self, records: list[logging.LogRecord]) -> Any:
+        """Turn a batch into what ``write_batch`` writes; called once per batch."""
+        return records
+
+    def write_batch(self, prepared: Any) -> None:
+        """Write a prepared batch; raise to have it kept and retried as it is."""
+        raise NotImplementedError
+
+    def write_individually(self, records: list[logging.LogRecord], prepared: Any) -> None:
+        """After a non-retryable batch failure: the default spills the batch."""
+        self.spill(records)
+        self._count_spilled(len(records))
+
+    def retryable(self, exc: Exception) -> bool:
+        """Whether a failed batch should be retried (the default: always)."""
+        return True
+
+    def max_retry_delay(self) -> float:
+        """The longest pause between two attempts at one batch."""
+        return 5.0
+
+    def idle(self) -> None:
+        """Called on the writer thread when the queue is empty."""
+
+    def spill(self, records: list[logging.LogRecord]) -> None:
+        """Write ``records`` synchronously, somewhere local: the last resort."""
+        raise NotImplementedError
+
+    def spill_target(self) -> str:
+        """Where ``spill()`` writes, for messages."""
+        raise NotImplementedError
+
+    def release_resources(self) -> None:
+        """Close files and connections (after the writer has stopped)."""
+
+    def line(self, record: logging.LogRecord) -> str:
+        """The JSON line of a record (the handler's formatter, or ``JSONFormatter``)."""
+        return (self.formatter or self._json).format(record)
+
+    # -- flush, close, stats ------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Wait (up to ``close_timeout``) until everything queued so far is written."""
+        self.drain()
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every record queued before this call is written (or spilled).
+
+        Returns False if ``timeout`` (default ``close_timeout``) passed first.
+        """
+        thread = self._thread
+        if thread is None or not thread.is_alive() or threading.current_thread() is thread:
+            return not self._queue
+        marker = _Marker()
+        self._queue.append(marker)
+        self._wake.set()
+        return marker.done.wait(self.close_timeout if timeout is None else timeout)
+
+    def close(self) -> None:
+        """Write everything queued, stop the writer, release files and connections.
+
+        Waits up to ``close_timeout`` seconds (a database outage may be ending);
+        whatever is still queued then is spilled, never dropped.
+        """
+        with self._start_lock:
+            if self._closed:
+                return
+            self._closed = True
+            thread = self._thread
+        self._deadline = time.monotonic() + self.close_timeout
+        self._closing = True
+        self._wake.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(self.close_timeout + 1.0)
+        leftover = [item for item in self._queue if not isinstance(item, _Marker)]
+        self._queue.clear()
+        if leftover:
+            sink_logger.error(
+                "%s: %d records could not be written before close; spilled to %s",
+                type(self).__name__,
+                len(leftover),
+                self.spill_target(),
+            )
+            self.spill(leftover)
+            self._count_spilled(len(leftover))
+        self.release_resources()
+        _live.discard(self)
+        super().close()
+
+    def stats(self) -> dict[str, int]:
+        """Counters: ``written``, ``spilled``, ``retries``, ``failed_batches``, ``queued``."""
+        return {**self._counters, "queued": len(self._queue)}
+
+    _deadline: float = float("inf")

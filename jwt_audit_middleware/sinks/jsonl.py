@@ -1,0 +1,264 @@
+"""``JSONLinesHandler``: audit events appended to a JSON-lines file, with rotation.
+
+Several processes may append to one file (gunicorn workers, uvicorn workers):
+
+- Safe: appending.  The file is opened with ``O_APPEND`` and every ``write()``
+  carries whole lines only (one batch), so on a local filesystem the kernel puts
+  each write at the end of the file in one piece; lines of different processes
+  never interleave within a line.  Not safe on NFS and similar network
+  filesystems, where ``O_APPEND`` is emulated by the client.
+- Safe, with care: rotation by several processes.  Rotations are serialised
+  with ``flock()`` on ``<path>.lock``; a process that finds the file already
+  rotated by another just reopens it.  Each process notices a rotation (its own,
+  another's, or ``logrotate``'s) before its next batch and reopens the path, so
+  nothing is lost, but the last lines a process wrote just before it noticed may
+  sit at the end of the rotated file, slightly after its rotation time.  With
+  size rotation each process checks the size it sees, so a file may exceed
+  ``max_bytes`` by a few batches.
+- Not safe: two different rotation settings for one file, or two hosts sharing it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import logging
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Literal
+
+from ._worker import BackgroundHandler, sink_logger
+
+_UNITS = {"S": 1, "M": 60, "H": 3600, "D": 86400, "MIDNIGHT": 86400}
+_BACKUP_SUFFIX = re.compile(r"\.\d{8}T\d{6}Z(?:-\d+)?$")
+
+
+class JSONLinesHandler(BackgroundHandler):
+    """A logging handler that appends one JSON object per line to ``path``.
+
+    Lines are ``JSONFormatter`` output (or the formatter you set).  Records are
+    queued by the request thread and written by a background thread in batches
+    of up to ``batch_size`` lines, at least every ``flush_interval`` seconds.
+
+    Rotation: ``max_bytes`` (size; 0 = off) and/or ``when`` (``"S"``, ``"M"``,
+    ``"H"``, ``"D"`` or ``"midnight"``, times ``interval``, in UTC, aligned to
+    the epoch so every process agrees on the boundary).  A rotated file is
+    renamed ``<path>.<UTC time>`` (e.g. ``audit.jsonl.20250520T000000Z``); the
+    newest ``backup_count`` are kept (0 keeps all).
+
+    ``fsync="batch"`` makes every batch durable before the next (power-loss
+    safe, slower); ``"never"`` leaves it to the OS (a crashed *process* still
+    loses nothing that was written).  A full queue makes the request thread wait
+    up to ``block_timeout`` seconds, then write its line itself (counted in
+    ``stats()["spilled"]``): nothing is dropped.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        level: int | str = logging.NOTSET,
+        *,
+        max_bytes: int = 0,
+        when: str | None = None,
+        interval: int = 1,
+        backup_count: int = 7,
+        fsync: Literal["never", "batch"] = "never",
+        mode: int = 0o600,
+        queue_size: int = 10_000,
+        batch_size: int = 500,
+        flush_interval: float = 0.2,
+        block_timeout: float = 0.1,
+        close_timeout: float = 30.0,
+    ) -> None:
+        super().__init__(
+            level,
+            queue_size=queue_size,
+            batch_size=batch_size,
+            flush_interval=flush_interval,
+            block_timeout=block_timeout,
+            close_timeout=close_timeout,
+        )
+        if fsync not in ("never", "batch"):
+            raise ValueError("fsync must be 'never' or 'batch'")
+        if max_bytes < 0 or backup_count < 0 or interval < 1:
+            raise ValueError("max_bytes and backup_count must be >= 0, interval >= 1")
+        self.path = os.path.abspath(os.fspath(path))
+        self.max_bytes = max_bytes
+        self.backup_count = backup_count
+        self.fsync = fsync
+        self.mode = mode
+        self._period: int | None = None
+        if when is not None:
+            unit = _UNITS.get(when.upper())
+            if unit is None:
+                raise ValueError(f"when must be one of {sorted(_UNITS)} or None")
+            self._period = unit * interval
+        self._file_lock = threading.Lock()
+        self._fd: int | None = None
+        self._next_rollover = self._rollover_after(time.time())
+        self._open()  # fail fast: a missing directory or a permission problem shows now
+
+    # -- files ------------------------------------------------------------------
+
+    def _open(self) -> int:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+        self._fd = os.open(self.path, flags, self.mode)
+        return self._fd
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            with contextlib.suppress(OSError):
+                if self.fsync != "never":
+                    os.fsync(fd)
+            os.close(fd)
+
+    def _current_fd(self) -> int:
+        """The open file, reopened if the path now names another file (rotated)."""
+        fd = self._fd
+        if fd is None:
+            return self._open()
+        try:
+            on_disk = os.stat(self.path)
+        except FileNotFoundError:
+            on_disk = None
+        mine = os.fstat(fd)
+        if on_disk is None or (on_disk.st_ino, on_disk.st_dev) != (mine.st_ino, mine.st_dev):
+            self._close_fd()
+            return self._open()
+        return fd
+
+    def _rollover_after(self, now: float) -> float | None:
+        if self._period is None:
+            return None
+        return (int(now) // self._period + 1) * self._period
+
+    @contextlib.contextmanager
+    def _rotation_lock(self) -> Iterator[None]:
+        try:
+            import fcntl  # noqa: PLC0415 - POSIX only
+        except ImportError:  # pragma: no cover - Windows: one process per file
+            yield
+            return
+        fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, self.mode)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _maybe_rotate(self, fd: int, incoming: int) -> int:
+        now = time.time()
+        size = os.fstat(fd).st_size
+        by_size = self.max_bytes > 0 and size > 0 and size + incoming > self.max_bytes
+        by_time = self._next_rollover is not None and now >= self._next_rollover
+        if not (by_size or by_time):
+            return fd
+        with self._rotation_lock():
+            try:
+                on_disk = os.stat(self.path)
+            except FileNotFoundError:
+                on_disk = None
+            mine = os.fstat(fd)
+            rotated_by_other = on_disk is None or (on_disk.st_ino, on_disk.st_dev) != (
+                mine.st_ino,
+                mine.st_dev,
+            )
+            if not rotated_by_other and on_disk is not None and on_disk.st_size > 0:
+                os.rename(self.path, self._backup_name(now))
+            self._close_fd()
+            fd = self._open()
+            self._prune()
+        if by_time:
+            self._next_rollover = self._rollover_after(now)
+        return fd
+
+    def _backup_name(self, now: float) -> str:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+        name = f"{self.path}.{stamp}"
+        counter = 0
+        while os.path.exists(name):
+            counter += 1
+            name = f"{self.path}.{stamp}-{counter}"
+        return name
+
+    def _prune(self) -> None:
+        if not self.backup_count:
+            return
+        backups = sorted(
+            (p for p in glob.glob(glob.escape(self.path) + ".*") if _BACKUP_SUFFIX.search(p)),
+            key=_backup_key,
+        )
+        for old in backups[: -self.backup_count]:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(old)
+
+    def backups(self) -> list[str]:
+        """The rotated files still kept, oldest first."""
+        return sorted(
+            (p for p in glob.glob(glob.escape(self.path) + ".*") if _BACKUP_SUFFIX.search(p)),
+            key=_backup_key,
+        )
+
+    # -- writing -------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        with self._file_lock:
+            fd = self._current_fd()
+            fd = self._maybe_rotate(fd, len(data))
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            if self.fsync == "batch":
+                os.fsync(fd)
+
+    def _encode(self, records: list[logging.LogRecord]) -> bytes:
+        return "".join([self.line(record) + "\n" for record in records]).encode(
+            "utf-8", "backslashreplace"
+        )
+
+    def prepare(self, records: list[logging.LogRecord]) -> bytes:
+        """The batch's lines, formatted once (a retry writes the same bytes)."""
+        return self._encode(records)
+
+    def write_batch(self, prepared: bytes) -> None:
+        """Append the batch's lines with one ``write()``."""
+        self._write(prepared)
+
+    def spill(self, records: list[logging.LogRecord]) -> None:
+        """Append the lines at once, on the calling thread; stderr if the file fails."""
+        data = self._encode(records)
+        try:
+            self._write(data)
+        except OSError as exc:
+            sink_logger.error("JSONLinesHandler: cannot write %s (%s)", self.path, exc)
+            sys.stderr.write(data.decode("utf-8"))
+            sys.stderr.flush()
+
+    def spill_target(self) -> str:
+        """The file itself: a full queue is written through by the request thread."""
+        return self.path + " (written by the request thread)"
+
+    def release_resources(self) -> None:
+        """Close the file (fsync first when ``fsync="batch"``)."""
+        with self._file_lock:
+            self._close_fd()
+
+    def _after_fork(self) -> None:
+        super()._after_fork()
+        self._file_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<JSONLinesHandler {self.path} ({logging.getLevelName(self.level)})>"
+
+
+def _backup_key(path: str) -> tuple[str, int]:
+    match = _BACKUP_SUFFIX.search(path)
+    suffix = match.group(0) if match else ""
+    stamp, _, counter = suffix.partition("-")
+    return stamp, int(counter or 0)

@@ -1,0 +1,194 @@
+"""TokenIssuer, login events, and the login examples (Flask, Django)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+from conftest import assert_no_secret
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from jwt_audit_middleware import (
+    AuditLogger,
+    ConfigurationError,
+    JSONFormatter,
+    Settings,
+    TokenIssuer,
+)
+from jwt_audit_middleware.policy import Gate
+from jwt_audit_middleware.testing import CapturedEvents
+
+
+def pem(key: object) -> str:
+    return key.private_bytes(  # type: ignore[attr-defined, no-any-return]
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+
+
+@pytest.fixture(scope="module")
+def rsa_pem() -> str:
+    return pem(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+
+
+@pytest.mark.parametrize("alg", ["HS256", "RS256", "ES256"])
+def test_issued_tokens_verify_and_are_audited_without_the_token(
+    alg: str, rsa_pem: str, events: CapturedEvents
+) -> None:
+    secret = os.urandom(32)
+    if alg == "HS256":
+        issuer = TokenIssuer(algorithm=alg, secret=secret, issuer="https://me/", audience="api")
+        key_text = secret.hex()
+    else:
+        private = rsa_pem if alg == "RS256" else pem(ec.generate_private_key(ec.SECP256R1()))
+        issuer = TokenIssuer(
+            algorithm=alg, private_key=private, kid="k1", issuer="https://me/", audience="api"
+        )
+        key_text = private
+    token = issuer.issue("alice", scope=["orders:read"], client_ip="192.0.2.1", request_id="r-1")
+    verdict = Gate(Settings(**issuer.verify_options())).evaluate("/", ["Bearer " + token])
+    assert verdict.reason is None
+    assert verdict.claims is not None
+    claims = dict(verdict.claims)
+    assert claims["sub"] == "alice"
+    assert claims["iss"] == "https://me/"
+    assert claims["aud"] == "api"
+    assert claims["exp"] - claims["iat"] == 900
+    assert claims["scope"] == "orders:read"
+    event = events.only()
+    assert event["event"] == "token_issued"
+    assert event["outcome"] == "allowed"
+    assert event["subject"] == "alice"
+    assert event["token_id"] == claims["jti"]
+    assert event["token_fingerprint"] == verdict.fingerprint
+    assert event["claims"] == {"iat": claims["iat"], "exp": claims["exp"]}
+    assert event["detail"].startswith("expires ")
+    assert event["client_ip"] == "192.0.2.1"
+    assert event["request_id"] == "r-1"
+    assert event["alg"] == alg
+    assert event["scopes"] == ["orders:read"]
+    assert event["method"] is event["path"] is event["status"] is None
+    assert set(event) >= {"schema", "time", "protocol", "duration_ms", "user_agent", "kid"}
+    assert_no_secret(events.text(), token, key_text)
+    assert key_text not in repr(issuer)
+
+
+def test_typ_header_and_lifetime(events: CapturedEvents) -> None:
+    issuer = TokenIssuer(
+        algorithm="HS384",
+        secret=os.urandom(48),
+        lifetime=60,
+        token_type="at+jwt",
+        clock=lambda: 1e9,
+    )
+    token = issuer.issue("bob", {"tenant": "t1"}, lifetime=30)
+    import jwt
+
+    assert jwt.get_unverified_header(token)["typ"] == "at+jwt"
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert (claims["iat"], claims["exp"], claims["tenant"]) == (1_000_000_000, 1_000_000_030, "t1")
+    assert issuer.verify_options()["token_type"] == "at+jwt"
+
+
+@pytest.mark.parametrize(
+    ("options", "option"),
+    [
+        ({"algorithm": "none"}, "algorithm"),
+        ({"algorithm": "HS256"}, "secret"),
+        ({"algorithm": "HS256", "secret": b"short"}, "secret"),
+        ({"algorithm": "RS256"}, "private_key"),
+        ({"algorithm": "RS256", "private_key": "not a pem"}, "private_key"),
+        ({"algorithm": "HS256", "secret": os.urandom(32), "lifetime": 0}, "lifetime"),
+    ],
+)
+def test_bad_configuration_names_the_option(options: dict[str, object], option: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        TokenIssuer(**options)  # type: ignore[arg-type]
+    assert caught.value.option == option
+
+
+def test_key_that_cannot_sign_the_algorithm(rsa_pem: str) -> None:
+    with pytest.raises(ConfigurationError, match="cannot sign ES256"):
+        TokenIssuer(algorithm="ES256", private_key=rsa_pem)
+
+
+def test_secret_file_and_reserved_claims(tmp_path: Path) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_bytes(os.urandom(32).hex().encode() + b"\n")
+    issuer = TokenIssuer(algorithm="HS256", secret_file=secret_file)
+    with pytest.raises(ValueError, match="exp"):
+        issuer.issue("alice", {"exp": 1})
+    with pytest.raises(ValueError, match="subject"):
+        issuer.issue("")
+
+
+def test_login_events(events: CapturedEvents) -> None:
+    audit = AuditLogger()
+    audit.login_succeeded(42, "198.51.100.1", request_id="login-1", path="/login")
+    audit.login_failed("eve\r\nINFO forged", "bad_password", "198.51.100.2")
+    ok, failed = events
+    assert (ok["event"], ok["outcome"], ok["reason"], ok["subject"]) == (
+        "login_succeeded",
+        "allowed",
+        None,
+        "42",
+    )
+    assert ok["request_id"] == "login-1"
+    assert ok["path"] == "/login"
+    assert (failed["event"], failed["outcome"], failed["reason"]) == (
+        "login_failed",
+        "denied",
+        "bad_password",
+    )
+    assert failed["subject"] == "eve\\x0d\\x0aINFO forged"
+    assert failed["client_ip"] == "198.51.100.2"
+    assert [r.levelno for r in events.records] == [logging.INFO, logging.WARNING]
+    assert all("\n" not in JSONFormatter().format(r) for r in events.records)
+    assert set(ok) == set(failed)
+
+
+def test_flask_login_example(events: CapturedEvents) -> None:
+    from examples import login_flask
+
+    issuer = TokenIssuer(algorithm="HS256", secret=os.urandom(32), audience="orders-api")
+    app = login_flask.create_app(issuer, login_flask.demo_users({"alice": "wonderland"}))
+    client = app.test_client()
+    good = client.post("/login", json={"username": "alice", "password": "wonderland"})
+    bad = client.post("/login", data={"username": "alice", "password": "guess"})
+    assert good.status_code == 200
+    assert bad.status_code == 401
+    token = good.get_json()["access_token"]
+    verdict = Gate(Settings(**issuer.verify_options())).evaluate("/", ["Bearer " + token])
+    assert verdict.reason is None
+    assert [e["event"] for e in events] == ["login_succeeded", "token_issued", "login_failed"]
+    assert_no_secret(events.text(), token, "wonderland", "guess")
+
+
+def test_django_login_example(events: CapturedEvents) -> None:
+    from django.test import RequestFactory
+
+    from examples import login_django  # configures Django when nothing else has
+
+    issuer = TokenIssuer(algorithm="HS256", secret=os.urandom(32))
+    view = login_django.make_login_view(issuer, lambda user, pw: (user, pw) == ("ann", "pw-1"))
+    factory = RequestFactory()
+    good = view(
+        factory.post(
+            "/login",
+            {"username": "ann", "password": "pw-1"},
+            content_type="application/json",
+            headers={"X-Request-ID": "dj-1"},
+        )
+    )
+    bad = view(factory.post("/login", {"username": "ann", "password": "nope"}))
+    wrong_method = view(factory.get("/login"))
+    assert (good.status_code, bad.status_code, wrong_method.status_code) == (200, 401, 405)
+    assert [e["event"] for e in events] == ["login_succeeded", "token_issued", "login_failed"]
+    assert events[0]["request_id"] == "dj-1"
+    assert events[2]["reason"] == "bad_credentials"
+    assert_no_secret(events.text(), json.loads(good.content)["access_token"], "pw-1", "nope")

@@ -1,0 +1,309 @@
+"""JSONLinesHandler: every event as one line, under load, rotation, several processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from jwt_audit_middleware import AuditLogger, JSONFormatter, JWTAuditMiddleware
+from jwt_audit_middleware.sinks import JSONLinesHandler
+from jwt_audit_middleware.testing import SigningKey
+
+LOGGER = logging.getLogger("jwt_audit")
+
+
+async def hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest.fixture
+def attach() -> Iterator[Any]:
+    """Attach handlers to the ``jwt_audit`` logger for one test; close them after."""
+    attached: list[logging.Handler] = []
+
+    def add(handler: logging.Handler) -> logging.Handler:
+        LOGGER.addHandler(handler)
+        attached.append(handler)
+        return handler
+
+    yield add
+    for handler in attached:
+        LOGGER.removeHandler(handler)
+        handler.close()
+
+
+async def burst(key: SigningKey, count: int) -> list[str]:
+    """``count`` concurrent requests through the ASGI middleware; their request ids."""
+    app = JWTAuditMiddleware(hello, **key.options(), exempt_paths=["/health"])
+    transport = httpx.ASGITransport(app=app, client=("192.0.2.10", 1234))
+    tokens = [key.token(sub=f"user-{i % 7}") for i in range(10)]
+    ids = [f"req-{i}" for i in range(count)]
+
+    async def one(i: int) -> int:
+        headers = {"X-Request-ID": ids[i]}
+        if i % 3:
+            headers["Authorization"] = f"Bearer {tokens[i % 10]}"
+        response = await http.get("/orders" if i % 5 else "/health", headers=headers)
+        return response.status_code
+
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        statuses = await asyncio.gather(*(one(i) for i in range(count)))
+    assert set(statuses) == {200, 401}
+    return ids
+
+
+def read_lines(*paths: str | Path) -> list[dict[str, Any]]:
+    events = []
+    for path in paths:
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                assert line.endswith("\n")
+                events.append(json.loads(line))
+    return events
+
+
+def test_2000_concurrent_requests_leave_exactly_2000_lines(
+    tmp_path: Path, keys: dict[str, SigningKey], attach: Any
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    handler = attach(JSONLinesHandler(path, batch_size=128, flush_interval=0.05))
+    ids = asyncio.run(burst(keys["HS256"], 2000))
+    handler.close()
+    events = read_lines(path)
+    assert len(events) == 2000
+    assert sorted(e["request_id"] for e in events) == sorted(ids)
+    assert {e["schema"] for e in events} == {"jwt-audit/1"}
+    assert {e["logger"] for e in events} == {"jwt_audit"}
+    assert handler.stats()["written"] == 2000
+    assert handler.stats()["spilled"] == 0
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_flush_writes_what_was_queued_before_it(tmp_path: Path, attach: Any) -> None:
+    path = tmp_path / "audit.jsonl"
+    handler = attach(JSONLinesHandler(path, batch_size=10_000, flush_interval=60))
+    audit = AuditLogger()
+    for i in range(10):
+        audit.login_succeeded(f"user{i}", "192.0.2.1")
+    assert path.read_text() == ""  # not a full batch, interval not reached
+    handler.flush()
+    assert [e["subject"] for e in read_lines(path)] == [f"user{i}" for i in range(10)]
+
+
+def test_plain_records_are_written_too(tmp_path: Path, attach: Any) -> None:
+    path = tmp_path / "audit.jsonl"
+    handler = attach(JSONLinesHandler(path))
+    logging.getLogger("jwt_audit.internal").error("bug in %s", "hook")
+    handler.close()
+    (line,) = read_lines(path)
+    assert line["message"] == "bug in hook"
+    assert line["level"] == "ERROR"
+
+
+def test_size_rotation_keeps_every_line(tmp_path: Path, attach: Any) -> None:
+    path = tmp_path / "audit.jsonl"
+    handler = attach(JSONLinesHandler(path, max_bytes=20_000, backup_count=0, batch_size=20))
+    audit = AuditLogger()
+    for i in range(500):
+        audit.login_failed(f"user{i}", "bad_password", "192.0.2.1")
+        if i % 50 == 0:
+            handler.flush()
+    handler.close()
+    backups = handler.backups()
+    assert len(backups) >= 5
+    events = read_lines(*backups, path)
+    assert [e["subject"] for e in events] == [f"user{i}" for i in range(500)]
+    for backup in backups:
+        assert os.path.getsize(backup) <= 20_000
+
+
+def test_backup_count_prunes_oldest(tmp_path: Path, attach: Any) -> None:
+    path = tmp_path / "audit.jsonl"
+    handler = attach(JSONLinesHandler(path, max_bytes=2_000, backup_count=2, batch_size=5))
+    audit = AuditLogger()
+    for i in range(200):
+        audit.login_succeeded(f"user{i}")
+        if i % 5 == 4:
+            handler.flush()
+    handler.close()
+    backups = handler.backups()
+    assert len(backups) == 2
+    remaining = read_lines(*backups, path)
+    assert remaining[-1]["subject"] == "user199"  # the newest are kept
+
+
+def test_time_rotation(tmp_path: Path, attach: Any) -> None:
+    path = tmp_path / "audit.jsonl"
+    handler = attach(JSONLinesHandler(path, when="S", interval=1, backup_count=0))
+    audit = AuditLogger()
+    audit.login_succeeded("before")
+    handler.flush()
+    time.sleep(1.1)
+    audit.login_succeeded("after")
+    handler.close()
+    (backup,) = handler.backups()
+    assert [e["subject"] for e in read_lines(backup)] == ["before"]
+    assert [e["subject"] for e in read_lines(path)] == ["after"]
+
+
+def test_reopens_after_external_rotation(tmp_path: Path, attach: Any) -> None:
+    path = tmp_path / "audit.jsonl"
+    handler = attach(JSONLinesHandler(path))
+    audit = AuditLogger()
+    audit.login_succeeded("one")
+    handler.flush()
+    os.rename(path, tmp_path / "audit.jsonl.1")  # what logrotate does
+    audit.login_succeeded("two")
+    handler.close()
+    assert [e["subject"] for e in read_lines(tmp_path / "audit.jsonl.1")] == ["one"]
+    assert [e["subject"] for e in read_lines(path)] == ["two"]
+
+
+WRITER = textwrap.dedent(
+    """
+    import logging, sys
+    from jwt_audit_middleware import AuditLogger
+    from jwt_audit_middleware.sinks import JSONLinesHandler
+    path, name, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    logger = logging.getLogger("jwt_audit")
+    logger.addHandler(JSONLinesHandler(path, max_bytes=200_000, backup_count=0, batch_size=50))
+    audit = AuditLogger()
+    for i in range(count):
+        audit.login_succeeded(f"{name}-{i}", "192.0.2.1", user_agent="x" * 200)
+    # no close(): process exit must flush
+    """
+)
+
+
+def test_several_processes_append_and_rotate(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    processes = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(path), f"p{n}", "1500"])
+        for n in range(4)
+    ]
+    for process in processes:
+        assert process.wait(timeout=120) == 0
+    backups = sorted(p for p in tmp_path.iterdir() if p.name.startswith("audit.jsonl."))
+    backups = [p for p in backups if not p.name.endswith(".lock")]
+    assert backups  # it did rotate
+    events = read_lines(*backups, path)  # every line whole and valid JSON
+    subjects = [e["subject"] for e in events]
+    assert len(subjects) == 6000
+    assert set(subjects) == {f"p{n}-{i}" for n in range(4) for i in range(1500)}
+
+
+class StallOnWriter(logging.Formatter):
+    """A formatter that makes the background writer (only) wait: a slow disk."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = threading.Event()
+        self.json = JSONFormatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        if threading.current_thread().name.startswith("jwt-audit-"):
+            self.go.wait(30)
+        return self.json.format(record)
+
+
+def test_full_queue_blocks_briefly_then_writes_through(tmp_path: Path, attach: Any) -> None:
+    path = tmp_path / "audit.jsonl"
+    handler = JSONLinesHandler(
+        path, queue_size=20, batch_size=5, flush_interval=0.01, block_timeout=0.05
+    )
+    stall = StallOnWriter()
+    handler.setFormatter(stall)
+    attach(handler)
+    audit = AuditLogger()
+    started = time.perf_counter()
+    for i in range(200):
+        audit.login_succeeded(f"user{i}")
+    elapsed = time.perf_counter() - started
+    # one wait of block_timeout, then straight to the file while the queue stays full
+    assert elapsed < 2.0
+    spilled = handler.stats()["spilled"]
+    assert 150 <= spilled < 200
+    stall.go.set()
+    handler.close()
+    events = read_lines(path)
+    assert sorted(e["subject"] for e in events) == sorted(f"user{i}" for i in range(200))
+    assert handler.stats()["written"] + handler.stats()["spilled"] == 200
+
+
+def test_records_after_close_are_written_not_lost(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    handler = JSONLinesHandler(path)
+    handler.close()
+    record = logging.LogRecord("jwt_audit", logging.INFO, __file__, 1, "late", None, None)
+    handler.handle(record)
+    assert read_lines(path)[0]["message"] == "late"
+
+
+def test_dictconfig_by_dotted_path(tmp_path: Path) -> None:
+    import logging.config
+
+    path = tmp_path / "audit.jsonl"
+    logging.config.dictConfig(
+        {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "handlers": {
+                "audit": {
+                    "class": "jwt_audit_middleware.sinks.JSONLinesHandler",
+                    "path": str(path),
+                    "max_bytes": 10_000_000,
+                }
+            },
+            "loggers": {"jwt_audit": {"handlers": ["audit"], "level": "INFO"}},
+        }
+    )
+    try:
+        (handler,) = [h for h in LOGGER.handlers if isinstance(h, JSONLinesHandler)]
+        AuditLogger().login_failed("mallory", "locked", "203.0.113.9")
+        handler.flush()
+        (event,) = read_lines(path)
+        assert (event["event"], event["outcome"], event["reason"]) == (
+            "login_failed",
+            "denied",
+            "locked",
+        )
+    finally:
+        for h in list(LOGGER.handlers):
+            if isinstance(h, JSONLinesHandler):
+                LOGGER.removeHandler(h)
+                h.close()
+        LOGGER.addHandler(logging.NullHandler())
+
+
+def test_bad_options_fail_at_construction(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="when"):
+        JSONLinesHandler(tmp_path / "a.jsonl", when="fortnight")
+    with pytest.raises(ValueError, match="fsync"):
+        JSONLinesHandler(tmp_path / "a.jsonl", fsync="sometimes")  # type: ignore[arg-type]
+    with pytest.raises(FileNotFoundError):
+        JSONLinesHandler(tmp_path / "missing" / "a.jsonl")
+
+
+def test_core_import_does_not_load_sqlalchemy() -> None:
+    code = (
+        "import sys, jwt_audit_middleware, jwt_audit_middleware.sinks as s; "
+        "assert s.JSONLinesHandler; print('sqlalchemy' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"
