@@ -13,7 +13,8 @@ log() { echo "services.sh: $*" >&2; }
 PASSWORD="jwt_audit_ci"   # a throwaway credential for a loopback-only CI database
 
 missing=()
-command -v pg_ctlcluster >/dev/null 2>&1 || missing+=(postgresql)
+# the server binary, not pg_ctlcluster: postgresql-common comes with the client too
+compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=(postgresql)
 command -v mariadbd >/dev/null 2>&1 || command -v mysqld >/dev/null 2>&1 \
     || [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server)
 if [ "${#missing[@]}" -gt 0 ]; then
