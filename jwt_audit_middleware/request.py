@@ -105,6 +105,26 @@ class RequestReader:
         )
         self.request_id_header = settings.request_id_header
         self.reads_forwarding = bool(self._trusted)
+        header = settings.request_id_header
+        self._request_id_key = "HTTP_" + header.upper().replace("-", "_") if header else None
+
+    def info_from_environ(
+        self, environ: Mapping[str, Any], path: str, started: float
+    ) -> RequestInfo:
+        """``info()`` from a CGI-style mapping: a WSGI environ or Django's ``request.META``."""
+        forwarding = self.reads_forwarding
+        key = self._request_id_key
+        return self.info(
+            method=environ.get("REQUEST_METHOD") or "GET",
+            path=path,
+            protocol="http",
+            peer=environ.get("REMOTE_ADDR"),
+            user_agent=environ.get("HTTP_USER_AGENT"),
+            request_id=environ.get(key) if key else None,
+            started=started,
+            forwarded=environ.get("HTTP_FORWARDED") if forwarding else None,
+            x_forwarded_for=environ.get("HTTP_X_FORWARDED_FOR") if forwarding else None,
+        )
 
     def info(
         self,

@@ -97,25 +97,12 @@ class JWTAuditWSGIMiddleware:
         self._gate = parts.gate
         self._reader = parts.reader
         self._audit = parts.audit
-        header = parts.reader.request_id_header
-        self._request_id_key = "HTTP_" + header.upper().replace("-", "_") if header else None
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         started = time.perf_counter()
         authorization = environ.get("HTTP_AUTHORIZATION")
         path = _wsgi_path(environ)
-        forwarding = self._reader.reads_forwarding
-        info = self._reader.info(
-            method=environ.get("REQUEST_METHOD", "GET"),
-            path=path,
-            protocol="http",
-            peer=environ.get("REMOTE_ADDR"),
-            user_agent=environ.get("HTTP_USER_AGENT"),
-            request_id=environ.get(self._request_id_key) if self._request_id_key else None,
-            started=started,
-            forwarded=environ.get("HTTP_FORWARDED") if forwarding else None,
-            x_forwarded_for=environ.get("HTTP_X_FORWARDED_FOR") if forwarding else None,
-        )
+        info = self._reader.info_from_environ(environ, path, started)
         gate = self._gate
         try:
             verdict = gate.resolve_sync(

@@ -62,8 +62,6 @@ class JWTAuditMiddleware:
         self._gate = parts.gate
         self._reader = parts.reader
         self._audit = parts.audit
-        header = parts.reader.request_id_header
-        self._request_id_key = "HTTP_" + header.upper().replace("-", "_") if header else None
 
     def __call__(self, request: Request) -> Response:
         info, verdict = self._evaluate(request)
@@ -88,18 +86,7 @@ class JWTAuditMiddleware:
         started = time.perf_counter()
         meta = request.META
         path: str = request.path
-        forwarding = self._reader.reads_forwarding
-        info = self._reader.info(
-            method=request.method or "GET",
-            path=path,
-            protocol="http",
-            peer=meta.get("REMOTE_ADDR"),
-            user_agent=meta.get("HTTP_USER_AGENT"),
-            request_id=meta.get(self._request_id_key) if self._request_id_key else None,
-            started=started,
-            forwarded=meta.get("HTTP_FORWARDED") if forwarding else None,
-            x_forwarded_for=meta.get("HTTP_X_FORWARDED_FOR") if forwarding else None,
-        )
+        info = self._reader.info_from_environ(meta, path, started)
         authorization = meta.get("HTTP_AUTHORIZATION")
         try:
             verdict = self._gate.evaluate(path, [] if authorization is None else [authorization])
