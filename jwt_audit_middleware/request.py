@@ -162,17 +162,19 @@ class RequestReader:
         """The client address.
 
         The peer's address, or, when the peer is a trusted proxy, the first
-        untrusted hop of ``Forwarded`` (RFC 7239) or ``X-Forwarded-For``,
-        read from the right.
+        untrusted hop of ``X-Forwarded-For`` (or, without it, ``Forwarded``,
+        RFC 7239), read from the right.
         """
         if peer is None:
             return "unknown"
         if not self._trusted or not self._is_trusted(_parse_ip(peer)):
             return clean(peer, 64)
-        if forwarded:
-            hops = [m.group(2) for m in _FORWARDED_FOR.finditer(forwarded)]
-        elif x_forwarded_for:
+        # X-Forwarded-For first: the proxies people run (nginx, cloud load balancers)
+        # append to it, and pass a client's own Forwarded header through untouched.
+        if x_forwarded_for:
             hops = x_forwarded_for.split(",")
+        elif forwarded:
+            hops = [m.group(2) for m in _FORWARDED_FOR.finditer(forwarded)]
         else:
             return clean(peer, 64)
         client = peer
@@ -241,7 +243,7 @@ def deny_request(
     carrier = _carrier(obj)
     carrier[LATE_DENIAL_KEY] = Denied(
         reason,
-        detail or _LATE_DETAILS.get(reason, "denied by the application"),
+        clean(detail, 256) if detail else _LATE_DETAILS.get(reason, "denied by the application"),
         required_scopes=tuple(required_scopes),
     )
     return bool(carrier.get(MODE_KEY) != "report-only")

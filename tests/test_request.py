@@ -99,9 +99,12 @@ def test_forwarded_header(forwarded: str, expected: str) -> None:
     assert reader("10.0.0.0/8").client_ip("10.0.0.1", forwarded, None) == expected
 
 
-def test_forwarded_takes_precedence_over_x_forwarded_for() -> None:
+def test_x_forwarded_for_takes_precedence_over_a_client_sent_forwarded() -> None:
+    # nginx appends the real client to X-Forwarded-For and passes the client's own
+    # Forwarded header through: believing Forwarded would let the client pick its IP
     r = reader("10.0.0.0/8")
-    assert r.client_ip("10.0.0.1", "for=192.0.2.60", "198.51.100.1") == "192.0.2.60"
+    assert r.client_ip("10.0.0.1", "for=198.51.100.66", "203.0.113.5") == "203.0.113.5"
+    assert r.client_ip("10.0.0.1", "for=192.0.2.60", None) == "192.0.2.60"
 
 
 def test_ipv6_trusted_proxy() -> None:
@@ -236,3 +239,16 @@ def test_ipv4_mapped_peer_matches_an_ipv4_trusted_proxy() -> None:
     r = reader("10.0.0.0/8")
     assert r.client_ip("::ffff:10.0.0.1", None, "198.51.100.1") == "198.51.100.1"
     assert r.client_ip("10.0.0.1", None, "198.51.100.1, ::ffff:10.0.0.2") == "198.51.100.1"
+
+
+def test_deny_request_detail_is_cleaned_and_capped() -> None:
+    from jwt_audit_middleware.request import LATE_DENIAL_KEY, deny_request
+
+    scope: dict[str, object] = {}
+    assert deny_request(scope, "revoked", detail="x\r\ny" * 2000) is True
+    denied = scope[LATE_DENIAL_KEY]
+    assert "\r" not in denied.detail  # type: ignore[attr-defined]
+    assert "\n" not in denied.detail  # type: ignore[attr-defined]
+    assert len(denied.detail) <= 257  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="unknown reason"):
+        deny_request(scope, "because")
