@@ -88,11 +88,20 @@ def clean(value: str, limit: int = MAX_FIELD) -> str:
     """
     if len(value) <= limit and value.isprintable():
         return value
-    if len(value) > limit:
-        value = value[:limit] + "…"
-    if value.isprintable():
-        return value
-    return "".join(ch if ch.isprintable() else _escape(ch) for ch in value)
+    truncated = len(value) > limit
+    value = value[:limit]
+    if not value.isprintable():
+        pieces: list[str] = []
+        size = 0
+        for ch in value:
+            piece = ch if ch.isprintable() else _escape(ch)
+            size += len(piece)
+            if size > limit:  # the cap holds for the escaped text too
+                truncated = True
+                break
+            pieces.append(piece)
+        value = "".join(pieces)
+    return value + "…" if truncated else value
 
 
 def clean_optional(value: object, limit: int = MAX_FIELD) -> str | None:

@@ -64,9 +64,12 @@ def test_clean_exactly_at_limit_is_not_truncated() -> None:
     assert clean("z" * 10, 10) == "z" * 10
 
 
-def test_clean_caps_then_escapes() -> None:
-    result = clean("\n" * 100, 5)
-    assert result == "\\x0a" * 5 + "…"
+def test_clean_caps_the_escaped_text() -> None:
+    # the cap holds for what is written: no escape is cut in half
+    assert clean("\n" * 100, 9) == "\\x0a" * 2 + "…"
+    assert clean("ab\ncd", 4) == "ab…"
+    assert clean("ab\ncd", 6) == "ab\\x0a…"
+    assert clean("\n" * 3, 12) == "\\x0a" * 3
 
 
 def test_clean_fast_path_returns_the_same_object() -> None:
