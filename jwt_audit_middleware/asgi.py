@@ -93,7 +93,10 @@ class JWTAuditMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         protocol = scope["type"]
         if protocol not in ("http", "websocket"):
-            await self.app(scope, receive, send)
+            if protocol == "lifespan":
+                await self.app(scope, receive, self._lifespan_send(send))
+            # any other (future) scope type would reach the app unauthenticated:
+            # fail closed and let the server refuse it
             return
         started = time.perf_counter()
         authorization: list[str] = []
@@ -131,6 +134,8 @@ class JWTAuditMiddleware:
         gate = self._gate
         try:
             verdict = gate.evaluate(path, authorization)
+            if verdict.pending_keys is not None:
+                verdict = await gate.refresh_async(verdict, path, authorization)
             if verdict.pending_revocation:
                 verdict = await gate.resolve_async(verdict)
         except Exception:  # noqa: BLE001 - a bug of ours must not reach the server
@@ -153,6 +158,18 @@ class JWTAuditMiddleware:
             await self.app(scope, receive, send)
         else:
             await self._call_app(scope, receive, send, verdict, info)
+
+    def close(self) -> None:
+        """Stop background work (``jwks_url`` refresh threads); also done at lifespan shutdown."""
+        self._gate.close()
+
+    def _lifespan_send(self, send: Send) -> Send:
+        async def lifespan_send(message: Message) -> None:
+            await send(message)
+            if message["type"] == "lifespan.shutdown.complete":
+                self.close()
+
+        return lifespan_send
 
     async def _call_app(
         self, scope: Scope, receive: Receive, send: Send, verdict: Verdict, info: RequestInfo
@@ -213,7 +230,7 @@ class JWTAuditMiddleware:
         connected: bool = False,
     ) -> None:
         challenge = self._gate.challenge(verdict)
-        status = challenge.status
+        status: int | None = challenge.status
         try:
             if scope["type"] == "http":
                 await send(
@@ -239,5 +256,7 @@ class JWTAuditMiddleware:
                     await send(
                         {"type": "websocket.close", "code": 1008, "reason": verdict.reason or ""}
                     )
+            else:
+                status = None  # the client left before the handshake: nothing was sent
         finally:
             self._audit.request_event(verdict, info, status)

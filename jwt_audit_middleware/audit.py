@@ -217,6 +217,7 @@ class AuditLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
             identity = token.identity  # cleaned once, when the token verified
         else:  # a denial: verified claims (expired, ...) or only the header's alg and kid
             identity = identity_fields(claims or {}, verdict.scopes, verdict.alg, verdict.kid)
+            identity["claims"] = copy_claims(claims, self.log_claims) if claims else {}
         reason = verdict.reason
         return {
             "schema": SCHEMA,
@@ -241,7 +242,7 @@ class AuditLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
             "kid": identity["kid"],
             "token_fingerprint": verdict.fingerprint,
             "detail": verdict.detail,
-            "claims": copy_claims(claims, self.log_claims) if self.log_claims and claims else {},
+            "claims": identity["claims"],
         }
 
     def build_event(

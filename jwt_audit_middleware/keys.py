@@ -133,14 +133,7 @@ def build_keyring(
     Raises ``ConfigurationError`` naming the option at fault; messages never
     contain key material.
     """
-    for alg in algorithms:
-        if alg.lower() == "none":
-            raise ConfigurationError("algorithms", "'none' is refused: tokens must be signed")
-        if alg not in SUPPORTED_ALGORITHMS:
-            raise ConfigurationError(
-                "algorithms",
-                f"unknown algorithm {alg!r}; use one of {sorted(SUPPORTED_ALGORITHMS)}",
-            )
+    check_algorithms(algorithms)
     keys: list[VerificationKey] = []
     if secret is not None:
         keys.append(_secret_key(secret, algorithms))
@@ -164,6 +157,18 @@ def build_keyring(
             f"no configured key can verify {sorted(missing)}; remove them or add a key",
         )
     return ring
+
+
+def check_algorithms(algorithms: Iterable[str], option: str = "algorithms") -> None:
+    """Refuse ``none`` and algorithms PyJWT does not implement."""
+    for alg in algorithms:
+        if alg.lower() == "none":
+            raise ConfigurationError(option, "'none' is refused: tokens must be signed")
+        if alg not in SUPPORTED_ALGORITHMS:
+            raise ConfigurationError(
+                option,
+                f"unknown algorithm {alg!r}; use one of {sorted(SUPPORTED_ALGORITHMS)}",
+            )
 
 
 def _secret_key(secret: bytes, algorithms: Sequence[str]) -> VerificationKey:

@@ -4,8 +4,9 @@
 Flask) calls: path and ``Authorization`` values in, a ``Verdict`` out.  The
 revocation hook, the only step that may do I/O, is resolved separately by
 ``resolve_sync()`` / ``resolve_async()`` so each adapter can run it the way
-its world requires.  Challenges (status, headers, body) are built here once per
-reason at start-up.
+its world requires; likewise a refetch of a JWKS URL for a token naming an
+unknown key (``refresh_sync()`` / ``refresh_async()``).  Challenges (status,
+headers, body) are built here once per reason at start-up.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from asgiref.sync import async_to_sync
 from .cache import TokenCache
 from .errors import Denied
 from .events import ALLOWED, DENIED, REASONS, WOULD_DENY, fingerprint_of_digest
+from .jwks import KeyRequest
 from .settings import Settings
 from .verifier import VerifiedToken, Verifier
 
@@ -58,7 +60,8 @@ class _Prefixes:
     def __init__(self, paths: tuple[str, ...]) -> None:
         stripped = [p.rstrip("/") for p in paths]
         self._exact = frozenset(p or "/" for p in stripped)
-        self._prefixes = tuple(p + "/" for p in stripped)
+        # "/" names the root page only: as a prefix it would match every path
+        self._prefixes = tuple(p + "/" for p in stripped if p)
 
     def __contains__(self, path: object) -> bool:
         return isinstance(path, str) and (path in self._exact or path.startswith(self._prefixes))
@@ -126,6 +129,9 @@ class Verdict:
     required_scopes: tuple[str, ...] = ()
     path_kind: str = REQUIRED
     pending_revocation: bool = False
+    pending_keys: KeyRequest | None = None
+    """Set on an ``unknown_key``/``key_unavailable`` denial when refetching the
+    token's JWKS URL may help: the adapter calls ``Gate.refresh_sync/async``."""
     event_base: dict[str, Any] | None = None
     """The request-independent part of this verdict's audit event, built once.
 
@@ -173,8 +179,10 @@ class Gate:
             # (other casing, extra spaces) simply misses and takes the full path.
             value = authorization[0]
             if value.startswith(_BEARER):
-                digest = hashlib.sha256(value[7:].encode("latin-1")).digest()
-                cached = cache.get(digest, self.verifier.clock(), id(self.verifier.keyring))
+                # utf-8 never fails (a server may decode headers beyond latin-1); a
+                # non-ASCII value simply misses and is refused on the full path
+                digest = hashlib.sha256(value[7:].encode("utf-8", "surrogatepass")).digest()
+                cached = cache.get(digest, self.verifier.clock(), self.verifier.keys_version)
                 if cached is not None:
                     return self._allowed(cached, path, kind)
         try:
@@ -187,10 +195,14 @@ class Gate:
         digest = hashlib.sha256(token_text.encode("ascii")).digest()
         print_ = fingerprint_of_digest(digest)
         now = self.verifier.clock()
+        version = self.verifier.keys_version  # before verifying: a swap meanwhile is not missed
         try:
             token = self.verifier.verify(token_text, print_)
         except Denied as denied:
-            return self.deny(denied, print_, kind)
+            verdict = self.deny(denied, print_, kind)
+            if denied.reason in _KEY_REASONS:
+                verdict.pending_keys = self.verifier.key_request(token_text)
+            return verdict
         verdict = Verdict(
             True,
             ALLOWED,
@@ -207,7 +219,7 @@ class Gate:
             deadline = now + cache.ttl
             if token.expires_at is not None:
                 deadline = min(deadline, token.expires_at + self._leeway)
-            cache.put(digest, verdict, deadline, id(self.verifier.keyring))
+            cache.put(digest, verdict, deadline, version)
         return self._allowed(verdict, path, kind)
 
     def _allowed(self, verdict: Verdict, path: str, kind: str) -> Verdict:
@@ -276,6 +288,36 @@ class Gate:
         """Log the current exception on ``jwt_audit.internal``; fail closed."""
         internal_logger.error("jwt_audit: internal error in %s", where, exc_info=True)
         return self.deny(Denied("internal_error", "internal error"), None)
+
+    def refresh_sync(self, verdict: Verdict, path: str, authorization: list[str]) -> Verdict:
+        """Refetch keys for a ``pending_keys`` verdict, then decide again (WSGI).
+
+        Blocks up to ``jwks_timeout``; every request waiting for the same key
+        set shares one fetch.
+        """
+        request = verdict.pending_keys
+        if request is None:
+            return verdict
+        request.source.refresh(request.kid)
+        return self._evaluate_again(path, authorization)
+
+    async def refresh_async(self, verdict: Verdict, path: str, authorization: list[str]) -> Verdict:
+        """``refresh_sync()`` from an event loop: the fetch runs in a worker thread."""
+        request = verdict.pending_keys
+        if request is None:
+            return verdict
+        await anyio.to_thread.run_sync(request.source.refresh, request.kid)
+        return self._evaluate_again(path, authorization)
+
+    def _evaluate_again(self, path: str, authorization: list[str]) -> Verdict:
+        verdict = self.evaluate(path, authorization)
+        if verdict.pending_keys is not None:  # one refresh per request
+            verdict.pending_keys = None
+        return verdict
+
+    def close(self) -> None:
+        """Stop background work (the refresh threads of ``jwks_url`` key sets)."""
+        self.verifier.close()
 
     def _after_revocation(self, verdict: Verdict, revoked: object) -> Verdict:
         if revoked is True or (revoked and not isinstance(revoked, bool)):
@@ -360,3 +402,4 @@ def _replace_pending(verdict: Verdict) -> Verdict:
 
 
 _BEARER = ("Bearer ", "bearer ")
+_KEY_REASONS = frozenset({"unknown_key", "key_unavailable"})

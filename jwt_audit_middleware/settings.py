@@ -20,10 +20,11 @@ import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 from .errors import ConfigurationError
-from .keys import KeyRing, build_keyring
+from .jwks import check_url
+from .keys import KeyRing, build_keyring, check_algorithms, is_hmac
 
 RevocationCheck = Callable[[Mapping[str, Any]], "bool | Awaitable[bool]"]
 Mode = Literal["enforce", "report-only"]
@@ -128,12 +129,17 @@ class Settings:
     ``repr()`` never shows a secret.
     """
 
-    algorithms: Sequence[str]
+    algorithms: Sequence[str] = ()
     secret: str | bytes | None = None
     secret_file: str | os.PathLike[str] | None = None
     public_key: str | bytes | Sequence[str | bytes] | None = None
     jwks: Mapping[str, Any] | str | None = None
     jwks_file: str | os.PathLike[str] | None = None
+    jwks_url: str | None = None
+    jwks_timeout: float | datetime.timedelta = 5.0
+    jwks_cache_seconds: float | datetime.timedelta = 300.0
+    jwks_min_refresh_seconds: float | datetime.timedelta = 30.0
+    providers: Sequence[Mapping[str, Any] | Provider] = ()
     issuer: str | Sequence[str] | None = None
     audience: str | Sequence[str] | None = None
     leeway: float | datetime.timedelta = 0
@@ -153,7 +159,11 @@ class Settings:
     cache_size: int = 1024
 
     keyring: KeyRing = field(init=False, repr=False, compare=False)
-    """The prepared keys, parsed once from ``secret``/``public_key``/``jwks``."""
+    """The prepared keys, parsed once from ``secret``/``public_key``/``jwks``.
+
+    Empty when the keys come from ``jwks_url`` (the verifier fetches them) or
+    from ``providers`` (each ``Provider`` has its own).
+    """
 
     _ENV_KINDS: ClassVar[Mapping[str, str]] = {
         "algorithms": "list",
@@ -165,6 +175,10 @@ class Settings:
         "trusted_proxies": "list",
         "log_claims": "list",
         "leeway": "float",
+        "jwks_timeout": "float",
+        "jwks_cache_seconds": "float",
+        "jwks_min_refresh_seconds": "float",
+        "providers": "json",
         "max_token_bytes": "int",
         "cache_size": "int",
         "path_scopes": "json",
@@ -186,6 +200,7 @@ class Settings:
         if isinstance(options["jwks"], Mapping):
             options["jwks"] = dict(options["jwks"])
         options["path_scopes"] = {k: list(v) for k, v in options["path_scopes"].items()}
+        options["providers"] = [dict(provider.options) for provider in self.trusted_providers]
         return (_rebuild, (options,))
 
     @classmethod
@@ -201,7 +216,7 @@ class Settings:
                 close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise ConfigurationError(name, f"unknown option{hint}")
-        if "algorithms" not in options:
+        if "algorithms" not in options and not options.get("providers"):
             raise ConfigurationError("algorithms", "is required, e.g. algorithms=['RS256']")
 
     @classmethod
@@ -263,8 +278,29 @@ class Settings:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
+        for name, minimum in (
+            ("jwks_timeout", 0.01),
+            ("jwks_cache_seconds", 0.1),
+            ("jwks_min_refresh_seconds", 0.0),
+        ):
+            set_(self, name, float(_number(name, getattr(self, name), minimum=minimum)))
+        if self.providers is not None and not (
+            isinstance(self.providers, (list, tuple)) and not self.providers
+        ):
+            self._set_providers()
+            return self._post_init_rest(KeyRing((), self.algorithms))
+        set_(self, "providers", ())
         algorithms = _strings("algorithms", self.algorithms, allow_empty=False)
         set_(self, "algorithms", algorithms)
+        if self.jwks_url is not None:
+            problem = check_url(self.jwks_url)
+            if problem is not None:
+                raise _fail("jwks_url", problem)
+            for other in ("secret", "secret_file", "public_key", "jwks", "jwks_file"):
+                if getattr(self, other) is not None:
+                    raise _fail("jwks_url", f"give either jwks_url or {other}, not both")
+            check_remote_algorithms("jwks_url", algorithms)
+            return self._post_init_rest(KeyRing((), algorithms))
 
         secret = self.secret
         if self.secret_file is not None:
@@ -295,20 +331,20 @@ class Settings:
         if isinstance(jwks, Mapping):
             set_(self, "jwks", MappingProxyType(dict(jwks)))
 
-        set_(
-            self,
-            "keyring",
-            build_keyring(
-                algorithms,
-                secret=secret,
-                public_keys=self.public_key,
-                jwks=jwks,
-                jwks_option="jwks_file" if self.jwks_file is not None else "jwks",
-            ),
+        keyring = build_keyring(
+            algorithms,
+            secret=secret,
+            public_keys=self.public_key,
+            jwks=jwks,
+            jwks_option="jwks_file" if self.jwks_file is not None else "jwks",
         )
+        return self._post_init_rest(keyring)
+
+    def _post_init_rest(self, keyring: KeyRing) -> None:
+        set_ = object.__setattr__
+        set_(self, "keyring", keyring)
         if self.public_key is not None and not isinstance(self.public_key, (str, bytes)):
             set_(self, "public_key", tuple(self.public_key))
-
         set_(self, "issuer", _optional_strings("issuer", self.issuer))
         set_(self, "audience", _optional_strings("audience", self.audience))
         set_(self, "leeway", _number("leeway", self.leeway, minimum=0))
@@ -345,6 +381,30 @@ class Settings:
         ):
             raise _fail("realm", "expected printable text without quotes or backslashes")
 
+    def _set_providers(self) -> None:
+        """Validate ``providers``; ``algorithms`` defaults to the union of theirs."""
+        value = self.providers
+        if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence) or not value:
+            raise _fail("providers", "expected a list of mappings, one per trusted issuer")
+        for other in ("secret", "secret_file", "public_key", "jwks", "jwks_file", "jwks_url"):
+            if getattr(self, other) is not None:
+                raise _fail(other, "set keys per provider when providers is used")
+        if self.issuer is not None:
+            raise _fail("issuer", "set issuer per provider when providers is used")
+        given = self.algorithms
+        algorithms = _strings("algorithms", given) if given not in (None, ()) else ()
+        audience = _optional_strings("audience", self.audience)
+        built: list[Provider] = []
+        for index, raw in enumerate(value):
+            provider = _provider(f"providers[{index}]", raw, algorithms, audience)
+            if any(p.issuer == provider.issuer for p in built):
+                raise _fail(f"providers[{index}].issuer", "two providers have the same issuer")
+            built.append(provider)
+        if not algorithms:
+            algorithms = tuple(dict.fromkeys(a for p in built for a in p.algorithms))
+        object.__setattr__(self, "algorithms", algorithms)
+        object.__setattr__(self, "providers", tuple(built))
+
     def _token_type(self) -> str | None:
         value = self.token_type
         if value is None:
@@ -380,6 +440,11 @@ class Settings:
         return value.lower()
 
     @property
+    def trusted_providers(self) -> tuple[Provider, ...]:
+        """``providers``, validated (empty when a single key source is configured)."""
+        return cast("tuple[Provider, ...]", self.providers)
+
+    @property
     def revocation_is_async(self) -> bool:
         """Whether ``revocation_check`` must be awaited."""
         return is_async_callable(self.revocation_check)
@@ -400,6 +465,129 @@ class Settings:
     __str__ = __repr__
 
 
+def check_remote_algorithms(option: str, algorithms: Sequence[str]) -> None:
+    """Algorithms usable with keys fetched from a URL: asymmetric ones only."""
+    check_algorithms(algorithms, "algorithms")
+    hmac = [alg for alg in algorithms if is_hmac(alg)]
+    if hmac:
+        raise _fail(
+            option,
+            f"{hmac[0]} needs a shared secret, not a published key; use secret for HMAC",
+        )
+
+
+_PROVIDER_OPTIONS = (
+    "issuer",
+    "algorithms",
+    "audience",
+    "secret",
+    "public_key",
+    "jwks",
+    "jwks_file",
+    "jwks_url",
+)
+_PROVIDER_KEY_SOURCES = ("secret", "public_key", "jwks", "jwks_file", "jwks_url")
+
+
+@dataclass(frozen=True, slots=True)
+class Provider:
+    """One trusted issuer of ``providers``: its key source and its policy.
+
+    ``keyring`` holds the static keys (``secret``, ``public_key``, ``jwks``,
+    ``jwks_file``); with ``jwks_url`` it is empty and the verifier fetches.
+    """
+
+    issuer: str
+    algorithms: tuple[str, ...]
+    audience: tuple[str, ...] | None
+    keyring: KeyRing = field(compare=False)
+    jwks_url: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    """The validated options (``jwks_file`` read into ``jwks``), to rebuild it."""
+
+    def __repr__(self) -> str:  # never show key material
+        source = f"jwks_url={self.jwks_url!r}" if self.jwks_url else f"{len(self.keyring)} keys"
+        return (
+            f"Provider(issuer={self.issuer!r}, algorithms={list(self.algorithms)!r}, "
+            f"audience={self.audience!r}, {source})"
+        )
+
+
+def _provider(
+    where: str,
+    raw: object,
+    default_algorithms: tuple[str, ...],
+    default_audience: tuple[str, ...] | None,
+) -> Provider:
+    if not isinstance(raw, Mapping):
+        raise _fail(where, "expected a mapping with issuer, a key source, audience, algorithms")
+    options: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key.lower() if isinstance(key, str) else key
+        if name not in _PROVIDER_OPTIONS:
+            close = difflib.get_close_matches(str(name), _PROVIDER_OPTIONS, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise _fail(f"{where}.{name}", f"unknown provider option{hint}")
+        options[name] = value
+    issuer = options.get("issuer")
+    if not isinstance(issuer, str) or not issuer:
+        raise _fail(f"{where}.issuer", "is required: the exact iss of this provider's tokens")
+    if "algorithms" in options:
+        algorithms = _strings(f"{where}.algorithms", options["algorithms"], allow_empty=False)
+        check_algorithms(algorithms, f"{where}.algorithms")
+        outside = [a for a in algorithms if default_algorithms and a not in default_algorithms]
+        if outside:
+            raise _fail(f"{where}.algorithms", f"{outside[0]!r} is not in algorithms")
+    elif default_algorithms:
+        algorithms = default_algorithms
+    else:
+        raise _fail(f"{where}.algorithms", "is required (or set algorithms for every provider)")
+    check_algorithms(algorithms, f"{where}.algorithms")
+    options["algorithms"] = list(algorithms)
+    audience = default_audience
+    if options.get("audience") is not None:
+        audience = _optional_strings(f"{where}.audience", options["audience"])
+    sources = [name for name in _PROVIDER_KEY_SOURCES if options.get(name) is not None]
+    if len(sources) != 1:
+        raise _fail(
+            f"{where}.{sources[1] if sources else 'jwks_url'}",
+            "give exactly one key source: secret, public_key, jwks, jwks_file or jwks_url",
+        )
+    (source,) = sources
+    if source == "jwks_url":
+        url = options["jwks_url"]
+        problem = check_url(url)
+        if problem is not None:
+            raise _fail(f"{where}.jwks_url", problem)
+        check_remote_algorithms(f"{where}.jwks_url", algorithms)
+        return Provider(issuer, algorithms, audience, KeyRing((), algorithms), url, options)
+    secret = options.get("secret")
+    jwks = options.get("jwks")
+    if source == "jwks_file":
+        try:
+            with open(options.pop("jwks_file"), "rb") as handle:
+                jwks = options["jwks"] = handle.read().decode("utf-8")
+        except (OSError, UnicodeDecodeError, TypeError) as exc:
+            raise _fail(
+                f"{where}.jwks_file", f"cannot read the file ({type(exc).__name__})"
+            ) from None
+    if isinstance(secret, str):
+        secret = secret.encode()
+    if secret is not None and not isinstance(secret, bytes):
+        raise _fail(f"{where}.secret", "expected str or bytes")
+    if isinstance(jwks, Mapping):
+        jwks = options["jwks"] = dict(jwks)
+    try:
+        keyring = build_keyring(
+            algorithms, secret=secret, public_keys=options.get("public_key"), jwks=jwks
+        )
+    except ConfigurationError as exc:
+        message = str(exc)[len(exc.option) + 2 :]
+        option = source if exc.option in ("algorithms", "jwks") else exc.option
+        raise _fail(f"{where}.{option}", message) from None
+    return Provider(issuer, algorithms, audience, keyring, None, options)
+
+
 def _rebuild(options: dict[str, Any]) -> Settings:
     return Settings(**options)
 
@@ -410,4 +598,4 @@ def normalise_media_type(value: str) -> str:
     return value[len("application/") :] if value.startswith("application/") else value
 
 
-__all__ = ["Mode", "RevocationCheck", "Settings", "is_async_callable"]
+__all__ = ["Mode", "Provider", "RevocationCheck", "Settings", "is_async_callable"]

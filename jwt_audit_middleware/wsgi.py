@@ -66,9 +66,17 @@ class _AuditedResponse:
         self._done = False
 
     def __iter__(self) -> Iterator[bytes]:
-        if self._replacement:  # a late denial: its challenge replaces the app's body
-            return iter(self._replacement)
-        return iter(self._iterable)
+        # A late denial's challenge replaces the app's body, also when a generator
+        # app only calls start_response (and deny_request) on its first next().
+        replacement = self._replacement
+        if not replacement:
+            for chunk in self._iterable:
+                if replacement:
+                    break
+                yield chunk
+            else:
+                return
+        yield from replacement
 
     def close(self) -> None:
         try:
@@ -98,6 +106,10 @@ class JWTAuditWSGIMiddleware:
         self._reader = parts.reader
         self._audit = parts.audit
 
+    def close(self) -> None:
+        """Stop background work (``jwks_url`` refresh threads)."""
+        self._gate.close()
+
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         started = time.perf_counter()
         authorization = environ.get("HTTP_AUTHORIZATION")
@@ -105,9 +117,11 @@ class JWTAuditWSGIMiddleware:
         info = self._reader.info_from_environ(environ, path, started)
         gate = self._gate
         try:
-            verdict = gate.resolve_sync(
-                gate.evaluate(path, [] if authorization is None else [authorization])
-            )
+            headers = [] if authorization is None else [authorization]
+            verdict = gate.evaluate(path, headers)
+            if verdict.pending_keys is not None:
+                verdict = gate.refresh_sync(verdict, path, headers)
+            verdict = gate.resolve_sync(verdict)
         except Exception:  # noqa: BLE001 - a bug of ours must not reach the server
             verdict = gate.internal_error("JWTAuditWSGIMiddleware")
 

@@ -212,3 +212,36 @@ async def test_path_scopes_apply_to_normalised_path(
     sent = await run(app, scope, [{"type": "http.request", "body": b""}])
     assert sent[0]["status"] == 403
     assert events.only()["reason"] == "insufficient_scope"
+
+
+async def test_exempt_root_is_the_root_page_only(
+    rsa_key: SigningKey, events: CapturedEvents
+) -> None:
+    app = JWTAuditMiddleware(echo_app, **rsa_key.options(exempt_paths=["/"]))
+    statuses = []
+    for path in ("/", "/admin/users", "/orders"):
+        scope = {"type": "http", "method": "GET", "path": path, "headers": [], "client": None}
+        sent = await run(app, scope, [{"type": "http.request", "body": b""}])
+        statuses.append(sent[0]["status"])
+    assert statuses == [204, 401, 401]
+
+
+async def test_unknown_scope_types_never_reach_the_app(rsa_key: SigningKey) -> None:
+    called: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        called.append(scope["type"])
+
+    middleware = JWTAuditMiddleware(app, **rsa_key.options())
+    await run(middleware, {"type": "webtransport", "path": "/x", "headers": []}, [])
+    assert called == []
+
+
+async def test_websocket_client_gone_before_connect(
+    rsa_key: SigningKey, events: CapturedEvents
+) -> None:
+    app = JWTAuditMiddleware(echo_app, **rsa_key.options())
+    sent = await run(app, ws_scope([]), [{"type": "websocket.disconnect", "code": 1001}])
+    assert sent == []
+    event = events.only()
+    assert (event["reason"], event["status"]) == ("missing_token", None)

@@ -168,3 +168,22 @@ def test_concurrent_threads_get_correct_answers(keys: dict[str, SigningKey]) -> 
     assert errors == []
     assert gate.cache is not None
     assert len(gate.cache) <= 16
+
+
+def test_withdrawn_key_never_served_from_cache_after_ring_swaps(
+    rsa_key: SigningKey, other_rsa_key: SigningKey
+) -> None:
+    # A freed ring's id() can be reused by a later ring: the cache must not key on it.
+    withdrawn, kept = rsa_key, other_rsa_key
+    pems = [withdrawn.public_pem or "", kept.public_pem or ""]
+    accepted = 0
+    for _ in range(60):
+        settings = Settings(algorithms=["RS256"], public_key=pems)
+        verifier = Verifier(settings)
+        gate = Gate(settings, verifier)
+        token = withdrawn.token(headers={"kid": "none-such"})
+        assert gate.evaluate("/", bearer(token)).allow
+        verifier.keyring = build_keyring(["RS256"], public_keys=[kept.public_pem])
+        verifier.keyring = build_keyring(["RS256"], public_keys=[kept.public_pem])
+        accepted += gate.evaluate("/", bearer(token)).allow
+    assert accepted == 0

@@ -404,3 +404,44 @@ def test_example_manage_py_check_reports_a_misspelled_option(tmp_path: Path) -> 
     assert "(jwt_audit.E003) JWT_AUDIT: leewayy: unknown option; did you mean 'leeway'?" in (
         typo.stderr
     )
+
+
+# -- keys from a JWKS URL: an unknown kid is refetched once ------------------
+
+
+def test_unknown_kid_refetches_keys_sync_and_async(rsa_key: SigningKey) -> None:
+    from jwks_server import JWKSServer
+
+    from jwt_audit_middleware.testing import jwks_document
+
+    rotated = SigningKey.generate("ES256", kid="rotated-1")
+    server = JWKSServer(jwks_document(rsa_key))
+    options = {
+        "ALGORITHMS": ["RS256", "ES256"],
+        "JWKS_URL": server.url,
+        "JWKS_MIN_REFRESH_SECONDS": 0,
+    }
+
+    def view(request: HttpRequest) -> HttpResponse:
+        return HttpResponse(get_claims(request)["sub"])  # type: ignore[index]
+
+    async def async_view(request: HttpRequest) -> HttpResponse:
+        return view(request)
+
+    try:
+        with override_settings(JWT_AUDIT=options):
+            sync_mw = JWTAuditMiddleware(view)
+            async_mw = JWTAuditMiddleware(async_view)
+        try:
+            server.set("ok", jwks_document(rsa_key, rotated))  # the IdP rotates
+            token = rotated.token(sub="rita")
+            request = RequestFactory().get("/me/", headers=auth(token))
+            assert sync_mw(request).content == b"rita"
+            async_request = AsyncRequestFactory().get("/me/", headers=auth(token))
+            response = asyncio.run(async_mw(async_request))
+            assert response.content == b"rita"
+        finally:
+            sync_mw._gate.close()
+            async_mw._gate.close()
+    finally:
+        server.close()

@@ -658,3 +658,43 @@ def test_huge_integer_exp_is_a_verdict_not_a_crash(ctx: Ctx) -> None:
     assert outcome == "malformed_token" or (
         isinstance(outcome, VerifiedToken) and outcome.subject == "alice"
     )
+
+
+def test_verified_claims_are_read_only_but_serialise_like_a_dict(rsa_key: SigningKey) -> None:
+    import copy
+    import pickle
+
+    verifier = Verifier(Settings(**rsa_key.options(log_claims=["tenant"])))
+    token = rsa_key.token(tenant="acme", roles=["a"])
+    verified = verifier.verify(token, fingerprint(token))
+    claims = verified.claims
+    for mutate in (
+        lambda: claims.__setitem__("sub", "admin"),
+        lambda: claims.update(sub="admin"),
+        lambda: claims.setdefault("tenant2", "x"),
+        lambda: claims.pop("sub"),
+        claims.clear,
+    ):
+        with pytest.raises(TypeError, match="read-only"):
+            mutate()
+    assert claims["sub"] == "alice"
+    assert json.loads(json.dumps(claims))["tenant"] == "acme"
+    assert pickle.loads(pickle.dumps(claims)) == claims
+    assert copy.deepcopy(claims) == claims
+    private = dict(claims)
+    private["sub"] = "mine"
+    assert claims["sub"] == "alice"
+    # the logged claims were fixed when the token verified
+    assert verified.identity["claims"] == {"tenant": "acme"}
+
+
+def test_out_of_range_numbers_are_malformed(rsa_key: SigningKey) -> None:
+    header = base64.urlsafe_b64encode(b'{"alg":"RS256"}').rstrip(b"=").decode()
+    for payload in (b'{"sub":"a","exp":1e999}', b'{"sub":"a","exp":4000000000,"x":-1e999}'):
+        body = base64.urlsafe_b64encode(payload).rstrip(b"=").decode()
+        signing_input = f"{header}.{body}".encode()
+        signature = jwt.get_algorithm_by_name("RS256").sign(signing_input, rsa_key.private)
+        token = f"{header}.{body}." + base64.urlsafe_b64encode(signature).rstrip(b"=").decode()
+        with pytest.raises(Denied) as denied:
+            Verifier(Settings(**rsa_key.options())).verify(token, fingerprint(token))
+        assert denied.value.reason == "malformed_token"

@@ -1155,3 +1155,32 @@ def test_late_denial_from_the_app_is_answered_and_audited(
         403,
         "zed",
     )
+
+
+def test_late_denial_from_a_generator_app_never_sends_its_body(
+    rsa_key: SigningKey, events: CapturedEvents
+) -> None:
+    from jwt_audit_middleware.request import deny_request
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        deny_request(environ, "insufficient_scope", required_scopes=("admin",))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        yield b"SECRET ADMIN DATA"
+
+    wrapped = JWTAuditWSGIMiddleware(app, **rsa_key.options())
+    result = serve(wrapped, make_environ(authorization=f"Bearer {rsa_key.token()}"))
+    assert result.status == "403 Forbidden"
+    assert b"SECRET" not in result.body
+    assert result.json()["error"] == "insufficient_scope"
+    assert int(result.headers["content-length"]) == len(result.body)
+    assert events.only()["reason"] == "insufficient_scope"
+
+
+def test_header_beyond_latin1_is_invalid_request_not_a_crash(
+    rsa_key: SigningKey, events: CapturedEvents
+) -> None:
+    # servers that decode headers as UTF-8 can hand over characters above U+00FF
+    wrapped = JWTAuditWSGIMiddleware(echo_app, **rsa_key.options())
+    result = serve(wrapped, make_environ(authorization="Bearer \u20ac\u4e2d.a.b"))
+    assert result.status.startswith("400")
+    assert events.only()["reason"] == "invalid_request"

@@ -64,7 +64,12 @@ class JWTAuditMiddleware:
         self._audit = parts.audit
 
     def __call__(self, request: Request) -> Response:
-        info, verdict = self._evaluate(request)
+        info, verdict, headers = self._evaluate(request)
+        if verdict.pending_keys is not None:  # an unknown kid of a jwks_url: refetch once
+            try:
+                verdict = self._gate.refresh_sync(verdict, request.path, headers)
+            except Exception:  # noqa: BLE001 - a bug of ours must not reach the server
+                verdict = self._gate.internal_error("contrib.django.JWTAuditMiddleware")
         if verdict.pending_revocation:
             verdict = self._gate.resolve_sync(verdict)
         if not verdict.allow:
@@ -82,17 +87,18 @@ class JWTAuditMiddleware:
 
     # -- the translation, shared by both flavours ---------------------------
 
-    def _evaluate(self, request: Request) -> tuple[RequestInfo, Verdict]:
+    def _evaluate(self, request: Request) -> tuple[RequestInfo, Verdict, list[str]]:
         started = time.perf_counter()
         meta = request.META
         path: str = request.path
         info = self._reader.info_from_environ(meta, path, started)
         authorization = meta.get("HTTP_AUTHORIZATION")
+        headers = [] if authorization is None else [authorization]
         try:
-            verdict = self._gate.evaluate(path, [] if authorization is None else [authorization])
+            verdict = self._gate.evaluate(path, headers)
         except Exception:  # noqa: BLE001 - a bug of ours must not reach the server
             verdict = self._gate.internal_error("contrib.django.JWTAuditMiddleware")
-        return info, verdict
+        return info, verdict, headers
 
     def _challenge(self, verdict: Verdict) -> HttpResponse:
         challenge = self._gate.challenge(verdict)
@@ -137,7 +143,12 @@ class AsyncJWTAuditMiddleware(JWTAuditMiddleware):
         markcoroutinefunction(self)
 
     async def __call__(self, request: Request) -> Response:
-        info, verdict = self._evaluate(request)
+        info, verdict, headers = self._evaluate(request)
+        if verdict.pending_keys is not None:  # an unknown kid of a jwks_url: refetch once
+            try:
+                verdict = await self._gate.refresh_async(verdict, request.path, headers)
+            except Exception:  # noqa: BLE001 - a bug of ours must not reach the server
+                verdict = self._gate.internal_error("contrib.django.JWTAuditMiddleware")
         if verdict.pending_revocation:
             verdict = await self._gate.resolve_async(verdict)
         if not verdict.allow:

@@ -1,0 +1,521 @@
+"""Remote key sets: a JWKS URL, fetched off the request path and cached.
+
+``RemoteKeySet`` holds the current ``KeyRing`` as an immutable snapshot that a
+fetch replaces in one assignment, so the hot path reads one attribute and
+never takes a lock.  Fetching happens only in threads (the set's own daemon
+thread, or the worker thread an adapter hands a refresh to), never on an event
+loop thread, and every fetch is bounded: a total deadline that also covers a
+slowly dripping response, a size cap, a key-count cap, no redirects, and
+``https://`` except for loopback hosts.  A failed fetch keeps the keys already
+held (stale keys keep serving); it never raises into a request.
+
+Refreshes happen in the background before ``cache_seconds`` run out, and when
+a token names an unknown ``kid``: at most one fetch per
+``min_refresh_seconds`` (failed fetches included), shared by every thread that
+waits for it (single flight), with a short negative cache of unknown kids.
+Key-lifecycle changes are audit events (``key_event``) on ``jwt_audit``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import http.client
+import ipaddress
+import itertools
+import json
+import logging
+import socket
+import ssl
+import threading
+import time
+import urllib.parse
+import weakref
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from .keys import KeyRing, VerificationKey, parse_jwks
+
+if TYPE_CHECKING:
+    from .audit import AuditLogger
+
+EmitEvent = Callable[[dict[str, Any], int], None]
+
+#: Event name and outcomes of key-lifecycle events.
+KEY_EVENT = "key_event"
+KEY_ADDED = "key_added"
+KEY_RETIRED = "key_retired"
+FETCH_FAILED = "fetch_failed"
+SERVING_STALE = "serving_stale"
+
+DEFAULT_MAX_BYTES = 256 * 1024
+DEFAULT_MAX_KEYS = 100
+_MAX_UNKNOWN_KIDS = 4096
+_CHUNK = 16 * 1024
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
+_VERSIONS = itertools.count(1)  # shared, so the highest version marks the latest swap anywhere
+
+internal_logger = logging.getLogger("jwt_audit.internal")
+
+
+class FetchError(Exception):
+    """A fetch failed: ``code`` is a short reason, ``detail`` a safe message."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(code)
+        self.code = code
+        self.detail = detail
+
+
+def check_url(url: object) -> str | None:
+    """Why ``url`` cannot be a JWKS URL (a message), or ``None`` if it can."""
+    if not isinstance(url, str) or not url:
+        return "expected an https:// URL"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "is not a valid URL"
+    del port
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        return "expected an https:// URL"
+    if parts.username is not None or parts.password is not None:
+        return "credentials in the URL are not supported"
+    if parts.fragment:
+        return "a URL with a #fragment is not supported"
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        return "plain http:// is allowed only for loopback hosts; use https://"
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        return "contains whitespace or control characters"
+    return None
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost``, ``127.0.0.0/8`` and ``::1``."""
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def safe_location(url: str) -> str:
+    """``scheme://host[:port]/path`` of ``url``: no query string, for messages."""
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path or '/'}"[:200]
+
+
+def fetch(url: str, *, timeout: float, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """GET ``url`` within a total deadline of ``timeout`` seconds; the body, or ``FetchError``.
+
+    Blocking: call it from a thread.  A watchdog closes the connection at the
+    deadline, so neither a hanging server nor one that drips bytes (in the
+    headers or the body) can hold the caller longer.  Redirects are failures.
+    """
+    problem = check_url(url)
+    if problem is not None:
+        raise FetchError("bad_url", f"the JWKS URL {problem}")
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    deadline = time.monotonic() + timeout
+    connection: http.client.HTTPConnection
+    if parts.scheme == "https":
+        connection = http.client.HTTPSConnection(
+            host, parts.port, timeout=timeout, context=ssl.create_default_context()
+        )
+    else:
+        connection = http.client.HTTPConnection(host, parts.port, timeout=timeout)
+    expired = threading.Event()
+
+    def watchdog() -> None:
+        expired.set()
+        sock = connection.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):  # already closed
+                sock.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(timeout, watchdog)
+    timer.daemon = True
+    timer.name = "jwt_audit-jwks-deadline"
+    timer.start()
+    try:
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        connection.request(
+            "GET",
+            target,
+            headers={"Accept": "application/json", "User-Agent": "jwt-audit-middleware"},
+        )
+        response = connection.getresponse()
+        if 300 <= response.status < 400:
+            raise FetchError("redirect", f"HTTP {response.status}: redirects are not followed")
+        if response.status != 200:
+            raise FetchError("http_status", f"HTTP {response.status}")
+        length = response.getheader("Content-Length")
+        if length is not None and length.strip().isdigit() and int(length) > max_bytes:
+            raise FetchError("too_large", f"the document exceeds {max_bytes} bytes")
+        body = bytearray()
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise FetchError("timeout", f"no complete answer within {timeout:g} s")
+            if connection.sock is not None:
+                connection.sock.settimeout(remaining)
+            chunk = response.read1(_CHUNK)
+            if not chunk:
+                break
+            body += chunk
+            if len(body) > max_bytes:
+                raise FetchError("too_large", f"the document exceeds {max_bytes} bytes")
+        if expired.is_set():
+            raise FetchError("timeout", f"no complete answer within {timeout:g} s")
+        return bytes(body)
+    except FetchError:
+        raise
+    except TimeoutError:
+        raise FetchError("timeout", f"no complete answer within {timeout:g} s") from None
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        if expired.is_set():
+            raise FetchError("timeout", f"no complete answer within {timeout:g} s") from None
+        raise FetchError("connection", f"the request failed ({type(exc).__name__})") from None
+    finally:
+        timer.cancel()
+        connection.close()
+        timer.join()
+
+
+def parse_document(body: bytes, algorithms: Iterable[str], max_keys: int) -> list[VerificationKey]:
+    """The usable keys of a fetched JWKS document, or ``FetchError``."""
+    try:
+        document = json.loads(body.decode("utf-8"))
+    except (ValueError, RecursionError):
+        raise FetchError("invalid_document", "the document is not JSON") from None
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise FetchError("invalid_document", 'expected a JWKS document: {"keys": [...]}')
+    if len(document["keys"]) > max_keys:
+        raise FetchError("too_many_keys", f"the document has more than {max_keys} keys")
+    try:
+        return parse_jwks(document, algorithms)
+    except ValueError as exc:
+        raise FetchError("invalid_document", f"the document {exc}") from None
+    except RecursionError:
+        raise FetchError("invalid_document", "the document is too deeply nested") from None
+
+
+class KeyRequest(NamedTuple):
+    """A request's wish for fresh keys: the source to refresh and the ``kid`` it needs."""
+
+    source: RemoteKeySet
+    kid: str | None
+
+
+@functools.cache
+def _audit_logger() -> AuditLogger:
+    # audit.py sits above this module (audit -> policy -> verifier -> jwks), so
+    # the logger is built when the first key event is emitted.
+    from .audit import AuditLogger  # noqa: PLC0415
+
+    return AuditLogger()
+
+
+class RemoteKeySet:
+    """The keys published at a JWKS URL: fetched, cached, refreshed, never blocking a request.
+
+    ``ring`` is the current snapshot (``None`` until a fetch succeeds).  The
+    constructor starts a daemon thread that fetches at once and then before
+    ``cache_seconds`` run out; outside an event loop (and unless ``wait`` is
+    false) it waits for that first fetch, up to ``timeout``, so the first
+    requests find keys.  ``refresh()``
+    is the blocking, single-flight refetch for an unknown ``kid``; call it from
+    a worker thread.  ``close()`` stops the thread.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        algorithms: Iterable[str],
+        *,
+        timeout: float = 5.0,
+        cache_seconds: float = 300.0,
+        min_refresh_seconds: float = 30.0,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_keys: int = DEFAULT_MAX_KEYS,
+        issuer: str | None = None,
+        emit: EmitEvent | None = None,
+        start: bool = True,
+        wait: bool = True,
+    ) -> None:
+        problem = check_url(url)
+        if problem is not None:
+            raise ValueError(f"the JWKS URL {problem}")
+        self.url = url
+        self.location = safe_location(url)
+        self.algorithms = frozenset(algorithms)
+        self.timeout = timeout
+        self.cache_seconds = cache_seconds
+        self.min_refresh_seconds = min_refresh_seconds
+        self.max_bytes = max_bytes
+        self.max_keys = max_keys
+        self.issuer = issuer
+        self.ring: KeyRing | None = None
+        """The keys being served: replaced whole by a fetch, never mutated."""
+        self.version = 0
+        """Changes whenever ``ring`` is replaced (a cache of verdicts keys on it)."""
+        self.fetches = 0
+        self.fetched_at: float | None = None
+        self._emit = emit
+        self._body: bytes | None = None
+        self._kids: frozenset[str] = frozenset()
+        self._condition = threading.Condition(threading.Lock())
+        self._fetching = False
+        self._completed = 0
+        self._last_attempt = -float("inf")  # of a refetch for a kid, or of a failed fetch
+        self._last_failure = -float("inf")
+        self._unknown: dict[str, float] = {}
+        self._closed = threading.Event()
+        self._first = threading.Event()
+        self._thread: threading.Thread | None = None
+        if start:
+            self._start(wait=wait)
+
+    # -- the hot path (lock-free reads) ------------------------------------
+
+    def may_refresh(self, kid: str | None) -> bool:
+        """Whether a request naming ``kid`` should wait for a refetch.
+
+        True while a fetch is in flight (its result may hold the key) or when
+        one is allowed (``min_refresh_seconds`` since the last attempt, and
+        ``kid`` not in the negative cache).
+        """
+        if self._closed.is_set():
+            return False
+        if self._fetching:
+            return True
+        now = time.monotonic()
+        if kid is not None:
+            until = self._unknown.get(kid)
+            if until is not None and until > now:
+                return False
+        return now - self._last_attempt >= self.min_refresh_seconds
+
+    def _has(self, kid: str | None) -> bool:
+        if self.ring is None:
+            return False
+        return kid is None or kid in self._kids
+
+    # -- fetching ------------------------------------------------------------
+
+    def refresh(self, kid: str | None = None) -> bool:
+        """Refetch for ``kid`` unless it is known, rate-limited or already being fetched.
+
+        Blocking (up to about ``timeout``): call it from a worker thread.
+        Concurrent callers share one fetch.  True if the keys now include
+        ``kid`` (for ``None``: if any keys are held).  Never raises.
+        """
+        with self._condition:
+            if self._has(kid):
+                return True
+            if self._fetching:
+                self._wait_for_fetch()
+                found = self._has(kid)
+                if not found:
+                    self._remember_unknown(kid)
+                return found
+            if not self.may_refresh(kid):
+                return False
+            self._fetching = True
+            self._last_attempt = time.monotonic()
+        return self._run_fetch(kid)
+
+    def refresh_now(self) -> bool:
+        """Fetch now (the background schedule), sharing a fetch already in flight."""
+        with self._condition:
+            if self._fetching:
+                self._wait_for_fetch()
+                return self.ring is not None
+            self._fetching = True
+        self._run_fetch(None)
+        return self.ring is not None
+
+    def _wait_for_fetch(self) -> None:
+        completed = self._completed
+        deadline = time.monotonic() + self.timeout + 1.0
+        while self._fetching and self._completed == completed:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._condition.wait(remaining)
+
+    def _run_fetch(self, kid: str | None) -> bool:
+        try:
+            self._fetch_and_swap()
+        except Exception:  # a bug of ours must not reach a request
+            internal_logger.error("jwt_audit: internal error fetching JWKS", exc_info=True)
+        finally:
+            with self._condition:
+                self._fetching = False
+                self._completed += 1
+                self._condition.notify_all()
+                self._first.set()
+        found = self._has(kid)
+        if not found:
+            with self._condition:
+                self._remember_unknown(kid)
+        return found
+
+    def _remember_unknown(self, kid: str | None) -> None:
+        if kid is None:
+            return
+        if len(self._unknown) >= _MAX_UNKNOWN_KIDS:
+            self._unknown.clear()
+        self._unknown[kid] = time.monotonic() + self.min_refresh_seconds
+
+    def _fetch_and_swap(self) -> None:
+        self.fetches += 1
+        try:
+            body = fetch(self.url, timeout=self.timeout, max_bytes=self.max_bytes)
+            if body == self._body:  # unchanged: keep the ring (and the verdicts cached on it)
+                self.fetched_at = time.monotonic()
+                return
+            keys = parse_document(body, self.algorithms, self.max_keys)
+        except FetchError as failure:
+            self._failed(failure)
+            return
+        ring = KeyRing(keys, self.algorithms)
+        kids = frozenset(key.kid for key in keys if key.kid is not None)
+        added, retired = sorted(kids - self._kids), sorted(self._kids - kids)
+        first = self.ring is None
+        self.ring = ring
+        self._kids = kids
+        self._body = body
+        self.version = next(_VERSIONS)
+        self.fetched_at = time.monotonic()
+        self._unknown.clear()
+        anonymous = sum(1 for key in keys if key.kid is None)
+        for new in added:
+            self._event(KEY_ADDED, None, f"key published at {self.location}", kid=new)
+        if first and anonymous:
+            self._event(KEY_ADDED, None, f"{anonymous} key(s) without kid at {self.location}")
+        for old in retired:
+            self._event(KEY_RETIRED, None, f"key no longer published at {self.location}", kid=old)
+
+    def _failed(self, failure: FetchError) -> None:
+        self._last_failure = self._last_attempt = time.monotonic()
+        detail = f"{self.location}: {failure.detail}"
+        self._event(FETCH_FAILED, failure.code, detail, level=logging.WARNING)
+        if self.ring is not None:
+            age = time.monotonic() - (self.fetched_at or 0.0)
+            self._event(
+                SERVING_STALE,
+                failure.code,
+                f"keys fetched {age:.0f} s ago keep serving",
+                level=logging.WARNING,
+            )
+
+    def _event(
+        self,
+        outcome: str,
+        reason: str | None,
+        detail: str,
+        *,
+        kid: str | None = None,
+        level: int = logging.INFO,
+    ) -> None:
+        try:
+            audit = _audit_logger()
+            event = audit.build_event(
+                KEY_EVENT,
+                outcome,
+                reason=reason,
+                issuer=self.issuer,
+                kid=kid,
+                detail=detail,
+            )
+            (self._emit or audit.emit)(event, level)
+        except Exception:  # a broken handler must not stop key rotation
+            internal_logger.error("jwt_audit: cannot emit a key event", exc_info=True)
+
+    # -- background refresh --------------------------------------------------
+
+    def _start(self, *, wait: bool) -> None:
+        thread = threading.Thread(
+            target=_refresh_loop,
+            args=(weakref.ref(self), self._closed),
+            name=f"jwt_audit-jwks {self.location}"[:80],
+            daemon=True,
+        )
+        self._thread = thread
+        weakref.finalize(self, self._closed.set)
+        thread.start()
+        if wait and not on_event_loop():
+            self._first.wait(self.timeout + 0.5)
+
+    def wait_first_fetch(self, timeout: float | None = None) -> bool:
+        """Block until the first fetch has ended (well or not); False on timeout."""
+        return self._first.wait(timeout)
+
+    def next_delay(self) -> float:
+        """Seconds until the background thread should fetch again."""
+        if self.ring is None or self.fetched_at is None:
+            return max(self.min_refresh_seconds, 0.5)  # retry, rate-limited like requests
+        since_success = time.monotonic() - self.fetched_at
+        since_failure = time.monotonic() - self._last_failure
+        due = self.cache_seconds * 0.8 - since_success  # refresh before the cache runs out
+        if since_failure < since_success:  # the last fetch failed: retry at the interval
+            due = min(due, max(self.min_refresh_seconds, 0.5) - since_failure)
+        return max(due, 0.05)
+
+    def close(self) -> None:
+        """Stop the background thread (idempotent); the keys held keep serving."""
+        self._closed.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(self.timeout + 1.0)
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` has been called."""
+        return self._closed.is_set()
+
+    def __repr__(self) -> str:
+        keys = "no keys" if self.ring is None else f"{len(self.ring)} keys"
+        return f"RemoteKeySet({self.location!r}, {keys})"
+
+
+def _refresh_loop(ref: weakref.ref[RemoteKeySet], closed: threading.Event) -> None:
+    # Holds the key set only while working, so an abandoned one can be collected
+    # (its finaliser sets ``closed`` and this thread ends).
+    delay = 0.0
+    while not closed.wait(delay):
+        keyset = ref()
+        if keyset is None:
+            return
+        keyset.refresh_now()
+        delay = keyset.next_delay()
+        del keyset
+
+
+def on_event_loop() -> bool:
+    """Whether this thread runs an asyncio event loop (where nothing may block)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+__all__ = [
+    "FETCH_FAILED",
+    "KEY_ADDED",
+    "KEY_EVENT",
+    "KEY_RETIRED",
+    "SERVING_STALE",
+    "FetchError",
+    "KeyRequest",
+    "RemoteKeySet",
+    "check_url",
+    "fetch",
+    "is_loopback",
+    "parse_document",
+]

@@ -1,0 +1,484 @@
+"""``jwks_url``: keys fetched from a real HTTP server on 127.0.0.1, under faults."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import pickle
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from jwks_server import JWKSServer
+
+from jwt_audit_middleware import (
+    ConfigurationError,
+    JWTAuditMiddleware,
+    JWTAuditWSGIMiddleware,
+    Settings,
+)
+from jwt_audit_middleware.jwks import FetchError, RemoteKeySet, check_url, fetch
+from jwt_audit_middleware.testing import CapturedEvents, SigningKey, jwks_document
+
+THREAD_PREFIX = "jwt_audit-jwks"
+
+
+def jwks_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith(THREAD_PREFIX)]
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    yield
+    deadline = time.monotonic() + 3
+    while jwks_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not jwks_threads(), "a JWKS refresh thread outlived its test"
+
+
+@pytest.fixture(scope="module")
+def new_key() -> SigningKey:
+    """The key an identity provider rotates to."""
+    return SigningKey.generate("RS256", kid="rs256-2")
+
+
+@pytest.fixture(scope="module")
+def stranger() -> SigningKey:
+    """A key nobody publishes."""
+    return SigningKey.generate("ES256", kid="stranger")
+
+
+@pytest.fixture
+def server(rsa_key: SigningKey) -> Iterator[JWKSServer]:
+    jwks = JWKSServer(jwks_document(rsa_key))
+    yield jwks
+    jwks.close()
+
+
+@pytest.fixture
+def closing() -> Iterator[list[Any]]:
+    """Middlewares built by a test: their refresh threads are stopped afterwards."""
+    built: list[Any] = []
+    yield built
+    for middleware in built:
+        middleware._gate.close()
+
+
+def options(server: JWKSServer, **extra: Any) -> dict[str, Any]:
+    return {
+        "algorithms": ["RS256", "ES256"],
+        "jwks_url": server.url,
+        "jwks_timeout": 0.5,
+        "jwks_min_refresh_seconds": 0.0,
+        **extra,
+    }
+
+
+async def ok_app(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def asgi(closing: list[Any], server: JWKSServer, **extra: Any) -> JWTAuditMiddleware:
+    middleware = JWTAuditMiddleware(ok_app, **options(server, **extra))
+    closing.append(middleware)
+    return middleware
+
+
+async def call(app: Any, token: str | None) -> int:
+    headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/r",
+        "raw_path": b"/r",
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8000),
+    }
+    statuses: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    await app(scope, receive, send)
+    return statuses[0]
+
+
+def key_events(events: CapturedEvents, outcome: str | None = None) -> list[dict[str, Any]]:
+    return [
+        e
+        for e in events
+        if e["event"] == "key_event" and (outcome is None or e["outcome"] == outcome)
+    ]
+
+
+def wait_until(condition: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+# -- start-up, rotation, refresh ------------------------------------------------
+
+
+def test_keys_are_fetched_at_start_up(
+    closing: list[Any], server: JWKSServer, rsa_key: SigningKey, events: CapturedEvents
+) -> None:
+    middleware = asgi(closing, server)
+    assert server.hits == 1  # before any request
+    assert asyncio.run(call(middleware, rsa_key.token())) == 200
+    assert server.hits == 1
+    added = key_events(events, "key_added")
+    assert [e["kid"] for e in added] == ["rs256-1"]
+    event = added[0]
+    assert event["schema"] == "jwt-audit/1"
+    assert event["reason"] is None
+    assert server.url.split("/jwks")[0] in event["detail"]
+    assert rsa_key.jwk()["n"][:40] not in events.text()  # no key material in any line
+
+
+@pytest.mark.anyio
+async def test_a_rotated_key_verifies_on_its_first_request(
+    closing: list[Any],
+    server: JWKSServer,
+    rsa_key: SigningKey,
+    new_key: SigningKey,
+    events: CapturedEvents,
+) -> None:
+    middleware = asgi(closing, server, jwks_min_refresh_seconds=30)
+    middleware._gate.verifier.remote_key_sets[0].wait_first_fetch(2)
+    assert await call(middleware, rsa_key.token()) == 200
+    server.set("ok", jwks_document(rsa_key, new_key))  # the IdP publishes and signs at once
+    assert await call(middleware, new_key.token()) == 200
+    assert server.hits == 2
+    assert [e["kid"] for e in key_events(events, "key_added")] == ["rs256-1", "rs256-2"]
+    assert await call(middleware, rsa_key.token()) == 200  # the old key still published
+
+
+def test_a_rotated_key_verifies_under_wsgi(
+    server: JWKSServer, rsa_key: SigningKey, new_key: SigningKey
+) -> None:
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    middleware = JWTAuditWSGIMiddleware(app, **options(server))
+    try:
+        server.set("ok", jwks_document(new_key))
+        statuses: list[str] = []
+        environ = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": "/r",
+            "REMOTE_ADDR": "127.0.0.1",
+            "HTTP_AUTHORIZATION": f"Bearer {new_key.token()}",
+        }
+        middleware(environ, lambda status, headers, exc=None: statuses.append(status))
+        assert statuses == ["200 OK"]
+        assert server.hits == 2
+    finally:
+        middleware._gate.close()
+
+
+def test_background_refresh_retires_keys_before_the_cache_expires(
+    closing: list[Any],
+    server: JWKSServer,
+    rsa_key: SigningKey,
+    new_key: SigningKey,
+    events: CapturedEvents,
+) -> None:
+    middleware = asgi(closing, server, jwks_cache_seconds=0.2, jwks_min_refresh_seconds=30)
+    assert asyncio.run(call(middleware, rsa_key.token())) == 200
+    server.set("ok", jwks_document(new_key))  # rs256-1 retired, no request needed
+    wait_until(lambda: key_events(events, "key_retired"))
+    assert key_events(events, "key_retired")[0]["kid"] == "rs256-1"
+    # a token of the retired key is refused, and its cached verdict is gone with the ring
+    assert asyncio.run(call(middleware, rsa_key.token())) == 401
+    assert asyncio.run(call(middleware, new_key.token())) == 200
+
+
+def test_an_unchanged_document_keeps_the_ring(closing: list[Any], server: JWKSServer) -> None:
+    middleware = asgi(closing, server, jwks_cache_seconds=0.1)
+    remote = middleware._gate.verifier.remote_key_sets[0]
+    ring, version = remote.ring, remote.version
+    server.wait_for_hits(3)
+    assert remote.ring is ring
+    assert remote.version == version
+
+
+# -- single flight, rate limit, negative cache ------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_storm_of_unknown_kids_makes_at_most_one_refetch(
+    closing: list[Any], server: JWKSServer, stranger: SigningKey, rsa_key: SigningKey
+) -> None:
+    middleware = asgi(closing, server, jwks_min_refresh_seconds=30)
+    remote = middleware._gate.verifier.remote_key_sets[0]
+    remote.wait_first_fetch(2)
+    assert server.hits == 1
+    server.delay = 0.2  # the refetch takes a while: many requests wait on it
+    tokens = [stranger.token(headers={"kid": secrets.token_hex(8)}, iss="x") for _ in range(1000)]
+    statuses = await asyncio.gather(*(call(middleware, token) for token in tokens))
+    assert set(statuses) == {401}
+    assert server.hits <= 2
+    assert await call(middleware, rsa_key.token()) == 200
+
+
+def test_unknown_kids_are_rate_limited_even_after_a_failed_fetch(
+    closing: list[Any], server: JWKSServer, stranger: SigningKey, rsa_key: SigningKey
+) -> None:
+    middleware = asgi(closing, server, jwks_min_refresh_seconds=30)
+    server.set("500")
+    for _ in range(20):
+        assert asyncio.run(call(middleware, stranger.token())) == 401
+    assert server.hits == 2  # start-up, then one failed refetch: the interval holds after it
+    assert asyncio.run(call(middleware, rsa_key.token())) == 200
+
+
+def test_negative_cache_answers_a_known_unknown_kid_without_waiting(
+    closing: list[Any], server: JWKSServer, stranger: SigningKey
+) -> None:
+    middleware = asgi(closing, server, jwks_min_refresh_seconds=0.3)
+    remote = middleware._gate.verifier.remote_key_sets[0]
+    assert remote.may_refresh("stranger")  # a successful start-up fetch is no kid refetch
+    assert asyncio.run(call(middleware, stranger.token())) == 401
+    assert server.hits == 2
+    assert not remote.may_refresh("stranger")  # remembered as unknown
+    time.sleep(0.35)
+    assert remote.may_refresh("stranger")
+
+
+# -- faults ---------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_hanging_fetch_does_not_delay_requests_with_cached_keys(
+    closing: list[Any],
+    server: JWKSServer,
+    rsa_key: SigningKey,
+    stranger: SigningKey,
+    events: CapturedEvents,
+) -> None:
+    middleware = asgi(closing, server, jwks_timeout=1.0)
+    middleware._gate.verifier.remote_key_sets[0].wait_first_fetch(2)
+    server.set("hang")
+    started = time.perf_counter()
+    waiting = asyncio.ensure_future(call(middleware, stranger.token()))  # triggers the fetch
+    await asyncio.sleep(0.05)
+    assert server.hits == 2
+    for _ in range(20):
+        begun = time.perf_counter()
+        assert await call(middleware, rsa_key.token()) == 200
+        assert time.perf_counter() - begun < 0.05
+    assert not waiting.done()
+    assert await waiting == 401
+    elapsed = time.perf_counter() - started
+    assert 0.9 < elapsed < 2.0  # the deadline ended the fetch
+    failed = key_events(events, "fetch_failed")
+    assert [e["reason"] for e in failed] == ["timeout"]
+    assert key_events(events, "serving_stale")
+
+
+def test_an_outage_after_a_good_fetch_keeps_valid_tokens_passing(
+    closing: list[Any], server: JWKSServer, rsa_key: SigningKey, events: CapturedEvents
+) -> None:
+    middleware = asgi(closing, server, jwks_cache_seconds=0.1, cache_size=0)
+    server.set("500")
+    wait_until(lambda: key_events(events, "serving_stale"))
+    for _ in range(3):
+        assert asyncio.run(call(middleware, rsa_key.token())) == 200
+    stale = key_events(events, "serving_stale")[0]
+    assert stale["reason"] == "http_status"
+    failed = key_events(events, "fetch_failed")[0]
+    assert "HTTP 500" in failed["detail"]
+
+
+def test_an_outage_before_any_fetch_is_503_until_keys_arrive(
+    closing: list[Any], server: JWKSServer, rsa_key: SigningKey, events: CapturedEvents
+) -> None:
+    server.set("500")
+    middleware = asgi(closing, server, jwks_min_refresh_seconds=0.2, jwks_cache_seconds=60)
+    token = rsa_key.token()
+    assert asyncio.run(call(middleware, token)) == 503
+    denial = next(e for e in events if e["event"] == "denial")
+    assert (denial["reason"], denial["status"]) == ("key_unavailable", 503)
+    server.set("ok")
+    time.sleep(0.25)
+    assert asyncio.run(call(middleware, token)) == 200  # the request's refetch found keys
+
+
+HOSTILE = {
+    "500": "http_status",
+    "html": "invalid_document",
+    "hang": "timeout",
+    "drip": "timeout",
+    "huge": "too_large",
+    "nested": "invalid_document",
+    "redirect": "redirect",
+    "wrong_types": "invalid_document",
+    "private_key": "invalid_document",
+    "too_many_keys": "too_many_keys",
+    "not_utf8": "invalid_document",
+}
+
+
+@pytest.mark.parametrize(("mode", "code"), HOSTILE.items())
+def test_every_hostile_document_is_a_failed_fetch_never_a_500(
+    closing: list[Any],
+    server: JWKSServer,
+    rsa_key: SigningKey,
+    events: CapturedEvents,
+    mode: str,
+    code: str,
+) -> None:
+    server.set(mode)
+    started = time.monotonic()
+    middleware = asgi(closing, server, jwks_timeout=0.3, jwks_min_refresh_seconds=30)
+    assert time.monotonic() - started < 1.0  # the deadline bounds even a drip
+    assert asyncio.run(call(middleware, rsa_key.token())) == 503
+    failed = key_events(events, "fetch_failed")
+    assert [e["reason"] for e in failed] == [code]
+    assert not key_events(events, "key_added")
+    assert server.paths == ["/jwks"]  # a redirect is not followed
+    assert not [e for e in events if e.get("reason") == "internal_error"]
+
+
+def test_fetch_refuses_plain_http_to_other_hosts() -> None:
+    with pytest.raises(FetchError) as raised:
+        fetch("http://example.com/jwks", timeout=0.1)
+    assert raised.value.code == "bad_url"
+    assert "https" in raised.value.detail
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://idp.example.com/.well-known/jwks.json", "http://127.0.0.1:8080/j", "http://[::1]/j"],
+)
+def test_accepted_urls(url: str) -> None:
+    assert check_url(url) is None
+    assert Settings(algorithms=["RS256"], jwks_url=url, jwks_timeout=0.01).jwks_url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://idp.example.com/jwks", "loopback"),
+        ("ftp://127.0.0.1/jwks", "https"),
+        ("https://user:pw@idp.example.com/jwks", "credentials"),
+        ("https:///jwks", "https"),
+        ("https://idp.example.com:99999/", "valid URL"),
+    ],
+)
+def test_refused_urls(url: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"^jwks_url: .*{message}"):
+        Settings(algorithms=["RS256"], jwks_url=url)
+
+
+def test_jwks_url_configuration_errors(rsa_key: SigningKey) -> None:
+    url = "https://idp.example.com/jwks"
+    with pytest.raises(ConfigurationError, match=r"^jwks_url: HS256 needs a shared secret"):
+        Settings(algorithms=["RS256", "HS256"], jwks_url=url)
+    with pytest.raises(ConfigurationError, match=r"^jwks_url: give either jwks_url or public_key"):
+        Settings(algorithms=["RS256"], jwks_url=url, public_key=rsa_key.public_pem)
+    with pytest.raises(ConfigurationError, match=r"^jwks_timeout: "):
+        Settings(algorithms=["RS256"], jwks_url=url, jwks_timeout=0)
+    with pytest.raises(ConfigurationError, match=r"^jwks_min_refresh_seconds: "):
+        Settings(algorithms=["RS256"], jwks_url=url, jwks_min_refresh_seconds=-1)
+    # no static key is needed for the algorithms: they come from the URL
+    assert len(Settings(algorithms=["RS256", "ES256"], jwks_url=url).keyring) == 0
+
+
+def test_jwks_settings_from_env_and_pickle() -> None:
+    settings = Settings.from_env(
+        {
+            "JWT_AUDIT_ALGORITHMS": "RS256",
+            "JWT_AUDIT_JWKS_URL": "https://idp.example.com/jwks",
+            "JWT_AUDIT_JWKS_TIMEOUT": "2.5",
+            "JWT_AUDIT_JWKS_CACHE_SECONDS": "600",
+            "JWT_AUDIT_JWKS_MIN_REFRESH_SECONDS": "10",
+        }
+    )
+    assert (settings.jwks_timeout, settings.jwks_cache_seconds) == (2.5, 600.0)
+    assert settings.jwks_min_refresh_seconds == 10.0
+    copy = pickle.loads(pickle.dumps(settings))
+    assert copy.jwks_url == settings.jwks_url
+    assert copy.jwks_timeout == 2.5
+    assert not jwks_threads()  # Settings starts no thread
+
+
+# -- lifecycle ---------------------------------------------------------------------------
+
+
+def test_close_stops_the_thread_and_keys_keep_serving(
+    server: JWKSServer, rsa_key: SigningKey
+) -> None:
+    middleware = JWTAuditMiddleware(ok_app, **options(server))
+    assert jwks_threads()
+    middleware._gate.close()
+    assert not jwks_threads()
+    assert asyncio.run(call(middleware, rsa_key.token())) == 200
+
+
+def test_an_abandoned_key_set_stops_its_thread(server: JWKSServer) -> None:
+    remote = RemoteKeySet(server.url, ["RS256"], timeout=0.5, cache_seconds=300)
+    assert remote.ring is not None
+    assert len(jwks_threads()) == 1
+    del remote
+    gc.collect()
+    wait_until(lambda: not jwks_threads())
+
+
+@pytest.mark.anyio
+async def test_construction_on_an_event_loop_does_not_wait_for_the_fetch(
+    closing: list[Any], server: JWKSServer, rsa_key: SigningKey
+) -> None:
+    server.delay = 0.3
+    started = time.perf_counter()
+    middleware = asgi(closing, server)
+    assert time.perf_counter() - started < 0.2
+    # the first request shares the fetch in flight (in a worker thread)
+    assert await call(middleware, rsa_key.token()) == 200
+    assert server.hits == 1
+
+
+def test_a_broken_event_handler_does_not_stop_rotation(
+    server: JWKSServer, rsa_key: SigningKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(event: dict[str, Any], level: int) -> None:
+        raise RuntimeError("handler down")
+
+    remote = RemoteKeySet(server.url, ["RS256"], timeout=0.5, emit=broken)
+    try:
+        assert remote.ring is not None
+        assert "cannot emit a key event" in caplog.text
+    finally:
+        remote.close()
+
+
+@pytest.mark.anyio
+async def test_concurrent_requests_for_a_new_key_share_one_fetch(
+    closing: list[Any], server: JWKSServer, rsa_key: SigningKey, new_key: SigningKey
+) -> None:
+    # no rate limit at all: only single flight keeps this to one fetch
+    middleware = asgi(closing, server, jwks_min_refresh_seconds=0)
+    middleware._gate.verifier.remote_key_sets[0].wait_first_fetch(2)
+    server.delay = 0.2
+    server.set("ok", jwks_document(rsa_key, new_key))
+    tokens = [new_key.token() for _ in range(200)]
+    statuses = await asyncio.gather(*(call(middleware, token) for token in tokens))
+    assert set(statuses) == {200}
+    assert server.hits == 2
