@@ -74,7 +74,7 @@ def make_record(
     logger: logging.Logger,
     level: int,
     args: tuple[Any, ...],
-    extra: dict[str, Any],
+    extra: dict[str, Any] | None,
     template: dict[str, Any] | None = None,
 ) -> logging.LogRecord:
     """A ``LogRecord`` for an audit event, without ``Logger.log``'s stack walk.
@@ -103,7 +103,8 @@ def make_record(
         fields["thread"] = fields["threadName"] = None
     fields["process"] = _PROCESS[0] if logging.logProcesses else None
     fields["processName"] = _PROCESS[1] if logging.logMultiprocessing else None
-    fields.update(extra)
+    if extra:
+        fields.update(extra)
     return record
 
 
@@ -160,7 +161,7 @@ class AuditLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         logger = self.logger
         if not logger.isEnabledFor(level):
             return
-        extra = {**self.extra, RECORD_ATTRIBUTE: event} if self.extra else {RECORD_ATTRIBUTE: event}
+        extra = {**self.extra, RECORD_ATTRIBUTE: event} if self.extra else None
         args = (
             event["event"],
             event["outcome"],
@@ -174,7 +175,10 @@ class AuditLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         template = self._templates.get(level)
         if template is None or template["name"] != logger.name:
             template = self._templates[level] = _record_template(logger.name, level)
-        logger.handle(make_record(logger, level, args, extra, template))
+        record = make_record(logger, level, args, extra, template)
+        if extra is None:
+            record.__dict__[RECORD_ATTRIBUTE] = event
+        logger.handle(record)
 
     def request_event(
         self,

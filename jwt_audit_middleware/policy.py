@@ -77,6 +77,7 @@ class PathPolicy:
 
     def __init__(self, settings: Settings) -> None:
         self._exempt = _Prefixes(tuple(settings.exempt_paths))
+        self._has_rules = bool(settings.exempt_paths or settings.optional_paths)
         self._optional = _Prefixes(tuple(settings.optional_paths))
         rules = sorted(settings.path_scopes.items(), key=lambda item: -len(item[0]))
         self._scopes = tuple((_Prefixes((prefix,)), tuple(scopes)) for prefix, scopes in rules)
@@ -84,6 +85,8 @@ class PathPolicy:
 
     def kind(self, path: str) -> str:
         """``exempt``, ``optional`` or ``required``."""
+        if not self._has_rules:
+            return REQUIRED
         if normalise_path(path) != path:
             return REQUIRED
         if path in self._exempt:
