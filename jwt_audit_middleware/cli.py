@@ -357,8 +357,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.env and not args.algorithms:
             parser.error("explain: give --algorithms and a key option, or --env")
         return explain(args, sys.stdout, sys.stdin)
+    except BrokenPipeError:  # `| head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except ConfigurationError as exc:
         parser.exit(2, f"jwt-audit: configuration: {exc}\n")
+    except ImportError as exc:
+        parser.exit(
+            2,
+            f"jwt-audit: {exc.name or exc} is not installed; the SQL store needs the extra "
+            "'sql' (SQLite), 'postgresql' or 'mysql' (e.g. pip install -e '.[postgresql]')\n",
+        )
     except (OSError, ValueError) as exc:
         parser.exit(2, f"jwt-audit: {exc}\n")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -200,16 +201,28 @@ def report_from_database(
 ) -> Report:
     """The report of a ``SQLAuditHandler`` table, grouped by the database."""
     import sqlalchemy as sa  # noqa: PLC0415 - only the SQL report needs it
+    from sqlalchemy.engine import make_url  # noqa: PLC0415
 
     from .sinks.sql import DEFAULT_TABLE, create_audit_engine, event_tables  # noqa: PLC0415
 
-    engine = create_audit_engine(url)
+    try:
+        parsed = make_url(url)
+    except sa.exc.ArgumentError:
+        raise ValueError(
+            f"not a database URL: {url!r} (e.g. sqlite:///audit.db or postgresql://host/db)"
+        ) from None
+    database = parsed.database or ""
+    sqlite_file = parsed.get_backend_name() == "sqlite" and database not in ("", ":memory:")
+    if sqlite_file and not os.path.exists(database):
+        # a typo must not report "0 events", nor create an empty store
+        raise FileNotFoundError(f"no such database file: {database}")
+    engine = create_audit_engine(parsed)
     try:
         _, events, _ = event_tables(table or DEFAULT_TABLE)
         source = engine.url.render_as_string(hide_password=True)
         report = Report(source=source, since=_iso(since))
         if not sa.inspect(engine).has_table(events.name):
-            return report
+            raise ValueError(f"{source} has no table {events.name!r}: is it a jwt-audit store?")
         c = events.c
         window = [c.time >= since] if since is not None else []
         refused = c.outcome != "allowed"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -238,3 +239,20 @@ def test_explain_needs_a_configuration() -> None:
     bad = jwt_audit("explain", "a.b.c", "--algorithms", "RS256")
     assert bad.returncode == 2
     assert "configuration" in bad.stderr
+
+
+def test_report_refuses_what_is_not_a_store(tmp_path: Path) -> None:
+    missing = tmp_path / "typo.db"
+    result = jwt_audit("report", "--db", f"sqlite:///{missing}")
+    assert result.returncode == 2
+    assert "no such database file" in result.stderr
+    assert not missing.exists()  # nor created
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()
+    result = jwt_audit("report", "--db", f"sqlite:///{empty}")
+    assert result.returncode == 2
+    assert "has no table" in result.stderr
+    result = jwt_audit("report", "--db", str(empty))
+    assert result.returncode == 2
+    assert "not a database URL" in result.stderr
+    assert "Traceback" not in result.stderr
