@@ -30,7 +30,9 @@ def create_app(issuer: TokenIssuer, check_password: CheckPassword) -> Flask:
 
     @app.post("/login")
     def login() -> ResponseReturnValue:
-        data = request.get_json(silent=True) or request.form
+        data = request.get_json(silent=True)
+        if not isinstance(data, dict):  # not JSON, or JSON that is not an object
+            data = request.form
         username = str(data.get("username", ""))
         password = str(data.get("password", ""))
         client_ip = request.remote_addr

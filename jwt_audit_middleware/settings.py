@@ -251,11 +251,16 @@ class Settings:
             if not variable.startswith(prefix):
                 continue
             name = variable[len(prefix) :].lower()
-            options[name] = cls._parse_env(variable, name, raw)
+            options[name] = cls.option_from_text(name, raw, source=variable)
         return cls(**options)
 
     @classmethod
-    def _parse_env(cls, variable: str, name: str, raw: str) -> object:
+    def option_from_text(cls, name: str, raw: str, *, source: str | None = None) -> object:
+        """An option's value from text, as ``from_env`` reads it (lists split on commas).
+
+        ``source`` names the variable or config key in errors (default: ``name``).
+        """
+        variable = source or name
         kind = cls._ENV_KINDS.get(name, "str")
         text = raw.strip()
         try:
@@ -310,7 +315,8 @@ class Settings:
                 with open(self.secret_file, "rb") as handle:
                     secret = handle.read()
                 # one line ending, as editors and `echo` add; a binary secret keeps its bytes
-                secret = secret.removesuffix(b"\n").removesuffix(b"\r")
+                if secret.endswith(b"\n"):
+                    secret = secret[:-2] if secret.endswith(b"\r\n") else secret[:-1]
             except OSError as exc:
                 raise _fail("secret_file", f"cannot read the file ({exc.strerror})") from None
         if isinstance(secret, str):
@@ -331,13 +337,19 @@ class Settings:
         if isinstance(jwks, Mapping):
             set_(self, "jwks", MappingProxyType(dict(jwks)))
 
-        keyring = build_keyring(
-            algorithms,
-            secret=secret,
-            public_keys=self.public_key,
-            jwks=jwks,
-            jwks_option="jwks_file" if self.jwks_file is not None else "jwks",
-        )
+        try:
+            keyring = build_keyring(
+                algorithms,
+                secret=secret,
+                public_keys=self.public_key,
+                jwks=jwks,
+                jwks_option="jwks_file" if self.jwks_file is not None else "jwks",
+            )
+        except ConfigurationError as exc:
+            if exc.option != "secret" or self.secret_file is None:
+                raise
+            # the secret came from the file: name the option the user wrote
+            raise _fail("secret_file", str(exc)[len("secret: ") :]) from None
         return self._post_init_rest(keyring)
 
     def _post_init_rest(self, keyring: KeyRing) -> None:

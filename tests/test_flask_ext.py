@@ -130,3 +130,20 @@ def test_init_twice_is_refused(rsa_key: SigningKey) -> None:
 def test_current_claims_outside_a_request() -> None:
     with pytest.raises(RuntimeError, match="request context"):
         dict(current_claims)
+
+
+def test_text_lists_from_the_environment_are_split(rsa_key: SigningKey) -> None:
+    # FLASK_JWT_AUDIT_EXEMPT_PATHS=/health,/docs arrives as text: it must not be one path
+    from jwt_audit_middleware.contrib.flask import settings_from_config
+
+    settings = settings_from_config(
+        {
+            "JWT_AUDIT_ALGORITHMS": "RS256",
+            "JWT_AUDIT_PUBLIC_KEY": rsa_key.public_pem,
+            "JWT_AUDIT_EXEMPT_PATHS": "/health,/docs",
+            "JWT_AUDIT_LEEWAY": "5",
+        }
+    )
+    assert settings.exempt_paths == ("/health", "/docs")
+    assert settings.algorithms == ("RS256",)
+    assert settings.leeway == 5.0

@@ -560,3 +560,15 @@ def test_repr_never_shows_jwks_oct_key_material() -> None:
     for text in (repr(settings), str(settings), repr(text_document), repr(settings.keyring)):
         assert material not in text
         assert hmac_key.secret.hex() not in text
+
+
+def test_secret_file_keeps_a_binary_secret_and_is_named_in_errors(tmp_path: Any) -> None:
+    binary = bytes(range(31)) + b"\r"  # 32 random-looking bytes that end in CR
+    path = tmp_path / "secret.bin"
+    path.write_bytes(binary)
+    settings = Settings(algorithms=["HS256"], secret_file=str(path))
+    assert settings.secret == binary  # only a final "\n" or "\r\n" is a line ending
+    path.write_bytes(b"short\n")
+    with pytest.raises(ConfigurationError) as error:
+        Settings(algorithms=["HS256"], secret_file=str(path))
+    assert error.value.option == "secret_file"

@@ -60,7 +60,12 @@ def settings_from_config(config: Mapping[str, Any]) -> Settings:
             name = key[len(CONFIG_PREFIX) :].lower()
             if name in options:
                 raise ConfigurationError(key, f"{name!r} is also given in {CONFIG_KEY}")
-            options[name] = value
+            # from_prefixed_env keeps non-JSON text as it is: read it as from_env does
+            options[name] = (
+                Settings.option_from_text(name, value, source=key)
+                if isinstance(value, str)
+                else value
+            )
     if not options:
         raise ConfigurationError(
             CONFIG_KEY, "no configuration: set JWT_AUDIT_ALGORITHMS (and a key) in app.config"
