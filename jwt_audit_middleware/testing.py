@@ -124,6 +124,18 @@ class SigningKey:
         return cls(alg, private, public_pem, kid)
 
     @property
+    def private_pem(self) -> str:
+        """The private key as PKCS#8 PEM (RSA/EC/EdDSA keys), e.g. to sign tokens elsewhere."""
+        assert not isinstance(self.private, bytes), "an HMAC key has no PEM: use .secret"
+        return str(
+            self.private.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ).decode()
+        )
+
+    @property
     def secret(self) -> bytes:
         """The HMAC secret (HS* keys only)."""
         assert isinstance(self.private, bytes), "not an HMAC key"

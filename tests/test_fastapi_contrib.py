@@ -158,6 +158,7 @@ async def test_optional_claims_and_strict_dependency_on_optional_path(
         (200, None),
         (401, "missing_token"),
     ]
+    assert events[2]["detail"] == "the route requires a verified token"
 
 
 async def test_without_middleware_fails_closed(rsa_key: SigningKey) -> None:

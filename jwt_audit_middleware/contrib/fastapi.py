@@ -42,14 +42,18 @@ POLICY_VIOLATION = 1008  # websocket close code (RFC 6455 §7.4.1)
 
 
 def _refuse(
-    connection: HTTPConnection, status: int, reason: str, required_scopes: tuple[str, ...] = ()
+    connection: HTTPConnection,
+    status: int,
+    reason: str,
+    required_scopes: tuple[str, ...] = (),
+    detail: str | None = None,
 ) -> bool:
     """Deny through the middleware, which answers and audits; False in report-only mode.
 
     The exception only stops the route: the middleware replaces its response
     with the canonical RFC 6750 challenge (realm and all).
     """
-    if not deny_request(connection.scope, reason, required_scopes=required_scopes):
+    if not deny_request(connection.scope, reason, required_scopes=required_scopes, detail=detail):
         return False
     if connection.scope["type"] == "websocket":
         raise WebSocketException(code=POLICY_VIOLATION, reason=reason)
@@ -82,7 +86,8 @@ class JWTBearer(SecurityBase):
             return claims
         if SCOPE_KEY not in connection.scope:
             raise RuntimeError("JWTAuditMiddleware is not installed in front of this app")
-        _refuse(connection, 401, "missing_token")
+        # an exempt or optional path let the request in without one
+        _refuse(connection, 401, "missing_token", detail="the route requires a verified token")
         return None  # report-only: the request goes on, anonymous
 
 
