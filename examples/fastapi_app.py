@@ -1,7 +1,7 @@
 """FastAPI behind JWTAuditMiddleware, with the contrib.fastapi dependencies.
 
 Run:  JWT_AUDIT_ALGORITHMS=RS256 JWT_AUDIT_PUBLIC_KEY="$(cat public.pem)" \
-      uvicorn examples.fastapi_app:app
+      JWT_AUDIT_EXEMPT_PATHS=/health,/docs,/openapi.json uvicorn examples.fastapi_app:app
 
 Every ``JWT_AUDIT_*`` variable is an option (``Settings.from_env()``); events go to
 ``$AUDIT_LOG`` as JSON lines, or to standard output.
@@ -48,3 +48,9 @@ def create_app(settings: Settings) -> FastAPI:
 if "JWT_AUDIT_ALGORITHMS" in os.environ:
     log_events()
     app = create_app(Settings.from_env())
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":  # `uvicorn examples.fastapi_app:app` without the configuration
+        raise RuntimeError("set JWT_AUDIT_ALGORITHMS and a key option (see this module's Run line)")
+    raise AttributeError(name)

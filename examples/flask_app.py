@@ -1,7 +1,7 @@
 """Flask with the JWTAudit extension, configured from ``app.config``.
 
 Run:  FLASK_JWT_AUDIT_ALGORITHMS=RS256 FLASK_JWT_AUDIT_PUBLIC_KEY="$(cat public.pem)" \
-      flask --app examples.flask_app run
+      FLASK_JWT_AUDIT_EXEMPT_PATHS=/health flask --app examples.flask_app run
  or:  gunicorn 'examples.flask_app:create_app()'  (same variables)
 
 ``app.config.from_prefixed_env()`` turns ``FLASK_JWT_AUDIT_*`` variables into the

@@ -40,3 +40,9 @@ def protect(app: Any, environ: dict[str, str] | None = None) -> JWTAuditWSGIMidd
 if "JWT_AUDIT_ALGORITHMS" in os.environ:
     log_events()
     application = protect(legacy_app)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "application":  # `gunicorn examples.legacy_wsgi:application` unconfigured
+        raise RuntimeError("set JWT_AUDIT_ALGORITHMS and a key option (see this module's Run line)")
+    raise AttributeError(name)

@@ -147,7 +147,8 @@ def build_keyring(
     if not keys:
         raise ConfigurationError(
             "algorithms",
-            "no key configured: set secret, secret_file, public_key, jwks or jwks_file",
+            "no key configured: set secret, secret_file, public_key, jwks, jwks_file,"
+            " jwks_url or providers",
         )
     ring = KeyRing(keys, algorithms)
     missing = set(algorithms) - ring.usable_algorithms()
