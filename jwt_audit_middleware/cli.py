@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import base64
 import binascii
+import itertools
 import json
 import logging
 import os
@@ -48,12 +49,15 @@ async def _demo_app(scope: Scope, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+_DEMO_IDS = itertools.count(1)
+
+
 async def _request(
     app: JWTAuditMiddleware, path: str, authorization: str | None
 ) -> tuple[int, bytes]:
     headers = [
         (b"user-agent", b"jwt-audit-demo/1"),
-        (b"x-request-id", f"demo-{path.strip('/')}".encode()),
+        (b"x-request-id", f"demo-{next(_DEMO_IDS)}".encode()),
     ]
     if authorization is not None:
         headers.append((b"authorization", authorization.encode()))

@@ -202,6 +202,8 @@ def _pem_blocks(value: object) -> list[bytes]:
         if not isinstance(item, (str, bytes)):
             raise ConfigurationError("public_key", "every entry must be a PEM string")
         data = item.encode() if isinstance(item, str) else item
+        if b"\n" not in data and b"\\n" in data:  # one line from an .env file: "...\\n..."
+            data = data.replace(b"\\n", b"\n")
         found = [m.group(0) for m in _PEM_BLOCK.finditer(data)]
         if not found:
             raise ConfigurationError("public_key", "no PEM block found (-----BEGIN ...-----)")

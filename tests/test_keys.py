@@ -366,3 +366,11 @@ def test_jwk_with_non_string_members_is_skipped_or_refused(
     else:
         option = None
     assert option in (None, "jwks")
+
+
+def test_a_pem_on_one_line_with_escaped_newlines_is_read(rsa_key: SigningKey) -> None:
+    # how a PEM often sits in an .env file: JWT_AUDIT_PUBLIC_KEY="-----BEGIN ...\n..."
+    one_line = (rsa_key.public_pem or "").strip().replace("\n", "\\n")
+    assert "\n" not in one_line
+    ring = build_keyring(["RS256"], public_keys=one_line)
+    assert len(ring) == 1
