@@ -269,7 +269,7 @@ class SQLAuditHandler(BackgroundHandler):
         *,
         table: str = DEFAULT_TABLE,
         queue_size: int = 20_000,
-        batch_size: int = 500,
+        batch_size: int = 2000,
         flush_interval: float = 0.5,
         block_timeout: float = 0.1,
         close_timeout: float = 30.0,
