@@ -203,8 +203,6 @@ class JWTAuditMiddleware:
                     try:
                         await send(message)
                     finally:
-                        if verdict.outcome == WOULD_DENY:  # a late denial in report-only mode
-                            status = verdict.status
                         audit.request_event(verdict, info, status)
                     return
             await send(message)

@@ -24,6 +24,7 @@ from .events import (
     DENIAL,
     DENIED,
     SCHEMA,
+    WOULD_DENY,
     clean,
     clean_list,
     clean_optional,
@@ -187,7 +188,13 @@ class AuditLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         status: int | None,
         now: float | None = None,
     ) -> dict[str, Any]:
-        """Build and emit the ``access`` or ``denial`` event of one request."""
+        """Build and emit the ``access`` or ``denial`` event of one request.
+
+        ``status`` is what was sent; a would-deny (report-only) reports the
+        status the denial would have sent instead, whatever the app answered.
+        """
+        if verdict.outcome == WOULD_DENY:
+            status = verdict.status
         base = verdict.event_base
         if base is None:
             base = verdict.event_base = self._event_base(verdict)

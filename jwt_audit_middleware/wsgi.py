@@ -171,10 +171,7 @@ class JWTAuditWSGIMiddleware:
             return start_response(status, headers, exc_info)
 
         def emit() -> None:
-            # a late denial in report-only mode reports the status it would have sent
-            would_deny = verdict.outcome == WOULD_DENY
-            status = verdict.status if would_deny else (seen[-1] if seen else None)
-            self._audit.request_event(verdict, info, status)
+            self._audit.request_event(verdict, info, seen[-1] if seen else None)
 
         try:
             result = self.app(environ, recording_start_response)
