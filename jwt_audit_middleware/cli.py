@@ -24,7 +24,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from .asgi import JWTAuditMiddleware, Message, Scope
+from .asgi import JWTAuditMiddleware, Scope
 from .audit import JSONFormatter
 from .errors import ConfigurationError
 from .events import REASONS, clean, rfc3339
@@ -32,7 +32,7 @@ from .policy import Gate
 from .report import parse_since, render, report_from_database, report_from_files
 from .request import get_claims
 from .settings import Settings
-from .testing import SigningKey, capture_events
+from .testing import SigningKey, asgi_request, capture_events
 
 
 async def _demo_app(scope: Scope, receive: Any, send: Any) -> None:
@@ -55,35 +55,12 @@ _DEMO_IDS = itertools.count(1)
 async def _request(
     app: JWTAuditMiddleware, path: str, authorization: str | None
 ) -> tuple[int, bytes]:
-    headers = [
-        (b"user-agent", b"jwt-audit-demo/1"),
-        (b"x-request-id", f"demo-{next(_DEMO_IDS)}".encode()),
-    ]
+    headers = {"user-agent": "jwt-audit-demo/1", "x-request-id": f"demo-{next(_DEMO_IDS)}"}
     if authorization is not None:
-        headers.append((b"authorization", authorization.encode()))
-    scope: Scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "headers": headers,
-        "client": ("203.0.113.7", 50000),
-        "server": ("127.0.0.1", 8000),
-    }
-    sent: list[Message] = []
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
-    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+        headers["authorization"] = authorization
+    response = await asgi_request(app, path, headers=headers, client=("203.0.113.7", 50000))
+    assert response.status is not None
+    return response.status, response.body
 
 
 def demo(out: TextIO, db: str | None = None) -> int:

@@ -25,7 +25,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from .audit import LOGGER_NAME, RECORD_ATTRIBUTE, JSONFormatter
 
-__all__ = ["CapturedEvents", "SigningKey", "capture_events", "jwks_document"]
+__all__ = [
+    "ASGIResponse",
+    "CapturedEvents",
+    "SigningKey",
+    "asgi_request",
+    "capture_events",
+    "jwks_document",
+]
 
 
 class CapturedEvents(list[dict[str, Any]]):
@@ -185,3 +192,63 @@ class SigningKey:
 def jwks_document(*keys: SigningKey) -> dict[str, Any]:
     """A JWKS document publishing the public half of ``keys``."""
     return {"keys": [key.jwk() for key in keys]}
+
+
+@dataclass
+class ASGIResponse:
+    """What an ASGI app sent for one request."""
+
+    __test__ = False
+
+    status: int | None
+    headers: dict[str, str]
+    body: bytes
+
+
+async def asgi_request(
+    app: Any,
+    path: str = "/",
+    *,
+    method: str = "GET",
+    headers: Mapping[str, str] | None = None,
+    client: tuple[str, int] | None = ("127.0.0.1", 50000),
+) -> ASGIResponse:
+    """Call an ASGI app with one HTTP request, in-process, and collect its answer.
+
+    No server and no HTTP client: a scope as a server would build it, an empty
+    body, and the app's messages gathered (header names in lower case).
+    """
+    raw_headers = [
+        (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()
+    ]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": raw_headers,
+        "client": client,
+        "server": ("127.0.0.1", 8000),
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    start = next((m for m in sent if m["type"] == "http.response.start"), None)
+    return ASGIResponse(
+        status=None if start is None else start["status"],
+        headers={
+            k.decode("latin-1"): v.decode("latin-1") for k, v in (start or {}).get("headers", [])
+        },
+        body=b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"),
+    )

@@ -21,7 +21,7 @@ from jwt_audit_middleware import (
     Settings,
 )
 from jwt_audit_middleware.jwks import FetchError, RemoteKeySet, check_url, fetch
-from jwt_audit_middleware.testing import CapturedEvents, SigningKey, jwks_document
+from jwt_audit_middleware.testing import CapturedEvents, SigningKey, asgi_request, jwks_document
 
 THREAD_PREFIX = "jwt_audit-jwks"
 
@@ -89,32 +89,10 @@ def asgi(closing: list[Any], server: JWKSServer, **extra: Any) -> JWTAuditMiddle
 
 
 async def call(app: Any, token: str | None) -> int:
-    headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/r",
-        "raw_path": b"/r",
-        "root_path": "",
-        "query_string": b"",
-        "headers": headers,
-        "client": ("127.0.0.1", 5000),
-        "server": ("127.0.0.1", 8000),
-    }
-    statuses: list[int] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            statuses.append(message["status"])
-
-    await app(scope, receive, send)
-    return statuses[0]
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    response = await asgi_request(app, "/r", headers=headers)
+    assert response.status is not None
+    return response.status
 
 
 def key_events(events: CapturedEvents, outcome: str | None = None) -> list[dict[str, Any]]:
