@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -55,3 +57,18 @@ def assert_no_secret(text: str | bytes, token: str, *secrets: bytes | str) -> No
     for secret in secrets:
         value = secret.decode("latin-1") if isinstance(secret, bytes) else secret
         assert value not in text
+
+
+def jwks_threads() -> list[threading.Thread]:
+    """The background refresh threads of ``jwks_url`` key sets still alive."""
+    return [t for t in threading.enumerate() if t.name.startswith("jwt_audit-jwks")]
+
+
+@pytest.fixture
+def no_leaked_jwks_threads() -> Iterator[None]:
+    """Fail a test that leaves a JWKS refresh thread running."""
+    yield
+    deadline = time.monotonic() + 3
+    while jwks_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not jwks_threads(), "a JWKS refresh thread outlived its test"

@@ -6,12 +6,12 @@ import asyncio
 import gc
 import pickle
 import secrets
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import jwks_threads
 from jwks_server import JWKSServer
 
 from jwt_audit_middleware import (
@@ -23,20 +23,7 @@ from jwt_audit_middleware import (
 from jwt_audit_middleware.jwks import FetchError, RemoteKeySet, check_url, fetch
 from jwt_audit_middleware.testing import CapturedEvents, SigningKey, asgi_request, jwks_document
 
-THREAD_PREFIX = "jwt_audit-jwks"
-
-
-def jwks_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith(THREAD_PREFIX)]
-
-
-@pytest.fixture(autouse=True)
-def no_leaked_threads() -> Iterator[None]:
-    yield
-    deadline = time.monotonic() + 3
-    while jwks_threads() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not jwks_threads(), "a JWKS refresh thread outlived its test"
+pytestmark = pytest.mark.usefixtures("no_leaked_jwks_threads")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,15 +21,7 @@ CORP = "https://login.corp.example/"
 PARTNER = "https://idp.partner.example/"
 
 
-@pytest.fixture(autouse=True)
-def no_leaked_threads() -> Iterator[None]:
-    yield
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline and any(
-        t.name.startswith("jwt_audit-jwks") for t in threading.enumerate()
-    ):
-        time.sleep(0.01)
-    assert not [t for t in threading.enumerate() if t.name.startswith("jwt_audit-jwks")]
+pytestmark = pytest.mark.usefixtures("no_leaked_jwks_threads")
 
 
 @pytest.fixture(scope="module")
