@@ -447,3 +447,37 @@ async def test_concurrent_requests_for_a_new_key_share_one_fetch(
     statuses = await asyncio.gather(*(call(middleware, token) for token in tokens))
     assert set(statuses) == {200}
     assert server.hits == 2
+
+
+@pytest.mark.anyio
+async def test_lifespan_shutdown_and_close_stop_the_refresh_thread(server: JWKSServer) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        assert scope["type"] == "lifespan"
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    middleware = JWTAuditMiddleware(app, **options(server))
+    assert jwks_threads()
+    incoming = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0)
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await middleware({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
+    assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    wait_until(lambda: not jwks_threads())
+
+    wsgi = JWTAuditWSGIMiddleware(lambda environ, start: [], **options(server))
+    assert jwks_threads()
+    wsgi.close()
+    wait_until(lambda: not jwks_threads())
