@@ -16,6 +16,7 @@ local JSON-lines file, counted).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
@@ -294,6 +295,18 @@ class SQLAuditHandler(BackgroundHandler):
         self._spill_handler: JSONLinesHandler | None = None
         self._time_as_text = self.engine.dialect.name == "sqlite"
         self._insert, self._order = self._insert_statement()
+        self._create_private_sqlite_file()
+
+    def _create_private_sqlite_file(self) -> None:
+        """A new SQLite store is readable by its owner only, like the JSON-lines file.
+
+        It holds subjects and client addresses; SQLite gives its -wal and -shm
+        files the database file's permissions.
+        """
+        database = self.engine.url.database
+        if self.engine.dialect.name == "sqlite" and database not in (None, "", ":memory:"):
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
     def _default_spill_path(self) -> str:
         database = self.engine.url.database
