@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -307,3 +308,21 @@ def test_core_import_does_not_load_sqlalchemy() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def test_an_unwritable_file_costs_requests_nothing_and_loses_no_event(
+    tmp_path: Path, attach: Any
+) -> None:
+    directory = tmp_path / "logs"
+    directory.mkdir()
+    handler = attach(JSONLinesHandler(directory / "audit.jsonl", flush_interval=0.02))
+    shutil.rmtree(directory)  # the log volume goes away under the running service
+    key = SigningKey.generate("HS256")
+    ids = asyncio.run(burst(key, 200))  # asserts every request was answered 200/401
+    deadline = time.monotonic() + 5
+    while handler.stats()["retries"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert handler.stats()["retries"] > 0  # it failed, kept the records and retried
+    directory.mkdir()  # the outage ends
+    handler.close()
+    assert sorted(e["request_id"] for e in read_lines(directory / "audit.jsonl")) == sorted(ids)
