@@ -380,9 +380,14 @@ class JSONFormatter(logging.Formatter):
 
     def __init__(self, *, ensure_ascii: bool = False) -> None:
         super().__init__()
-        self._dumps = json.JSONEncoder(
-            ensure_ascii=ensure_ascii, separators=(",", ":"), default=str
-        ).encode
+        from ._jsonfast import dumps  # noqa: PLC0415 - the formatter's own concern
+
+        # ``dumps`` is the stdlib encoder's exact text, computed by orjson when installed
+        self._dumps = (
+            json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), default=str).encode
+            if ensure_ascii
+            else dumps
+        )
 
     def format(self, record: logging.LogRecord) -> str:
         event = getattr(record, RECORD_ATTRIBUTE, None)
