@@ -102,34 +102,42 @@ def drop(url: str, table: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument(
+        "--sinks",
+        default="jsonl,sqlite,postgresql,mariadb",
+        help="comma-separated subset of jsonl,sqlite,postgresql,mariadb",
+    )
     args = parser.parse_args()
+    chosen = set(args.sinks.split(","))
     directory = tempfile.mkdtemp(prefix="jwt-audit-bench-")
     targets: list[tuple[str, Callable[[], BackgroundHandler], Callable[[], None], float]] = []
     size = args.events + 10
-    targets.append(
-        (
-            "JSON lines",
-            lambda: JSONLinesHandler(os.path.join(directory, "a.jsonl"), queue_size=size),
-            lambda: None,
-            0,
+    if "jsonl" in chosen:
+        targets.append(
+            (
+                "JSON lines",
+                lambda: JSONLinesHandler(os.path.join(directory, "a.jsonl"), queue_size=size),
+                lambda: None,
+                0,
+            )
         )
-    )
-    targets.append(
-        (
-            "SQLite (WAL)",
-            lambda: SQLAuditHandler(
-                f"sqlite:///{directory}/{uuid.uuid4().hex}.db", queue_size=size
-            ),
-            lambda: None,
-            20_000,
+    if "sqlite" in chosen:
+        targets.append(
+            (
+                "SQLite (WAL)",
+                lambda: SQLAuditHandler(
+                    f"sqlite:///{directory}/{uuid.uuid4().hex}.db", queue_size=size
+                ),
+                lambda: None,
+                20_000,
+            )
         )
-    )
-    for name, variable, target in (
-        ("PostgreSQL", "JWTAUDIT_TEST_POSTGRES_URL", 10_000),
-        ("MariaDB", "JWTAUDIT_TEST_MARIADB_URL", 0),
+    for key, name, variable, target in (
+        ("postgresql", "PostgreSQL", "JWTAUDIT_TEST_POSTGRES_URL", 10_000),
+        ("mariadb", "MariaDB", "JWTAUDIT_TEST_MARIADB_URL", 0),
     ):
         url = os.environ.get(variable)
-        if url:
+        if url and key in chosen:
             table = "bench_" + uuid.uuid4().hex[:8]
             targets.append(
                 (
@@ -139,6 +147,13 @@ def main() -> None:
                     target,
                 )
             )
+    try:
+        from jwt_audit_middleware import _jsonfast
+    except ImportError:  # an older checkout
+        encoder = "stdlib json"
+    else:
+        encoder = "orjson" if _jsonfast.FAST else "stdlib json"
+    print(f"JSON encoder: {encoder}")
     print(f"{args.events} events per sink; request thread = median of handler.handle(record)\n")
     print(f"{'sink':<14} {'request thread':>15} {'sustained':>16} {'target':>14}  spilled")
     for name, make, cleanup, target in targets:

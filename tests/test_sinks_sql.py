@@ -8,6 +8,7 @@ them).  Without them these tests skip locally and fail when ``CI=true``.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import logging
 import logging.config
@@ -33,7 +34,7 @@ from test_sinks_jsonl import LOGGER, burst
 
 from jwt_audit_middleware import AuditLogger
 from jwt_audit_middleware.sinks import SQLAuditHandler
-from jwt_audit_middleware.sinks.sql import SCHEMA_VERSION
+from jwt_audit_middleware.sinks.sql import SCHEMA_VERSION, new_event_ids
 from jwt_audit_middleware.testing import SigningKey
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -152,10 +153,90 @@ def test_a_retried_batch_is_not_stored_twice(store: Store) -> None:
     event = AuditLogger().build_event("login_succeeded", "allowed", subject="alice")
     records = [logging.makeLogRecord({"jwt_audit": event, "levelname": "INFO"}) for _ in range(3)]
     rows = handler.prepare(records)  # each gets its event_id here, once
+    handler.write_batch(rows[:1])  # a batch half stored before: the rest still goes in
     handler.write_batch(rows)
     handler.write_batch(rows)  # the retry
     handler.write_batch(rows[:1])
-    assert len(store.rows("event_id")) == 3
+    assert sorted(r[0] for r in store.rows("event_id")) == sorted(row[0] for row in rows)
+    assert handler.stats()["spilled"] == 0
+
+
+def test_a_row_the_database_refuses_is_spilled_and_the_rest_stored(tmp_path: Path) -> None:
+    """PostgreSQL's JSONB takes no NaN: the batch (one COPY) fails, its rows go one by one."""
+    store = Store(server_url("postgresql"), "t_" + uuid.uuid4().hex[:12])
+    spill = tmp_path / "spill.jsonl"
+    handler = store.handler(spill_path=spill)
+    try:
+        audit = AuditLogger()
+        for i in range(5):
+            event = audit.build_event("login_succeeded", "allowed", subject=f"user{i}")
+            event["claims"] = {"score": float("nan") if i == 2 else 1.5}
+            audit.emit(event)
+        handler.close()
+        assert sorted(r[0] for r in store.rows("subject")) == ["user0", "user1", "user3", "user4"]
+        assert [json.loads(line)["subject"] for line in spill.read_text().splitlines()] == ["user2"]
+        assert handler.stats()["spilled"] == 1
+    finally:
+        store.close()
+
+
+def test_event_ids_are_unique_and_ordered_by_time() -> None:
+    first = new_event_ids(1000)
+    time.sleep(0.002)
+    second = new_event_ids(1000)
+    assert len(set(first + second)) == 2000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in first + second)
+    assert max(first)[:12] < min(second)[:12]  # milliseconds first: appended to the index
+
+
+def test_times_and_typed_values_as_stored(store: Store) -> None:
+    """Rows go in as the driver's own text (COPY, multi-row INSERT): read back typed."""
+    handler = store.handler()
+    audit = AuditLogger()
+    event = audit.build_event("access", "allowed", method="GET")
+    event.update(time="2025-05-20T10:00:00.123Z", status=201, duration_ms=1, request_id="typed")
+    event["subject"] = "s" * 400  # longer than its column
+    odd = audit.build_event("access", "denied", subject="odd")
+    odd.update(time="yesterday", status="200", duration_ms="slow", request_id="odd", event=None)
+    audit.emit(event)
+    audit.emit(odd, logging.WARNING)
+    handler.close()
+    rows = {
+        r[0]: r[1:]
+        for r in store.rows("request_id", "time", "status", "duration_ms", "subject", "event")
+    }
+    when, status, duration, subject, kind = rows["typed"]
+    if isinstance(when, str):  # SQLite: SQLAlchemy's text format
+        when = datetime.datetime.fromisoformat(when)
+    assert when == datetime.datetime(2025, 5, 20, 10, 0, 0, 123000)
+    assert (status, duration, kind) == (201, 1.0, "access")
+    assert subject == "s" * 299 + "…"
+    when, status, duration, subject, kind = rows["odd"]
+    assert str(when)[:2] == "20"  # the record's own time instead
+    assert (status, duration, kind) == (None, None, "unknown")
+
+
+def test_sqlite_batches_larger_than_one_statement(tmp_path: Path) -> None:
+    db = tmp_path / "audit.db"
+    handler = SQLAuditHandler(f"sqlite:///{db}")
+    try:
+        event = AuditLogger().build_event("login_succeeded", "allowed", subject="alice")
+        records = [
+            logging.makeLogRecord({"jwt_audit": {**event, "request_id": f"r{i}"}})
+            for i in range(1234)
+        ]
+        rows = handler.prepare(records)
+        handler.write_batch(rows)
+        handler.write_batch(rows[600:])  # a retry of part of it
+    finally:
+        handler.close()
+    with sqlite3.connect(db) as connection:
+        stored = connection.execute(
+            "SELECT count(*), count(DISTINCT request_id) FROM jwt_audit_events"
+        )
+        assert stored.fetchone() == (1234, 1234)
+        # a new store gets 16 KiB pages: a row is ~1 KiB
+        assert connection.execute("PRAGMA page_size").fetchone() == (16384,)
 
 
 def test_sqlite_uses_wal(tmp_path: Path) -> None:
