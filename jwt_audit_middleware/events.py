@@ -166,12 +166,15 @@ class _Clock:
         # truncate like datetime.isoformat(timespec='milliseconds'); the 1 µs nudge
         # keeps 1700000000.123 (stored as .12299…) from printing as .122
         millis = int(now * 1000 + 0.001)
-        second, fraction = divmod(millis, 1000)
+        second = millis // 1000
         cached_second, prefix = self._cached
         if second != cached_second:
             prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._cached = (second, prefix)
-        return f"{prefix}.{fraction:03d}Z"
+        return prefix + _MILLIS[millis - second * 1000]  # a format spec costs more
+
+
+_MILLIS = tuple(f".{fraction:03d}Z" for fraction in range(1000))
 
 
 rfc3339 = _Clock().format

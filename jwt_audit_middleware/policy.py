@@ -11,11 +11,11 @@ headers, body) are built here once per reason at start-up.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from hashlib import sha256 as _sha256
 from typing import Any, Final
 
 import anyio.to_thread
@@ -77,15 +77,15 @@ class PathPolicy:
 
     def __init__(self, settings: Settings) -> None:
         self._exempt = _Prefixes(tuple(settings.exempt_paths))
-        self._has_rules = bool(settings.exempt_paths or settings.optional_paths)
+        self.has_rules = bool(settings.exempt_paths or settings.optional_paths)
         self._optional = _Prefixes(tuple(settings.optional_paths))
         rules = sorted(settings.path_scopes.items(), key=lambda item: -len(item[0]))
         self._scopes = tuple((_Prefixes((prefix,)), tuple(scopes)) for prefix, scopes in rules)
-        self._has_scopes = bool(rules)
+        self.has_scopes = bool(rules)
 
     def kind(self, path: str) -> str:
         """``exempt``, ``optional`` or ``required``."""
-        if not self._has_rules:
+        if not self.has_rules:
             return REQUIRED
         if normalise_path(path) != path:
             return REQUIRED
@@ -97,7 +97,7 @@ class PathPolicy:
 
     def required_scopes(self, path: str) -> tuple[str, ...]:
         """The scopes of the longest matching ``path_scopes`` prefix (of both forms)."""
-        if not self._has_scopes:
+        if not self.has_scopes:
             return ()
         required: dict[str, None] = {}
         for candidate in {path, normalise_path(path)}:
@@ -139,8 +139,11 @@ class Verdict:
     """The request-independent part of this verdict's audit event, built once.
 
     Verdicts of cached tokens are shared by every request that presents the
-    token; nothing may change them but this memo (filled by ``AuditLogger``).
+    token; nothing may change them but the memos (this one filled by
+    ``AuditLogger``).
     """
+    sorted_scopes: tuple[str, ...] | None = None
+    """Memo: the token's scopes in order, for Starlette's ``AuthCredentials``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +175,8 @@ class Gate:
 
     def evaluate(self, path: str, authorization: list[str]) -> Verdict:
         """Everything but the revocation hook: path rules, token, claims, scopes."""
-        kind = self.paths.kind(path)
+        paths = self.paths
+        kind = paths.kind(path) if paths.has_rules else REQUIRED
         if kind == EXEMPT:
             return self._exempt
         cache = self.cache
@@ -184,9 +188,12 @@ class Gate:
             if value.startswith(_BEARER):
                 # utf-8 never fails (a server may decode headers beyond latin-1); a
                 # non-ASCII value simply misses and is refused on the full path
-                digest = hashlib.sha256(value[7:].encode("utf-8", "surrogatepass")).digest()
-                cached = cache.get(digest, self.verifier.clock(), self.verifier.keys_version)
+                digest = _sha256(value[7:].encode("utf-8", "surrogatepass")).digest()
+                verifier = self.verifier
+                cached = cache.get(digest, verifier.clock(), verifier.keys_version)
                 if cached is not None:
+                    if kind == REQUIRED and not paths.has_scopes:
+                        return cached  # what _allowed() returns without path rules
                     return self._allowed(cached, path, kind)
         try:
             token_text = self.verifier.token_from_headers(authorization)
@@ -195,7 +202,7 @@ class Gate:
                 # no bearer token (perhaps credentials for another layer): anonymous
                 return self._anonymous
             return self.deny(denied, None, kind)
-        digest = hashlib.sha256(token_text.encode("ascii")).digest()
+        digest = _sha256(token_text.encode("ascii")).digest()
         print_ = fingerprint_of_digest(digest)
         now = self.verifier.clock()
         version = self.verifier.keys_version  # before verifying: a swap meanwhile is not missed

@@ -54,17 +54,21 @@ class _RequestIds:
 
     def reset(self) -> None:
         self.prefix = os.urandom(12).hex()
-        self.counter = itertools.count(1)
+        # counting from 2**32 + 1, hex(n)[3:] is n's last 8 hex digits, zero-padded
+        # (a format spec costs twice as much on this per-request path)
+        self.counter = itertools.count(_FIRST_ID)
 
     def __call__(self) -> str:
         """32 hex digits: 24 of random prefix, 8 of counter."""
         number = next(self.counter)
-        if number > 0xFFFFFFFF:  # after 4 billion ids, a fresh prefix
+        if number >= _LAST_ID:  # after 4 billion ids, a fresh prefix
             self.reset()
             number = next(self.counter)
-        return f"{self.prefix}{number:08x}"
+        return self.prefix + hex(number)[3:]
 
 
+_FIRST_ID = 2**32 + 1
+_LAST_ID = 2**33
 new_request_id = _RequestIds()
 
 
@@ -114,16 +118,16 @@ class RequestReader:
         """``info()`` from a CGI-style mapping: a WSGI environ or Django's ``request.META``."""
         forwarding = self.reads_forwarding
         key = self._request_id_key
-        return self.info(
-            method=environ.get("REQUEST_METHOD") or "GET",
-            path=path,
-            protocol="http",
-            peer=environ.get("REMOTE_ADDR"),
-            user_agent=environ.get("HTTP_USER_AGENT"),
-            request_id=environ.get(key) if key else None,
-            started=started,
-            forwarded=environ.get("HTTP_FORWARDED") if forwarding else None,
-            x_forwarded_for=environ.get("HTTP_X_FORWARDED_FOR") if forwarding else None,
+        return self.read(
+            environ.get("REQUEST_METHOD") or "GET",
+            path,
+            "http",
+            environ.get("REMOTE_ADDR"),
+            environ.get("HTTP_USER_AGENT"),
+            environ.get(key) if key else None,
+            started,
+            environ.get("HTTP_FORWARDED") if forwarding else None,
+            environ.get("HTTP_X_FORWARDED_FOR") if forwarding else None,
         )
 
     def info(
@@ -140,15 +144,42 @@ class RequestReader:
         x_forwarded_for: str | None = None,
     ) -> RequestInfo:
         """A ``RequestInfo`` from raw header values (``None`` when absent)."""
+        return self.read(
+            method,
+            path,
+            protocol,
+            peer,
+            user_agent,
+            request_id,
+            started,
+            forwarded,
+            x_forwarded_for,
+        )
+
+    def read(  # noqa: PLR0917 - positional: the adapters' hot path
+        self,
+        method: str,
+        path: str,
+        protocol: str,
+        peer: str | None,
+        user_agent: str | None,
+        request_id: str | None,
+        started: float,
+        forwarded: str | None,
+        x_forwarded_for: str | None,
+    ) -> RequestInfo:
+        """``info()`` with positional arguments, for the adapters' hot path."""
         if request_id is None or not _REQUEST_ID.fullmatch(request_id):
             request_id = new_request_id()
         if self._trusted or peer is None:
             client_ip = self.client_ip(peer, forwarded, x_forwarded_for)
+        elif len(peer) <= 64 and peer.isprintable():  # clean()'s fast path, inline
+            client_ip = peer
         else:
             client_ip = clean(peer, 64)
         return RequestInfo(
             method if method in _METHODS else clean(method, 16),
-            clean(path, MAX_PATH),
+            path if len(path) <= MAX_PATH and path.isprintable() else clean(path, MAX_PATH),
             protocol,
             client_ip,
             None if user_agent is None else clean(user_agent, MAX_USER_AGENT),

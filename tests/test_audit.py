@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -96,6 +97,73 @@ def test_default_logger_is_jwt_audit_at_info() -> None:
     adapter = AuditLogger()
     assert adapter.logger.name == LOGGER_NAME == "jwt_audit"
     assert adapter.logger.isEnabledFor(logging.INFO)
+
+
+def test_audit_records_carry_what_a_stdlib_record_carries(
+    handler: tuple[logging.Logger, ListHandler],
+) -> None:
+    logger, sink = handler
+    stdlib: list[logging.LogRecord] = []
+
+    def work() -> None:
+        AuditLogger(logger).emit({"event": "access", "outcome": "allowed", "path": "/x"})
+        stdlib.append(logger.makeRecord(logger.name, logging.INFO, "f.py", 1, "m", (), None))
+
+    thread = threading.Thread(target=work, name="audit-test-thread")
+    thread.start()
+    thread.join()
+    (record,) = sink.records
+    (expected,) = stdlib
+    formatted = {"taskName", "message", "asctime"}  # 3.12+ / set by formatters on the way
+    assert set(record.__dict__) - formatted == set(expected.__dict__) - formatted | {
+        RECORD_ATTRIBUTE
+    }
+    assert isinstance(record, logging.LogRecord)
+    for name in ("name", "levelno", "levelname", "thread", "threadName", "process"):
+        assert getattr(record, name) == getattr(expected, name), name
+    assert record.threadName == "audit-test-thread"
+    assert record.processName == expected.processName
+    assert abs(record.created - expected.created) < 5
+    assert record.msecs == pytest.approx((record.created - int(record.created)) * 1000, abs=1e-3)
+    assert (
+        record.getMessage()
+        == "access allowed - /x status=None reason=None subject=None request_id=None"
+    )
+    assert (
+        logging.Formatter("%(levelname)s %(name)s %(threadName)s %(message)s")
+        .format(record)
+        .startswith(f"INFO {logger.name} audit-test-thread access allowed")
+    )
+
+
+def test_audit_records_come_from_a_custom_record_factory(
+    handler: tuple[logging.Logger, ListHandler],
+) -> None:
+    logger, sink = handler
+    original = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = original(*args, **kwargs)
+        record.trace_id = "t-1"
+        return record
+
+    logging.setLogRecordFactory(factory)
+    try:
+        AuditLogger(logger).emit({"event": "access", "outcome": "allowed"})
+    finally:
+        logging.setLogRecordFactory(original)
+    (record,) = sink.records
+    assert record.trace_id == "t-1"
+    assert record.jwt_audit == {"event": "access", "outcome": "allowed"}
+
+
+def test_logger_filters_still_apply(handler: tuple[logging.Logger, ListHandler]) -> None:
+    logger, sink = handler
+    logger.addFilter(lambda record: record.jwt_audit["outcome"] != "denied")
+    adapter = AuditLogger(logger)
+    adapter.emit({"event": "denial", "outcome": "denied"}, logging.WARNING)
+    adapter.emit({"event": "access", "outcome": "allowed"})
+    assert [r.jwt_audit["outcome"] for r in sink.records] == ["allowed"]
 
 
 # -- events through the adapter -------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 from types import SimpleNamespace
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 
 from jwt_audit_middleware import Settings, get_claims
-from jwt_audit_middleware.request import SCOPE_KEY, RequestReader
+from jwt_audit_middleware.request import SCOPE_KEY, RequestReader, _RequestIds
 from jwt_audit_middleware.verifier import VerifiedToken
 
 SECRET = b"r" * 32
@@ -152,6 +153,21 @@ def test_generated_request_ids_are_unique() -> None:
     r = reader()
     ids = {read(r).request_id for _ in range(50)}
     assert len(ids) == 50
+
+
+def test_generated_request_ids_count_in_hex_and_renew_the_prefix_when_the_counter_ends() -> None:
+    ids = _RequestIds()
+    first, second = ids(), ids()
+    assert first[:24] == second[:24]
+    assert (first[24:], second[24:]) == ("00000001", "00000002")
+    ids.counter = itertools.count(2**33 - 2)  # the last two ids of this prefix
+    prefix = ids.prefix
+    assert ids() == prefix + "fffffffe"
+    assert ids() == prefix + "ffffffff"
+    renewed = ids()
+    assert renewed[:24] != prefix
+    assert renewed[24:] == "00000001"
+    assert HEX32.fullmatch(renewed)
 
 
 def test_request_id_header_is_normalised() -> None:
