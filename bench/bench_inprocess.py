@@ -394,11 +394,16 @@ def pyjwt_decode(key: SigningKey, token: str) -> Callable[[int], None]:
 
 
 class QueueingHandler(logging.Handler):
-    """What a sink does on the request thread: queue the record (bounded)."""
+    """What a sink does on the request thread: queue the record (bounded).
+
+    The sinks' writer takes the queue a batch (500 records) at a time, so about
+    that many records wait at once; holding more would mostly measure the
+    garbage collector walking records that a real sink has already written.
+    """
 
     def __init__(self) -> None:
         super().__init__()
-        self.queue: collections.deque[logging.LogRecord] = collections.deque(maxlen=10_000)
+        self.queue: collections.deque[logging.LogRecord] = collections.deque(maxlen=512)
 
     def emit(self, record: logging.LogRecord) -> None:
         self.queue.append(record)
