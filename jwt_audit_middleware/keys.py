@@ -9,17 +9,29 @@ tried for ``RS256``.
 
 from __future__ import annotations
 
+import hmac
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt import get_algorithm_by_name
-from jwt.algorithms import Algorithm, get_default_algorithms
+from jwt.algorithms import (
+    Algorithm,
+    ECAlgorithm,
+    HMACAlgorithm,
+    OKPAlgorithm,
+    RSAAlgorithm,
+    RSAPSSAlgorithm,
+    get_default_algorithms,
+)
 from jwt.exceptions import InvalidKeyError, PyJWKError
 
 from .errors import ConfigurationError
@@ -57,6 +69,102 @@ def algorithms_for_key(key: object, allowed: Iterable[str]) -> frozenset[str]:
     return frozenset()
 
 
+#: A prepared signature check: ``check(signature, signing_input)`` is true when
+#: the signature verifies.  Built once per key and algorithm by ``bind_check``.
+SignatureCheck = Callable[[bytes, bytes], bool]
+
+
+def bind_check(alg: str, key: object) -> SignatureCheck:
+    """The signature check of ``alg`` with ``key``, with everything per-key prepared now.
+
+    The maths is PyJWT's algorithm for ``alg`` (its hash, padding and encoding
+    choices) run through ``cryptography``/``hmac`` directly, so a request pays
+    for no padding, hash or DER-decoder objects and no isinstance checks.  A
+    key whose type cannot verify ``alg`` (an RSA key for ``HS256``, a P-384 key
+    for ``ES256``, ...) is a ``ValueError``: binding is checked here, once.
+    """
+    if alg not in algorithms_for_key(key, (alg,)):
+        raise ValueError(f"a {_describe(key)} key cannot verify {alg}")
+    algorithm = get_algorithm_by_name(alg)
+    if isinstance(algorithm, HMACAlgorithm) and isinstance(key, bytes):
+        return _hmac_check(key, algorithm.hash_alg)
+    if isinstance(algorithm, RSAPSSAlgorithm) and isinstance(key, rsa.RSAPublicKey):
+        digest = algorithm.hash_alg()
+        pss = padding.PSS(mgf=padding.MGF1(algorithm.hash_alg()), salt_length=digest.digest_size)
+        return _rsa_check(key, pss, digest)
+    if isinstance(algorithm, RSAAlgorithm) and isinstance(key, rsa.RSAPublicKey):
+        return _rsa_check(key, padding.PKCS1v15(), algorithm.hash_alg())
+    if isinstance(algorithm, ECAlgorithm) and isinstance(key, ec.EllipticCurvePublicKey):
+        expected = algorithm.expected_curve
+        if expected is not None and not isinstance(key.curve, expected):  # pragma: no cover
+            raise ValueError(f"a {_describe(key)} key cannot verify {alg}")
+        return _ecdsa_check(key, ec.ECDSA(algorithm.hash_alg()))
+    if isinstance(algorithm, OKPAlgorithm) and isinstance(
+        key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)
+    ):
+        return _eddsa_check(key)
+    # an algorithm PyJWT may add later: its own verify, per call
+    return lambda signature, message: bool(algorithm.verify(message, key, signature))
+
+
+def _hmac_check(secret: bytes, hash_alg: Any) -> SignatureCheck:
+    digest = hmac.digest
+    compare = hmac.compare_digest
+
+    def check(signature: bytes, message: bytes) -> bool:
+        return compare(signature, digest(secret, message, hash_alg))
+
+    return check
+
+
+def _rsa_check(
+    key: rsa.RSAPublicKey, pad: padding.AsymmetricPadding, digest: hashes.HashAlgorithm
+) -> SignatureCheck:
+    verify = key.verify
+
+    def check(signature: bytes, message: bytes) -> bool:
+        try:
+            verify(signature, message, pad, digest)
+        except InvalidSignature:
+            return False
+        return True
+
+    return check
+
+
+def _ecdsa_check(key: ec.EllipticCurvePublicKey, ecdsa: ec.ECDSA) -> SignatureCheck:
+    size = (key.curve.key_size + 7) // 8  # RFC 7518 §3.4: R and S, each this many octets
+    verify = key.verify
+    from_bytes = int.from_bytes
+
+    def check(signature: bytes, message: bytes) -> bool:
+        if len(signature) != 2 * size:
+            return False
+        der = encode_dss_signature(
+            from_bytes(signature[:size], "big"), from_bytes(signature[size:], "big")
+        )
+        try:
+            verify(der, message, ecdsa)
+        except InvalidSignature:
+            return False
+        return True
+
+    return check
+
+
+def _eddsa_check(key: ed25519.Ed25519PublicKey | ed448.Ed448PublicKey) -> SignatureCheck:
+    verify = key.verify
+
+    def check(signature: bytes, message: bytes) -> bool:
+        try:
+            verify(signature, message)
+        except InvalidSignature:
+            return False
+        return True
+
+    return check
+
+
 @dataclass(frozen=True, slots=True)
 class VerificationKey:
     """A prepared public key (or HMAC secret) and the algorithms it may verify."""
@@ -76,9 +184,20 @@ class KeyRing:
     ``kid`` is tried against the key with that ``kid`` and against keys that
     have none (a configured secret or PEM); a token without a ``kid`` against
     the keys that have none, or the single keyed key of its algorithm.
+    ``checks(alg, kid)`` gives the same keys' prepared signature checks
+    (``bind_check``), built here, once per key and algorithm.
     """
 
-    __slots__ = ("_anonymous", "_by_kid", "_single", "algorithms", "keys", "verifiers")
+    __slots__ = (
+        "_anonymous",
+        "_anonymous_checks",
+        "_by_kid",
+        "_checks",
+        "_single",
+        "algorithms",
+        "keys",
+        "verifiers",
+    )
 
     def __init__(self, keys: Sequence[VerificationKey], algorithms: Iterable[str]) -> None:
         self.keys = tuple(keys)
@@ -102,12 +221,31 @@ class KeyRing:
             alg: (*anonymous.get(alg, ()), *(keys if len(keys) == 1 else ()))
             for alg, keys in keyed_per_alg.items()
         }
+        bound = {
+            (alg, index): bind_check(alg, key.key)
+            for index, key in enumerate(self.keys)
+            for alg in key.algorithms
+        }
+        position = {id(key): index for index, key in enumerate(self.keys)}
+
+        def checks(alg: str, keys: tuple[VerificationKey, ...]) -> tuple[SignatureCheck, ...]:
+            return tuple(bound[(alg, position[id(key)])] for key in keys)
+
+        self._anonymous_checks = {alg: checks(alg, keys) for alg, keys in anonymous.items()}
+        self._checks: dict[tuple[str, str | None], tuple[SignatureCheck, ...]] = {
+            (alg, None): checks(alg, keys) for alg, keys in self._single.items()
+        }
+        self._checks.update({k: checks(k[0], v) for k, v in self._by_kid.items()})
 
     def candidates(self, alg: str, kid: str | None) -> tuple[VerificationKey, ...]:
         """The keys to try for a token signed with ``alg`` and naming ``kid``."""
         if kid is None:
             return self._single.get(alg) or self._anonymous.get(alg, ())
         return self._by_kid.get((alg, kid)) or self._anonymous.get(alg, ())
+
+    def checks(self, alg: str, kid: str | None) -> tuple[SignatureCheck, ...]:
+        """The prepared signature checks of ``candidates(alg, kid)``, in the same order."""
+        return self._checks.get((alg, kid)) or self._anonymous_checks.get(alg, ())
 
     def usable_algorithms(self) -> frozenset[str]:
         """Algorithms for which at least one key is present."""

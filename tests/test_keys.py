@@ -6,6 +6,7 @@ import base64
 import datetime
 from typing import Any
 
+import jwt
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -13,9 +14,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from jwt_audit_middleware import ConfigurationError
+from jwt_audit_middleware import keys as keys_module
 from jwt_audit_middleware.keys import (
     KeyRing,
     VerificationKey,
+    bind_check,
     build_keyring,
     parse_jwks,
 )
@@ -374,3 +377,104 @@ def test_a_pem_on_one_line_with_escaped_newlines_is_read(rsa_key: SigningKey) ->
     assert "\n" not in one_line
     ring = build_keyring(["RS256"], public_keys=one_line)
     assert len(ring) == 1
+
+
+# -- prepared signature checks ----------------------------------------------
+
+CHECK_ALGS = ["HS256", "RS256", "PS256", "ES256", "ES384", "EdDSA"]
+
+
+def public_or_secret(key: SigningKey) -> Any:
+    return key.secret if key.alg.startswith("HS") else key.private.public_key()
+
+
+@pytest.mark.parametrize("alg", CHECK_ALGS)
+def test_bound_check_agrees_with_pyjwt(keys: dict[str, SigningKey], alg: str) -> None:
+    key = keys[alg]
+    algorithm = jwt.get_algorithm_by_name(alg)
+    message = b"header.payload"
+    signature = algorithm.sign(message, key.secret if alg.startswith("HS") else key.private)
+    check = bind_check(alg, public_or_secret(key))
+    verifying = algorithm.prepare_key(public_or_secret(key))
+    cases = [(signature, message), (signature, b"header.payloaD")]
+    cases += [(sig, message) for sig in (b"", signature[:-1], signature + b"\0")]  # wrong length
+    for sig, msg in cases:
+        assert check(sig, msg) is algorithm.verify(msg, verifying, sig)
+    assert check(signature, message) is True
+    flipped = bytes([signature[0] ^ 1]) + signature[1:]
+    assert check(flipped, message) is False
+
+
+@pytest.mark.parametrize(
+    ("alg", "other"),
+    [
+        ("HS256", "RS256"),  # an RSA public key is never an HMAC secret
+        ("RS256", "HS256"),
+        ("RS256", "ES256"),
+        ("PS256", "EdDSA"),
+        ("ES256", "ES384"),  # the curve is bound too
+        ("ES384", "ES256"),
+        ("ES256", "RS256"),
+        ("EdDSA", "ES256"),
+        ("EdDSA", "HS256"),
+    ],
+)
+def test_a_check_is_never_bound_to_a_key_of_another_type(
+    keys: dict[str, SigningKey], alg: str, other: str
+) -> None:
+    with pytest.raises(ValueError, match="cannot verify"):
+        bind_check(alg, public_or_secret(keys[other]))
+
+
+def test_a_ring_refuses_a_key_bound_to_an_algorithm_it_cannot_verify(rsa_key: SigningKey) -> None:
+    key = VerificationKey(rsa_key.private.public_key(), frozenset({"HS256"}))
+    with pytest.raises(ValueError, match="cannot verify HS256"):
+        KeyRing([key], ["HS256"])
+
+
+def test_checks_follow_the_candidates(keys: dict[str, SigningKey]) -> None:
+    rsa_key, other = keys["RS256"], SigningKey.generate("RS256", kid="rs256-2")
+    ring = build_keyring(
+        ["RS256", "HS256"],
+        secret=keys["HS256"].secret,
+        jwks=jwks_document(rsa_key, other),
+    )
+    for alg, kid in [
+        ("RS256", "rs256-1"),
+        ("RS256", "rs256-2"),
+        ("RS256", None),
+        ("RS256", "nope"),
+        ("HS256", None),
+        ("HS256", "rs256-1"),
+        ("PS256", None),
+    ]:
+        candidates = ring.candidates(alg, kid)
+        checks = ring.checks(alg, kid)
+        assert len(checks) == len(candidates)
+        algorithm = jwt.get_algorithm_by_name(alg)
+        for candidate, check in zip(candidates, checks, strict=True):
+            signer = {"rs256-1": rsa_key, "rs256-2": other}.get(candidate.kid or "")
+            secret = keys["HS256"].secret if alg.startswith("HS") else None
+            message = b"a.b"
+            if secret is not None:
+                assert check(algorithm.sign(message, secret), message)
+            else:
+                assert signer is not None
+                assert check(algorithm.sign(message, signer.private), message)
+
+
+def test_an_algorithm_pyjwt_adds_later_is_verified_through_its_own_verify(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[tuple[bytes, object, bytes]] = []
+
+    class Later:
+        def verify(self, msg: bytes, key: object, sig: bytes) -> bool:
+            calls.append((msg, key, sig))
+            return sig == b"good"
+
+    monkeypatch.setattr(keys_module, "get_algorithm_by_name", lambda alg: Later())
+    check = bind_check("HS256", b"k" * 32)
+    assert check(b"good", b"a.b") is True
+    assert check(b"bad", b"a.b") is False
+    assert calls == [(b"a.b", b"k" * 32, b"good"), (b"a.b", b"k" * 32, b"bad")]
