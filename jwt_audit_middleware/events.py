@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -184,13 +184,49 @@ def identity_fields(
     claims: Mapping[str, Any], scopes: Iterable[str], alg: str | None, kid: str | None
 ) -> dict[str, Any]:
     """The token-derived fields of an event, cleaned (from verified claims only)."""
+    # clean_optional / clean_list inlined (a denial event builds one per request)
+    get = claims.get
+    subject = get("sub")
+    issuer = get("iss")
+    token_id = get("jti")
+    audience = get("aud")
     return {
-        "subject": clean_optional(claims.get("sub")),
-        "issuer": clean_optional(claims.get("iss")),
-        "token_id": clean_optional(claims.get("jti")),
-        "audience": clean_list(claims.get("aud")),
-        "scopes": clean_list(frozenset(scopes)),
+        "subject": clean(subject) if isinstance(subject, str) else None,
+        "issuer": clean(issuer) if isinstance(issuer, str) else None,
+        "token_id": clean(token_id) if isinstance(token_id, str) else None,
+        "audience": [] if audience is None else clean_list(audience),
+        "scopes": [
+            clean(scope)
+            for scope in sorted(frozenset(scopes))[:MAX_LIST_ITEMS]
+            if isinstance(scope, str)
+        ],
         "alg": None if alg is None else clean(alg, 32),
+        "kid": None if kid is None else clean(kid, 64),
+    }
+
+
+def verified_identity(  # noqa: PLR0917 - the verifier calls it once per first-seen token
+    subject: str | None,
+    issuer: str | None,
+    token_id: str | None,
+    audience: Sequence[str],
+    scopes: frozenset[str],
+    alg: str,
+    kid: str | None,
+) -> dict[str, Any]:
+    """``identity_fields()`` of a token the verifier accepted, from what it checked.
+
+    ``sub``, ``iss`` and ``jti`` are strings or absent, ``aud`` is the strings
+    it checked, ``alg`` a string: the same dict as ``identity_fields``, without
+    its type checks.
+    """
+    return {
+        "subject": None if subject is None else clean(subject),
+        "issuer": None if issuer is None else clean(issuer),
+        "token_id": None if token_id is None else clean(token_id),
+        "audience": [clean(item) for item in audience[:MAX_LIST_ITEMS]] if audience else [],
+        "scopes": [clean(scope) for scope in sorted(scopes)[:MAX_LIST_ITEMS]] if scopes else [],
+        "alg": clean(alg, 32),
         "kid": None if kid is None else clean(kid, 64),
     }
 
@@ -220,4 +256,5 @@ __all__ = [
     "fingerprint_of_digest",
     "identity_fields",
     "rfc3339",
+    "verified_identity",
 ]

@@ -1,33 +1,35 @@
 """Token verification: Authorization header values in, ``VerifiedToken`` out.
 
-This is the only module that runs PyJWT.  It is sans-I/O and synchronous: it
-parses the compact JWS strictly itself (exactly three unpadded base64url
-segments, UTF-8 JSON objects without duplicate members), checks the header
-against the policy, verifies the signature with PyJWT's algorithm objects and
-keys prepared at start-up, and validates the registered claims.  Every failure
-is a ``Denied`` with one reason code of ``events.REASONS``; no message carries
-token text or library error text.
+It is sans-I/O and synchronous: it parses the compact JWS strictly itself
+(exactly three unpadded base64url segments, a canonical signature, UTF-8 JSON
+objects without duplicate members or non-finite numbers), checks the header
+against the policy, verifies the signature with the checks each key bound at
+start-up (``keys.bind_check``: PyJWT's algorithms, cryptography's maths), and
+validates the registered claims.  Every failure is a ``Denied`` with one reason
+code of ``events.REASONS``; no message carries token text or library error text.
+
+A first-seen token is the cost that matters here (a repeated one is a cache
+hit upstream): the path does each step once, with few calls and objects, and
+keeps only what tokens of one issuer share (their decoded header).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime
 import itertools
 import json
 import math
-import re
 import time
+from binascii import a2b_base64
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, TypeGuard
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from jwt import exceptions as jwt_errors
 
 from .errors import Denied
-from .events import copy_claims, identity_fields
+from .events import copy_claims, verified_identity
 from .jwks import EmitEvent, KeyRequest, RemoteKeySet, on_event_loop
 from .keys import MAX_KID_LENGTH, KeyRing
 from .settings import Settings, normalise_media_type
@@ -35,8 +37,11 @@ from .settings import Settings, normalise_media_type
 # Versions of static key rings: negative, so they never meet a RemoteKeySet's, and
 # never reused (an id() of a freed ring can be, letting a cached verdict outlive its key).
 _STATIC_VERSIONS = itertools.count(-1, -1)
-_TOKEN = re.compile(r"[A-Za-z0-9_\-.]+")
+_TOKEN_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_."
 _MAX_ALG_LENGTH = 32
+#: decoded headers kept (Verifier._remember_header), and the longest header text kept
+_MAX_HEADERS = 64
+_MAX_HEADER_TEXT = 512
 
 #: PyJWT's exceptions, each mapped to exactly one reason (most specific first
 #: through the exception's MRO).  Only ``reason_for()`` reads it.
@@ -102,6 +107,49 @@ class VerifiedToken:
         return kid if isinstance(kid, str) else None
 
 
+class _NewVerifiedToken:
+    """Builds a ``VerifiedToken``: the same slots, set without the frozen __init__.
+
+    A frozen dataclass's __init__ sets each field through ``object.__setattr__``
+    (a generic attribute look-up per field, a third of a microsecond each here);
+    the verifier makes one per first-seen token.  This class has VerifiedToken's
+    exact slot layout, so its plain assignments are cheap, and then becomes a
+    VerifiedToken (``__class__`` assignment between identical layouts), frozen
+    from there on.  Positional, in field order; a test checks it equals the
+    dataclass's own constructor.
+    """
+
+    __slots__ = VerifiedToken.__slots__
+
+    def __init__(  # noqa: PLR0917 - positional: the verifier builds one per token
+        self,
+        claims: dict[str, Any],
+        header: dict[str, Any],
+        fingerprint: str,
+        scopes: frozenset[str],
+        subject: str | None,
+        issuer: str | None,
+        token_id: str | None,
+        audience: tuple[str, ...],
+        expires_at: float | None,
+        identity: Mapping[str, Any],
+    ) -> None:
+        self.claims = claims
+        self.header = header
+        self.fingerprint = fingerprint
+        self.scopes = scopes
+        self.subject = subject
+        self.issuer = issuer
+        self.token_id = token_id
+        self.audience = audience
+        self.expires_at = expires_at
+        self.identity = identity
+        self.__class__ = VerifiedToken  # type: ignore[assignment]
+
+
+assert _NewVerifiedToken.__slots__ == tuple(f.name for f in fields(VerifiedToken))
+
+
 def extract_token(values: Sequence[str], max_bytes: int) -> str:
     """The bearer token of an ``Authorization`` header (RFC 6750 §2.1).
 
@@ -131,13 +179,46 @@ def extract_token(values: Sequence[str], max_bytes: int) -> str:
         raise Denied("invalid_request", "empty bearer token")
     if len(token) > max_bytes:
         raise Denied("token_too_large", "the token exceeds max_token_bytes")
-    if not _TOKEN.fullmatch(token):
+    # only base64url and "." (what is left once those are deleted is empty)
+    if not token.isascii() or token.encode("ascii").translate(None, _TOKEN_CHARS):
         raise Denied("invalid_request", "the token has characters outside base64url and '.'")
     return token
 
 
+#: "=" padding for an unpadded base64 text of length n, by n % 4 (1 is never valid)
+_PAD = ("", "===", "==", "=")
+#: for a text of length n: the last characters whose unused low bits are zero, by
+#: n % 4 (2: 4 unused bits, values 0, 16, 32, 48; 3: 2 bits, multiples of 4)
+_CANONICAL_LAST = ("", "", "AQgw", "AEIMQUYcgkosw048")
+
+
 def _b64decode(segment: str) -> bytes:
-    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    """Unpadded base64url text to bytes, exactly as ``base64.urlsafe_b64decode`` does.
+
+    Like it, characters outside the alphabet are skipped (a token from
+    ``extract_token`` has none); a text that is not ASCII is a ``ValueError``,
+    a bad length a ``binascii.Error`` (also a ``ValueError``).
+    """
+    return a2b_base64((segment + _PAD[len(segment) & 3]).replace("-", "+").replace("_", "/"))
+
+
+def _signature_bytes(segment: str) -> bytes | None:
+    """A signature's bytes; ``None`` unless ``segment`` is canonical unpadded base64url.
+
+    Canonical: base64url characters only, no padding, a length that is not
+    1 more than a multiple of 4, and the last character's unused low bits zero
+    (so a signature has exactly one text, the one ``urlsafe_b64encode`` gives).
+    A text that is not ASCII is a ``ValueError``.
+    """
+    size = len(segment) & 3
+    if size == 1 or "+" in segment or "/" in segment or "=" in segment:
+        return None
+    if size and segment[-1] not in _CANONICAL_LAST[size]:
+        return None
+    signature = a2b_base64(segment.replace("-", "+").replace("_", "/") + _PAD[size])
+    # a2b_base64 skips characters outside the alphabet; every one of them costs
+    # at least one byte of output (6 bits less, and n % 4 == 1 is refused above)
+    return signature if len(signature) == len(segment) * 3 // 4 else None
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -158,11 +239,16 @@ def _finite_float(text: str) -> float:
     return value
 
 
-_decode_json = json.JSONDecoder(
+_DECODER = json.JSONDecoder(
     object_pairs_hook=_reject_duplicates,
     parse_constant=_reject_constant,
     parse_float=_finite_float,
-).decode
+)
+_decode_json = _DECODER.decode
+#: what _decode_json runs once leading whitespace is skipped: (value, end), or
+#: StopIteration where no value starts (typeshed does not list the attribute)
+_scan_json: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
+_JSON_SPACE = " \t\n\r"  # json.decoder.WHITESPACE
 
 
 class Claims(dict[str, Any]):
@@ -195,8 +281,14 @@ class Claims(dict[str, Any]):
 
 def _json_object(segment: str, what: str) -> dict[str, Any]:
     try:
-        value = _decode_json(_b64decode(segment).decode("utf-8"))
-    except (ValueError, RecursionError, binascii.Error):
+        text = _b64decode(segment).decode("utf-8")
+        if text[:1] == "{":  # what _decode_json does, without its calls around the scanner
+            value, end = _scan_json(text, 0)
+            if end != len(text) and text[end:].strip(_JSON_SPACE):
+                raise ValueError("extra data")
+        else:  # leading whitespace, or not an object
+            value = _decode_json(text)
+    except (ValueError, RecursionError, StopIteration):  # binascii.Error is a ValueError
         raise Denied("malformed_token", f"the {what} is not base64url-encoded JSON") from None
     if not isinstance(value, dict):
         raise Denied("malformed_token", f"the {what} is not a JSON object")
@@ -204,15 +296,14 @@ def _json_object(segment: str, what: str) -> dict[str, Any]:
 
 
 _MAX_TIME = 2**63
+#: the JSON numbers (the decoder makes exactly these types; bool is not one)
+_NUMBER = frozenset((int, float))
 
 
-def _is_number(value: object) -> TypeGuard[float]:
-    """A JSON number usable as a NumericDate: not a bool, finite, in range."""
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and -_MAX_TIME < value < _MAX_TIME  # also false for NaN
-    )
+def _claim_denied(
+    reason: str, detail: str, alg: str, kid: str | None, claims: dict[str, Any]
+) -> Denied:
+    return Denied(reason, detail, alg=alg, kid=kid, claims=claims)
 
 
 @dataclass(slots=True)
@@ -278,13 +369,15 @@ class Verifier:
         except BaseException:
             self.close()
             raise
-        self._verifiers = settings.keyring.verifiers
         self._required = tuple(settings.required_claims)
         self._leeway = float(settings.leeway)  # type: ignore[arg-type]  # normalised
         self._token_type = settings.token_type
         self._max_bytes = settings.max_token_bytes
         self._scopes_claim = settings.scopes_claim
+        self._scope_names = (settings.scopes_claim,) if settings.scopes_claim else ("scope", "scp")
         self._log_claims = tuple(settings.log_claims)
+        #: decoded headers by their base64url text (see _remember_header)
+        self._headers: dict[str, tuple[dict[str, Any], str, str | None]] = {}
 
     def _trust(
         self,
@@ -391,45 +484,74 @@ class Verifier:
         """Verify ``token`` (already extracted); raise ``Denied`` on any doubt."""
         if len(token) > self._max_bytes:
             raise Denied("token_too_large", "the token exceeds max_token_bytes")
-        parts = token.split(".")
-        if len(parts) != 3 or not all(parts):
+        # three non-empty segments: two dots, neither at an end, not side by side
+        first = token.find(".")
+        last = token.rfind(".")
+        if (
+            not 0 < first < last - 1
+            or last == len(token) - 1
+            or token.find(".", first + 1, last) >= 0
+        ):
             raise Denied("malformed_token", "a JWS has three non-empty segments")
-        header_b64, payload_b64, signature_b64 = parts
-        header = _json_object(header_b64, "header")
-        alg, kid = self._header_fields(header)
+        header_b64 = token[:first]
+        payload_b64 = token[first + 1 : last]
+        cached = self._headers.get(header_b64)
+        if cached is None:
+            header = _json_object(header_b64, "header")
+            alg, kid = self._header_fields(header)
+            self._remember_header(header_b64, header, alg, kid)
+        else:  # the text decoded to this before; checked against the policy as ever below
+            header, alg, kid = cached
         trust = self._default
         claims: dict[str, Any] | None = None
         if trust is None:  # providers: the unverified iss picks whose keys and policy apply
             claims = _json_object(payload_b64, "payload")
             trust = self._select(claims, alg, kid)
-        self._check_header(header, alg, kid, trust.algorithms)
-        if trust.remote is None:
+        if alg not in trust.algorithms:
+            raise Denied(
+                "algorithm_not_allowed",
+                "the token's alg is not allowed",
+                alg=alg[:_MAX_ALG_LENGTH],
+                kid=kid,
+            )
+        if "crit" in header:  # RFC 7515 §4.1.11: we implement no extension
+            raise Denied(
+                "malformed_token", "unsupported critical header parameter", alg=alg, kid=kid
+            )
+        if self._token_type is not None:
+            typ = header.get("typ")
+            if not isinstance(typ, str) or normalise_media_type(typ) != self._token_type:
+                raise Denied("invalid_type", "the token's typ is not accepted", alg=alg, kid=kid)
+        remote = trust.remote
+        if remote is None:
             ring = trust.static
         else:
-            fetched = trust.remote.ring
+            fetched = remote.ring
             if fetched is None:
                 raise Denied(
                     "key_unavailable", "no signing keys could be fetched yet", alg=alg, kid=kid
                 )
             ring = fetched
-        keys = ring.candidates(alg, kid)
-        if not keys:
+        checks = ring.checks(alg, kid)
+        if not checks:
             raise Denied("unknown_key", "no key matches the token's kid", alg=alg, kid=kid)
         try:
-            signature = _b64decode(signature_b64)
-        except binascii.Error:
-            raise Denied(
-                "malformed_token", "the signature is not base64url", alg=alg, kid=kid
-            ) from None
-        if base64.urlsafe_b64encode(signature).rstrip(b"=") != signature_b64.encode():
+            signature = _signature_bytes(token[last + 1 :])
+        except ValueError:
+            signature = None
+        if signature is None:
             raise Denied(
                 "malformed_token", "the signature is not canonical base64url", alg=alg, kid=kid
             )
-        signing_input = token[: len(header_b64) + 1 + len(payload_b64)].encode("ascii")
-        algorithm = self._verifiers[alg]
-        for key in keys:
+        try:
+            signing_input = token[:last].encode("ascii")
+        except UnicodeEncodeError:  # the header decoded: it is the payload
+            raise Denied(
+                "malformed_token", "the payload is not base64url", alg=alg, kid=kid
+            ) from None
+        for check in checks:
             try:
-                if algorithm.verify(signing_input, key.key, signature):
+                if check(signature, signing_input):
                     break
             except Exception as exc:
                 if reason_for(exc) is None:
@@ -439,6 +561,25 @@ class Verifier:
         if claims is None:
             claims = _json_object(payload_b64, "payload")
         return self._check_claims(claims, header, alg, kid, fingerprint, trust=trust)
+
+    def _remember_header(
+        self, text: str, header: dict[str, Any], alg: str, kid: str | None
+    ) -> None:
+        """Keep a decoded header: an issuer's tokens share one (alg, kid, typ).
+
+        Only small headers whose values are all strings (so a shallow copy,
+        which each VerifiedToken gets, shares nothing mutable); at most
+        ``_MAX_HEADERS``, emptied when full, so no input makes it grow.
+        """
+        if len(text) > _MAX_HEADER_TEXT:
+            return
+        for value in header.values():
+            if type(value) is not str:
+                return
+        headers = self._headers
+        if len(headers) >= _MAX_HEADERS:
+            headers.clear()
+        headers[text] = (header, alg, kid)
 
     def _select(self, claims: Mapping[str, Any], alg: str, kid: str | None) -> _Trust:
         issuer = claims.get("iss")
@@ -467,25 +608,6 @@ class Verifier:
             raise Denied("malformed_token", "the header's kid is not a short string")
         return alg, kid
 
-    def _check_header(
-        self, header: dict[str, Any], alg: str, kid: str | None, algorithms: frozenset[str]
-    ) -> None:
-        if alg not in algorithms:
-            raise Denied(
-                "algorithm_not_allowed",
-                "the token's alg is not allowed",
-                alg=alg[:_MAX_ALG_LENGTH],
-                kid=kid,
-            )
-        if "crit" in header:  # RFC 7515 §4.1.11: we implement no extension
-            raise Denied(
-                "malformed_token", "unsupported critical header parameter", alg=alg, kid=kid
-            )
-        if self._token_type is not None:
-            typ = header.get("typ")
-            if not isinstance(typ, str) or normalise_media_type(typ) != self._token_type:
-                raise Denied("invalid_type", "the token's typ is not accepted", alg=alg, kid=kid)
-
     def _check_claims(
         self,
         claims: dict[str, Any],
@@ -496,80 +618,133 @@ class Verifier:
         *,
         trust: _Trust,
     ) -> VerifiedToken:
-        def deny(reason: str, detail: str) -> Denied:
-            return Denied(reason, detail, alg=alg, kid=kid, claims=claims)
-
+        get = claims.get
         for name in self._required:
-            if claims.get(name) is None:  # a null claim is a missing claim
-                raise deny("missing_claim", f"the token has no {name} claim")
-        for name in ("iss", "sub", "jti"):
-            if name in claims and not isinstance(claims[name], str):
-                raise deny("malformed_token", f"the {name} claim is not a string")
+            if get(name) is None:  # a null claim is a missing claim
+                raise _claim_denied(
+                    "missing_claim", f"the token has no {name} claim", alg, kid, claims
+                )
+        # present (null included) and not a string: malformed.  The claims are the
+        # JSON decoder's, so exact type tests are isinstance tests here.
+        issuer = get("iss")
+        if type(issuer) is not str and "iss" in claims:
+            raise _claim_denied(
+                "malformed_token", "the iss claim is not a string", alg, kid, claims
+            )
+        subject = get("sub")
+        if type(subject) is not str and "sub" in claims:
+            raise _claim_denied(
+                "malformed_token", "the sub claim is not a string", alg, kid, claims
+            )
+        token_id = get("jti")
+        if type(token_id) is not str and "jti" in claims:
+            raise _claim_denied(
+                "malformed_token", "the jti claim is not a string", alg, kid, claims
+            )
         now = self.clock()
         leeway = self._leeway
-        exp = claims.get("exp")
-        if "exp" in claims:
-            if not _is_number(exp):
-                raise deny("malformed_token", "the exp claim is not a number")
+        # NumericDates: JSON numbers (not bools; the decoder refuses non-finite), in range
+        exp: Any = get("exp")
+        if exp is not None or "exp" in claims:
+            if type(exp) not in _NUMBER or not -_MAX_TIME < exp < _MAX_TIME:
+                raise _claim_denied(
+                    "malformed_token", "the exp claim is not a number", alg, kid, claims
+                )
             if exp <= now - leeway:
-                raise deny("expired", "the token has expired")
-        for name in ("nbf", "iat"):
-            value = claims.get(name)
-            if name in claims:
-                if not _is_number(value):
-                    raise deny("malformed_token", f"the {name} claim is not a number")
-                if value > now + leeway:
-                    raise deny("not_yet_valid", f"the token's {name} is in the future")
-        issuer = claims.get("iss")
+                raise _claim_denied("expired", "the token has expired", alg, kid, claims)
+        latest = now + leeway
+        nbf: Any = get("nbf")
+        if nbf is not None or "nbf" in claims:
+            if type(nbf) not in _NUMBER or not -_MAX_TIME < nbf < _MAX_TIME:
+                raise _claim_denied(
+                    "malformed_token", "the nbf claim is not a number", alg, kid, claims
+                )
+            if nbf > latest:
+                raise _claim_denied(
+                    "not_yet_valid", "the token's nbf is in the future", alg, kid, claims
+                )
+        iat: Any = get("iat")
+        if iat is not None or "iat" in claims:
+            if type(iat) not in _NUMBER or not -_MAX_TIME < iat < _MAX_TIME:
+                raise _claim_denied(
+                    "malformed_token", "the iat claim is not a number", alg, kid, claims
+                )
+            if iat > latest:
+                raise _claim_denied(
+                    "not_yet_valid", "the token's iat is in the future", alg, kid, claims
+                )
         if trust.issuers:
             if issuer is None:
-                raise deny("missing_claim", "the token has no iss claim")
+                raise _claim_denied("missing_claim", "the token has no iss claim", alg, kid, claims)
             if issuer not in trust.issuers:
-                raise deny("invalid_issuer", "the token's issuer is not accepted")
-        audience = claims.get("aud")
+                raise _claim_denied(
+                    "invalid_issuer", "the token's issuer is not accepted", alg, kid, claims
+                )
+        audience = get("aud")
         audiences: tuple[str, ...] = ()
         if audience is not None:
-            audiences = (
-                (audience,)
-                if isinstance(audience, str)
-                else tuple(audience)
-                if isinstance(audience, list)
-                else ()
-            )
-            if not audiences or not all(isinstance(a, str) for a in audiences):
-                raise deny("malformed_token", "the aud claim is not a string or a list of strings")
-        if trust.audiences:
-            if audience is None:
-                raise deny("missing_claim", "the token has no aud claim")
+            if type(audience) is str:
+                audiences = (audience,)
+            elif type(audience) is list and audience:
+                audiences = tuple(audience)
+                for item in audiences:
+                    if type(item) is not str:
+                        audiences = ()
+                        break
+            if not audiences:
+                raise _claim_denied(
+                    "malformed_token",
+                    "the aud claim is not a string or a list of strings",
+                    alg,
+                    kid,
+                    claims,
+                )
+            if not trust.audiences:  # RFC 7519 §4.1.3: an audience we are not in is a rejection
+                raise _claim_denied(
+                    "invalid_audience",
+                    "the token has an audience but none is configured",
+                    alg,
+                    kid,
+                    claims,
+                )
             if trust.audiences.isdisjoint(audiences):
-                raise deny("invalid_audience", "the token is not meant for this audience")
-        elif audiences:  # RFC 7519 §4.1.3: an audience we are not in is a rejection
-            raise deny("invalid_audience", "the token has an audience but none is configured")
-        scopes = self.scopes(claims)
-        identity = identity_fields(claims, scopes, alg, kid)
+                raise _claim_denied(
+                    "invalid_audience", "the token is not meant for this audience", alg, kid, claims
+                )
+        elif trust.audiences:
+            raise _claim_denied("missing_claim", "the token has no aud claim", alg, kid, claims)
+        # scopes(), with its common case (a "scope" string and no "scp") first
+        scope = get("scope")
+        if self._scopes_claim is None and type(scope) is str and get("scp") is None:
+            scopes = frozenset(scope.split())
+        else:
+            scopes = self.scopes(claims)
+        identity = verified_identity(subject, issuer, token_id, audiences, scopes, alg, kid)
         # the logged claims are fixed now, from the verified token, once
-        identity["claims"] = copy_claims(claims, self._log_claims)
-        return VerifiedToken(
-            claims=Claims(claims),
-            header=header,
-            fingerprint=fingerprint,
-            scopes=scopes,
-            subject=claims.get("sub"),
-            issuer=issuer,
-            token_id=claims.get("jti"),
-            audience=audiences,
-            expires_at=float(exp) if exp is not None else None,
-            identity=identity,
+        log_claims = self._log_claims
+        identity["claims"] = copy_claims(claims, log_claims) if log_claims else {}
+        return _NewVerifiedToken(  # type: ignore[return-value]  # it is a VerifiedToken now
+            Claims(claims),
+            dict(header),  # its own copy: a decoded header is kept for the next token
+            fingerprint,
+            scopes,
+            subject,
+            issuer,
+            token_id,
+            audiences,
+            None if exp is None else float(exp),
+            identity,
         )
 
     def scopes(self, claims: Mapping[str, Any]) -> frozenset[str]:
         """The token's scopes: ``scopes_claim``, else ``scope`` (space-separated) and ``scp``."""
-        names = (self._scopes_claim,) if self._scopes_claim else ("scope", "scp")
-        scopes: set[str] = set()
-        for name in names:
+        found: list[str] = []
+        for name in self._scope_names:
             value = claims.get(name)
+            if value is None:
+                continue
             if isinstance(value, str):
-                scopes.update(value.split())
+                found += value.split()
             elif isinstance(value, list):
-                scopes.update(v for v in value if isinstance(v, str))
-        return frozenset(scopes)
+                found += [v for v in value if isinstance(v, str)]
+        return frozenset(found)

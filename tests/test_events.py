@@ -18,7 +18,9 @@ from jwt_audit_middleware.events import (
     clean_optional,
     copy_claims,
     fingerprint,
+    identity_fields,
     rfc3339,
+    verified_identity,
 )
 
 # -- clean() ----------------------------------------------------------------
@@ -223,3 +225,61 @@ def test_reason_table_matches_the_contract() -> None:
     for spec in REASONS.values():
         assert spec.description.isprintable()
         assert '"' not in spec.description
+
+
+# -- identity fields ----------------------------------------------------------
+
+AWKWARD = ["alice", "", "a\nb", "\x1b[31m", "é", "\u2028", "x" * 300, "\x00" * 100, "a b"]
+
+
+def verified_shaped_claims() -> list[dict[str, object]]:
+    """Claims of the shapes the verifier accepts: sub/iss/jti strings or absent, aud strings."""
+    cases: list[dict[str, object]] = [{}]
+    for text in AWKWARD:
+        cases.append({"sub": text, "iss": text, "jti": text})
+        cases.append({"sub": text, "aud": text})
+        cases.append({"jti": text, "aud": [text, "api"]})
+    cases.append({"sub": "a", "aud": [f"aud-{i}\n" for i in range(40)]})
+    return cases
+
+
+@pytest.mark.parametrize("claims", verified_shaped_claims())
+@pytest.mark.parametrize(
+    ("scopes", "alg", "kid"),
+    [
+        (frozenset(), "RS256", None),
+        (frozenset({"read", "write"}), "EdDSA", "k1"),
+        (frozenset({"b\n", "a", "x" * 300}), "A" * 40, "\x1b" * 70),
+        (frozenset(f"s{i}" for i in range(40)), "HS256", ""),
+    ],
+)
+def test_verified_identity_is_identity_fields(
+    claims: dict[str, object], scopes: frozenset[str], alg: str, kid: str | None
+) -> None:
+    aud = claims.get("aud")
+    audience = (aud,) if isinstance(aud, str) else tuple(aud) if isinstance(aud, list) else ()
+    fast = verified_identity(
+        claims.get("sub"),  # type: ignore[arg-type]
+        claims.get("iss"),  # type: ignore[arg-type]
+        claims.get("jti"),  # type: ignore[arg-type]
+        audience,
+        scopes,
+        alg,
+        kid,
+    )
+    assert fast == identity_fields(claims, scopes, alg, kid)
+    assert list(fast) == list(identity_fields(claims, scopes, alg, kid))
+
+
+def test_identity_fields_of_unverified_shapes() -> None:
+    """Denials carry claims that failed their checks: anything that is not a string is dropped."""
+    claims = {"sub": 5, "iss": None, "jti": ["x"], "aud": [1, "a\n", None]}
+    assert identity_fields(claims, ["b", "a", "a"], None, None) == {
+        "subject": None,
+        "issuer": None,
+        "token_id": None,
+        "audience": ["a\\x0a"],
+        "scopes": ["a", "b"],
+        "alg": None,
+        "kid": None,
+    }

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
+import itertools
 import json
+import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +19,7 @@ import jwt
 import pytest
 
 from jwt_audit_middleware import Settings
+from jwt_audit_middleware import verifier as verifier_module
 from jwt_audit_middleware.errors import Denied
 from jwt_audit_middleware.events import REASONS, fingerprint
 from jwt_audit_middleware.testing import SigningKey, jwks_document
@@ -698,3 +703,279 @@ def test_out_of_range_numbers_are_malformed(rsa_key: SigningKey) -> None:
         with pytest.raises(Denied) as denied:
             Verifier(Settings(**rsa_key.options())).verify(token, fingerprint(token))
         assert denied.value.reason == "malformed_token"
+
+
+# -- the hand-rolled parsing: the same answers as the library paths it replaced -----
+
+URLSAFE = B64_ALPHABET
+ODD = "+/=!. \n\t\x00\xe9\u2028"
+
+
+def reference_signature(segment: str) -> bytes | None:
+    """What the verifier did before: urlsafe_b64decode, then a re-encode must match."""
+    try:
+        signature = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except ValueError:  # binascii.Error, or a text that is not ASCII
+        return None
+    if base64.urlsafe_b64encode(signature).rstrip(b"=") != segment.encode():
+        return None
+    return signature
+
+
+def lean_signature(segment: str) -> bytes | None:
+    try:
+        return verifier_module._signature_bytes(segment)
+    except ValueError:
+        return None
+
+
+def test_signature_decoding_matches_the_reference_for_every_short_text() -> None:
+    for length in range(4):
+        for chars in itertools.product(URLSAFE + ODD, repeat=length):
+            segment = "".join(chars)
+            assert lean_signature(segment) == reference_signature(segment), segment
+
+
+def test_signature_decoding_matches_the_reference_on_mutated_signatures() -> None:
+    rnd = random.Random(6)
+    for _ in range(5000):
+        text = b64(rnd.randbytes(rnd.choice((32, 33, 34, 64, 256))))
+        assert lean_signature(text) == reference_signature(text) is not None
+        at = rnd.randrange(len(text))
+        mutated = text[:at] + rnd.choice(URLSAFE + ODD) + text[at + 1 :]
+        assert lean_signature(mutated) == reference_signature(mutated), mutated
+        for cut in (text[:-1], text + "=", text + "==", "=" + text, text + "A"):
+            assert lean_signature(cut) == reference_signature(cut), cut
+
+
+@pytest.mark.parametrize(
+    "segment",
+    [
+        "QQ",  # "A": canonical
+        "QR",  # same byte, unused bits set
+        "QUI",  # "AB": canonical
+        "QUJ",  # unused bits set
+        "QUJD",  # no unused bits
+        "QQ==",  # padded
+        "Q",  # 1 more than a multiple of 4
+        "QU+D",  # base64, not base64url
+        "QU/D",
+        "QU D",
+        "QU.D",
+        "QUé",
+        "",
+    ],
+)
+def test_signature_decoding_cases(segment: str) -> None:
+    assert lean_signature(segment) == reference_signature(segment)
+
+
+def test_non_canonical_signature_is_refused_before_the_signature_is_checked(ctx: Ctx) -> None:
+    token = ctx.good()
+    head, signature = token.rsplit(".", 1)
+    verifier = Verifier(Settings(**ctx.rs256()))
+    for bad in (non_canonical(token), f"{token}=", f"{head}.{signature[:-1]}+", f"{token}AAA"):
+        with pytest.raises(Denied) as info:
+            verifier.verify(bad, "sha256:0")
+        assert info.value.reason == "malformed_token"
+        assert info.value.detail == "the signature is not canonical base64url"
+
+
+def test_segment_decoding_matches_urlsafe_b64decode() -> None:
+    rnd = random.Random(7)
+    texts = ["", "e30", "eyJhIjoxfQ", "e30=", "e3 0", "e3é0", "a", "ab-_", "ab+/"]
+    texts += [b64(rnd.randbytes(rnd.randrange(1, 80))) for _ in range(300)]
+    texts += [
+        "".join(rnd.choice(URLSAFE + ODD) for _ in range(rnd.randrange(12))) for _ in range(3000)
+    ]
+    for text in texts:
+        try:
+            expected: bytes | str = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        except ValueError:
+            expected = "ValueError"
+        try:
+            got: bytes | str = verifier_module._b64decode(text)
+        except ValueError:
+            got = "ValueError"
+        assert got == expected, text
+
+
+JSON_TEXTS = [
+    '{"alg":"RS256"}',
+    ' {"alg":"RS256"}',
+    '{"alg":"RS256"} ',
+    '{"alg":"RS256"}\r\n\t ',
+    '{"alg":"RS256"}x',
+    '{"alg":"RS256"} {}',
+    '{"alg":"RS256"}\x0c',  # form feed is not JSON whitespace
+    '{"alg":"RS256","alg":"HS256"}',
+    '{"a":{"b":1,"b":2}}',
+    '{"a": x}',
+    '{"a": [x]}',
+    '{"a": {"b": x}}',
+    '{"a": NaN}',
+    '{"a": -Infinity}',
+    '{"a": 1e999}',
+    '{"a": -1e999}',
+    '{"a": 1.5}',
+    '{"a": "\x01"}',
+    '{"a": "\\ud800"}',
+    "{",
+    "{}",
+    "",
+    " ",
+    "[]",
+    '["a"]',
+    "1",
+    "null",
+    '"{}"',
+    "{" * 100_000,
+    '{"a":' * 100_000,
+]
+
+
+def reference_json(text: str) -> object:
+    """json.loads with the verifier's hooks and its error handling, the way it was."""
+    try:
+        value = verifier_module._decode_json(text)
+    except (ValueError, RecursionError):
+        return "malformed"
+    return value if isinstance(value, dict) else "not an object"
+
+
+@pytest.mark.parametrize("text", JSON_TEXTS, ids=range(len(JSON_TEXTS)))
+def test_json_segments_decode_like_the_json_module(text: str) -> None:
+    segment = b64(text.encode("utf-8", "surrogatepass"))
+    try:
+        got: object = verifier_module._json_object(segment, "header")
+    except Denied as denied:
+        got = (denied.reason, "JSON object" in denied.detail)
+    expected = reference_json(text)
+    if isinstance(expected, str):
+        expected = ("malformed_token", expected == "not an object")
+    assert got == expected
+
+
+def test_json_segment_that_is_not_utf8_is_malformed() -> None:
+    with pytest.raises(Denied) as info:
+        verifier_module._json_object(b64(b'{"a":"\xff"}'), "payload")
+    assert info.value.reason == "malformed_token"
+
+
+@pytest.mark.parametrize("where", ["payload", "signature"])
+def test_non_ascii_after_the_header_is_malformed_not_a_crash(ctx: Ctx, where: str) -> None:
+    """verify() called directly (no extract_token) with a non-ASCII character."""
+    head, payload, signature = ctx.good().split(".")
+    if where == "payload":
+        payload = payload[:-1] + "é"
+    else:
+        signature = signature[:-1] + "é"
+    with pytest.raises(Denied) as info:
+        Verifier(Settings(**ctx.rs256())).verify(f"{head}.{payload}.{signature}", "sha256:0")
+    assert info.value.reason == "malformed_token"
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["a.b.c", "a.b", "a.b.c.d", ".b.c", "a..c", "a.b.", "..", "...", "abc", "", "a.b.c."],
+)
+def test_segment_splitting_matches_split(ctx: Ctx, token: str) -> None:
+    parts = token.split(".")
+    verifier = Verifier(Settings(**ctx.rs256()))
+    with pytest.raises(Denied) as info:
+        verifier.verify(token, "sha256:0")
+    if len(parts) != 3 or not all(parts):
+        assert info.value.detail == "a JWS has three non-empty segments"
+    else:
+        assert info.value.detail != "a JWS has three non-empty segments"
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["Bearer a.b.c", "Bearer a.b.c\u00e9", "Bearer a.b.c\x00", "Bearer a+b.c", "Bearer a.b.c~"],
+)
+def test_extract_token_alphabet_matches_the_regular_expression(value: str) -> None:
+    token = value[7:]
+    expected = re.fullmatch(r"[A-Za-z0-9_\-.]+", token) is not None
+    try:
+        got: object = extract_token([value], 8192) == token
+    except Denied as denied:
+        got = denied.reason
+    assert got == (True if expected else "invalid_request")
+
+
+def test_extract_token_alphabet_random_texts() -> None:
+    rnd = random.Random(8)
+    pool = URLSAFE + ODD + "~`'\"\\,;:"
+    for _ in range(3000):
+        token = "".join(rnd.choice(pool) for _ in range(rnd.randrange(1, 10))).strip(" \t")
+        if not token or " " in token:
+            continue
+        expected = re.fullmatch(r"[A-Za-z0-9_\-.]+", token) is not None
+        try:
+            extract_token([f"Bearer {token}"], 8192)
+            got = True
+        except Denied:
+            got = False
+        assert got == expected, token
+
+
+# -- what is kept between tokens -------------------------------------------------
+
+
+def test_a_decoded_header_is_reused_but_each_token_has_its_own_copy(rsa_key: SigningKey) -> None:
+    verifier = Verifier(Settings(**rsa_key.options()))
+    first_token, second_token = rsa_key.token(sub="a"), rsa_key.token(sub="b")
+    assert first_token.split(".")[0] == second_token.split(".")[0]
+    first = verifier.verify(first_token, fingerprint(first_token))
+    first.header["alg"] = "none"  # an app scribbling on its token
+    first.header["crit"] = ["exp"]
+    second = verifier.verify(second_token, fingerprint(second_token))
+    assert second.header == {"alg": "RS256", "typ": "JWT", "kid": "rs256-1"}
+    assert second.header is not first.header
+    assert second.alg == "RS256"
+
+
+def test_a_reused_header_is_still_checked_against_the_policy(rsa_key: SigningKey) -> None:
+    token = rsa_key.token()
+    lenient = Verifier(Settings(**rsa_key.options()))
+    lenient.verify(token, fingerprint(token))
+    strict = Verifier(Settings(**rsa_key.options(token_type="at+jwt")))
+    for _ in range(2):
+        with pytest.raises(Denied) as info:
+            strict.verify(token, fingerprint(token))
+        assert info.value.reason == "invalid_type"
+
+
+def test_kept_headers_are_bounded(rsa_key: SigningKey) -> None:
+    verifier = Verifier(Settings(**rsa_key.options()))
+    for number in range(300):  # a new header each time (the PEM key has no kid: all verify)
+        token = rsa_key.token(headers={"kid": f"k{number}"})
+        verifier.verify(token, fingerprint(token))
+        assert 0 < len(verifier._headers) <= verifier_module._MAX_HEADERS
+
+
+def test_headers_with_structured_values_are_not_kept(rsa_key: SigningKey) -> None:
+    verifier = Verifier(Settings(**rsa_key.options()))
+    token = rsa_key.token(headers={"x5c": ["abc"], "kid": "rs256-1"})
+    first = verifier.verify(token, fingerprint(token))
+    assert not verifier._headers
+    first.header["x5c"].append("changed")
+    again = verifier.verify(token, fingerprint(token))
+    assert again.header["x5c"] == ["abc"]
+
+
+def test_fast_verified_token_equals_the_dataclass_constructor(rsa_key: SigningKey) -> None:
+    verifier = Verifier(Settings(**rsa_key.options(audience="api", log_claims=["tenant"])))
+    token = rsa_key.token(aud=["api", "x"], scope="b a", tenant="t", iss="https://i")
+    verified = verifier.verify(token, fingerprint(token))
+    assert type(verified) is VerifiedToken
+    rebuilt = VerifiedToken(
+        **{f.name: getattr(verified, f.name) for f in dataclasses.fields(VerifiedToken)}
+    )
+    assert rebuilt == verified
+    assert repr(rebuilt) == repr(verified)
+    assert rebuilt.identity == verified.identity
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        verified.subject = "admin"  # type: ignore[misc]
+    assert not hasattr(verified, "__dict__")  # slots, like the dataclass's own
