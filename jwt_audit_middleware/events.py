@@ -195,14 +195,19 @@ def identity_fields(
         "issuer": clean(issuer) if isinstance(issuer, str) else None,
         "token_id": clean(token_id) if isinstance(token_id, str) else None,
         "audience": [] if audience is None else clean_list(audience),
-        "scopes": [
-            clean(scope)
-            for scope in sorted(frozenset(scopes))[:MAX_LIST_ITEMS]
-            if isinstance(scope, str)
-        ],
+        "scopes": scope_fields(scopes),
         "alg": None if alg is None else clean(alg, 32),
         "kid": None if kid is None else clean(kid, 64),
     }
+
+
+def scope_fields(scopes: Iterable[str]) -> list[str]:
+    """The ``scopes`` of an event: distinct, sorted, at most ``MAX_LIST_ITEMS``, cleaned."""
+    return [
+        clean(scope)
+        for scope in sorted(frozenset(scopes))[:MAX_LIST_ITEMS]
+        if isinstance(scope, str)
+    ]
 
 
 def verified_identity(  # noqa: PLR0917 - the verifier calls it once per first-seen token
@@ -210,22 +215,23 @@ def verified_identity(  # noqa: PLR0917 - the verifier calls it once per first-s
     issuer: str | None,
     token_id: str | None,
     audience: Sequence[str],
-    scopes: frozenset[str],
+    scopes: list[str],
     alg: str,
     kid: str | None,
 ) -> dict[str, Any]:
     """``identity_fields()`` of a token the verifier accepted, from what it checked.
 
     ``sub``, ``iss`` and ``jti`` are strings or absent, ``aud`` is the strings
-    it checked, ``alg`` a string: the same dict as ``identity_fields``, without
-    its type checks.
+    it checked, ``alg`` a string, and ``scopes`` is already ``scope_fields()``
+    (the verifier keeps it per ``scope`` claim): the same dict as
+    ``identity_fields``, without its type checks.
     """
     return {
         "subject": None if subject is None else clean(subject),
         "issuer": None if issuer is None else clean(issuer),
         "token_id": None if token_id is None else clean(token_id),
         "audience": [clean(item) for item in audience[:MAX_LIST_ITEMS]] if audience else [],
-        "scopes": [clean(scope) for scope in sorted(scopes)[:MAX_LIST_ITEMS]] if scopes else [],
+        "scopes": scopes,
         "alg": clean(alg, 32),
         "kid": None if kid is None else clean(kid, 64),
     }
@@ -256,5 +262,6 @@ __all__ = [
     "fingerprint_of_digest",
     "identity_fields",
     "rfc3339",
+    "scope_fields",
     "verified_identity",
 ]

@@ -29,7 +29,7 @@ from cryptography.exceptions import InvalidSignature
 from jwt import exceptions as jwt_errors
 
 from .errors import Denied
-from .events import copy_claims, verified_identity
+from .events import copy_claims, scope_fields, verified_identity
 from .jwks import EmitEvent, KeyRequest, RemoteKeySet, on_event_loop
 from .keys import MAX_KID_LENGTH, KeyRing
 from .settings import Settings, normalise_media_type
@@ -42,6 +42,9 @@ _MAX_ALG_LENGTH = 32
 #: decoded headers kept (Verifier._remember_header), and the longest header text kept
 _MAX_HEADERS = 64
 _MAX_HEADER_TEXT = 512
+#: scope claims kept (Verifier._remember_scopes), and the longest kept
+_MAX_SCOPE_SETS = 64
+_MAX_SCOPE_TEXT = 1024
 
 #: PyJWT's exceptions, each mapped to exactly one reason (most specific first
 #: through the exception's MRO).  Only ``reason_for()`` reads it.
@@ -378,6 +381,8 @@ class Verifier:
         self._log_claims = tuple(settings.log_claims)
         #: decoded headers by their base64url text (see _remember_header)
         self._headers: dict[str, tuple[dict[str, Any], str, str | None]] = {}
+        #: scope claims' scopes and event field, by the claim's text (_remember_scopes)
+        self._scope_sets: dict[str, tuple[frozenset[str], tuple[str, ...]]] = {}
 
     def _trust(
         self,
@@ -581,6 +586,17 @@ class Verifier:
             headers.clear()
         headers[text] = (header, alg, kid)
 
+    def _remember_scopes(self, scope: str) -> tuple[frozenset[str], tuple[str, ...]]:
+        """The scopes of a ``scope`` claim and their event field, kept like headers."""
+        scopes = frozenset(scope.split())
+        known = (scopes, tuple(scope_fields(scopes)))
+        if len(scope) <= _MAX_SCOPE_TEXT:
+            scope_sets = self._scope_sets
+            if len(scope_sets) >= _MAX_SCOPE_SETS:
+                scope_sets.clear()
+            scope_sets[scope] = known
+        return known
+
     def _select(self, claims: Mapping[str, Any], alg: str, kid: str | None) -> _Trust:
         issuer = claims.get("iss")
         alg = alg[:_MAX_ALG_LENGTH]
@@ -713,13 +729,19 @@ class Verifier:
                 )
         elif trust.audiences:
             raise _claim_denied("missing_claim", "the token has no aud claim", alg, kid, claims)
-        # scopes(), with its common case (a "scope" string and no "scp") first
+        # scopes(), with its common case (a "scope" string and no "scp") first: an
+        # issuer's tokens carry a few scope strings, each split and cleaned once
         scope = get("scope")
         if self._scopes_claim is None and type(scope) is str and get("scp") is None:
-            scopes = frozenset(scope.split())
+            known = self._scope_sets.get(scope)
+            if known is None:
+                known = self._remember_scopes(scope)
+            scopes, fields = known
+            scope_list = [*fields]
         else:
             scopes = self.scopes(claims)
-        identity = verified_identity(subject, issuer, token_id, audiences, scopes, alg, kid)
+            scope_list = scope_fields(scopes)
+        identity = verified_identity(subject, issuer, token_id, audiences, scope_list, alg, kid)
         # the logged claims are fixed now, from the verified token, once
         log_claims = self._log_claims
         identity["claims"] = copy_claims(claims, log_claims) if log_claims else {}

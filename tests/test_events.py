@@ -20,6 +20,7 @@ from jwt_audit_middleware.events import (
     fingerprint,
     identity_fields,
     rfc3339,
+    scope_fields,
     verified_identity,
 )
 
@@ -263,7 +264,7 @@ def test_verified_identity_is_identity_fields(
         claims.get("iss"),  # type: ignore[arg-type]
         claims.get("jti"),  # type: ignore[arg-type]
         audience,
-        scopes,
+        scope_fields(scopes),
         alg,
         kid,
     )
@@ -283,3 +284,10 @@ def test_identity_fields_of_unverified_shapes() -> None:
         "alg": None,
         "kid": None,
     }
+
+
+def test_scope_fields_are_distinct_sorted_capped_and_clean() -> None:
+    assert scope_fields(["b", "a", "b"]) == ["a", "b"]
+    assert scope_fields(frozenset({"x\n"})) == ["x\\x0a"]
+    assert scope_fields([]) == []
+    assert len(scope_fields(f"s{i:03}" for i in range(100))) == MAX_LIST_ITEMS

@@ -21,7 +21,7 @@ import pytest
 from jwt_audit_middleware import Settings
 from jwt_audit_middleware import verifier as verifier_module
 from jwt_audit_middleware.errors import Denied
-from jwt_audit_middleware.events import REASONS, fingerprint
+from jwt_audit_middleware.events import REASONS, fingerprint, scope_fields
 from jwt_audit_middleware.testing import SigningKey, jwks_document
 from jwt_audit_middleware.verifier import (
     PYJWT_REASONS,
@@ -979,3 +979,50 @@ def test_fast_verified_token_equals_the_dataclass_constructor(rsa_key: SigningKe
     with pytest.raises(dataclasses.FrozenInstanceError):
         verified.subject = "admin"  # type: ignore[misc]
     assert not hasattr(verified, "__dict__")  # slots, like the dataclass's own
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"scope": "read write read"},
+        {"scope": "  read\twrite\n"},
+        {"scope": ""},
+        {"scope": "a\x1bb c"},
+        {"scope": "read", "scp": ["admin", 5]},
+        {"scope": 5, "scp": ["admin"]},
+        {"scp": "x y"},
+        {},
+    ],
+)
+def test_scopes_and_their_event_field_match_the_general_rule(
+    rsa_key: SigningKey, extra: dict[str, Any]
+) -> None:
+    verifier = Verifier(Settings(**rsa_key.options()))
+    for _ in range(2):  # the second time from what was kept
+        token = rsa_key.token(**extra)
+        verified = verifier.verify(token, fingerprint(token))
+        assert verified.scopes == verifier.scopes(verified.claims)
+        assert verified.identity["scopes"] == scope_fields(verified.scopes)
+
+
+def test_tokens_sharing_a_scope_claim_do_not_share_their_identity_lists(
+    rsa_key: SigningKey,
+) -> None:
+    verifier = Verifier(Settings(**rsa_key.options()))
+    first_token, second_token = rsa_key.token(scope="a b"), rsa_key.token(scope="a b")
+    first = verifier.verify(first_token, fingerprint(first_token))
+    first.identity["scopes"].append("admin")
+    second = verifier.verify(second_token, fingerprint(second_token))
+    assert second.identity["scopes"] == ["a", "b"]
+    assert second.scopes == frozenset({"a", "b"})
+
+
+def test_kept_scope_claims_are_bounded(rsa_key: SigningKey) -> None:
+    verifier = Verifier(Settings(**rsa_key.options()))
+    for number in range(200):
+        token = rsa_key.token(scope=f"s{number}")
+        assert verifier.verify(token, fingerprint(token)).scopes == {f"s{number}"}
+        assert 0 < len(verifier._scope_sets) <= verifier_module._MAX_SCOPE_SETS
+    token = rsa_key.token(scope="x" * 5000)
+    verifier.verify(token, fingerprint(token))
+    assert "x" * 5000 not in verifier._scope_sets
