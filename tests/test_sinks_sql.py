@@ -34,7 +34,7 @@ from test_sinks_jsonl import LOGGER, burst
 
 from jwt_audit_middleware import AuditLogger
 from jwt_audit_middleware.sinks import SQLAuditHandler
-from jwt_audit_middleware.sinks.sql import SCHEMA_VERSION, new_event_ids
+from jwt_audit_middleware.sinks.sql import _STRINGS, SCHEMA_VERSION, event_row, new_event_ids
 from jwt_audit_middleware.testing import SigningKey
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -178,6 +178,41 @@ def test_a_row_the_database_refuses_is_spilled_and_the_rest_stored(tmp_path: Pat
         assert handler.stats()["spilled"] == 1
     finally:
         store.close()
+
+
+def test_event_row_fits_each_column() -> None:
+    """The generated ``event_row`` against the plain reading of ``_STRINGS``."""
+
+    def expected(event: dict[str, Any]) -> tuple[Any, ...]:
+        strings = []
+        for name, length in _STRINGS:
+            value = event.get(name)
+            if value is not None:
+                value = str(value)
+                if len(value) > length:
+                    value = value[: length - 1] + "…"
+            strings.append(value)
+        for kind in (1, 2):  # event, outcome
+            if strings[kind] is None:
+                strings[kind] = "unknown"
+        status, duration = event.get("status"), event.get("duration_ms")
+        return (
+            "id",
+            "when",
+            "INFO",
+            *strings,
+            status if type(status) is int else None,
+            float(duration) if type(duration) in (int, float) else None,
+            json.dumps(event, ensure_ascii=False, separators=(",", ":"), default=str),
+        )
+
+    base = AuditLogger().build_event("access", "allowed", subject="alice", method="GET")
+    odd: list[Any] = [None, "", "x" * 2000, 42, True, 1.5, ["a"], {"k": 1}, b"raw", "é" * 400]
+    for value in odd:
+        for name, _ in _STRINGS:
+            event = {**base, name: value, "status": value, "duration_ms": value}
+            assert event_row(event, "INFO", "id", "when") == expected(event), (name, value)
+    assert event_row({}, "INFO", "id", "when") == expected({})
 
 
 def test_event_ids_are_unique_and_ordered_by_time() -> None:
