@@ -344,8 +344,7 @@ class SQLAuditHandler(BackgroundHandler):
         self._time_as_text = dialect in ("sqlite", "postgresql", "mysql", "mariadb")
         self._insert, self._order = self._insert_statement()
         self._copy = self._copy_statement() if self.engine.driver == "psycopg" else None
-        self._rows_per_statement = 0  # SQLite: known once connected
-        self._sqlite_inserts: dict[int, str] = {}
+        self._multirow: tuple[int, str] | None = None  # SQLite: known once connected
         self._create_private_sqlite_file()
 
     def _create_private_sqlite_file(self) -> None:
@@ -472,23 +471,27 @@ class SQLAuditHandler(BackgroundHandler):
         One statement does the B-tree work of all its rows with the GIL
         released; ``executemany`` releases and takes it back for every row,
         and each time the request threads may keep it for a whole switch
-        interval (5 ms), which starves the writer under load.
+        interval (5 ms), which starves the writer under load.  One statement
+        shape only (plus the one-row INSERT for the rest of a batch), so
+        SQLite's statement cache never holds more than these two.
         """
-        size = self._rows_per_statement
-        if size == 0:
+        if self._multirow is None:
             driver: Any = connection.connection.driver_connection
             limit = 999  # SQLite's default before 3.32; getlimit() is Python 3.11+
             with contextlib.suppress(AttributeError):
                 import sqlite3  # noqa: PLC0415 - a Python without it can still use a server
 
                 limit = driver.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-            size = self._rows_per_statement = max(1, min(500, limit // len(ROW_COLUMNS)))
-        for start in range(0, len(rows), size):
-            chunk = rows[start : start + size]
-            statement = self._sqlite_inserts.get(len(chunk))
-            if statement is None:
-                statement = self._sqlite_inserts[len(chunk)] = self._multirow_insert(len(chunk))
-            connection.exec_driver_sql(statement, tuple(chain.from_iterable(chunk)))
+            size = max(1, min(500, limit // len(ROW_COLUMNS)))
+            self._multirow = (size, self._multirow_insert(size))
+        size, statement = self._multirow
+        whole = len(rows) - len(rows) % size
+        for start in range(0, whole, size):
+            connection.exec_driver_sql(
+                statement, tuple(chain.from_iterable(rows[start : start + size]))
+            )
+        if whole < len(rows):
+            connection.exec_driver_sql(self._insert, rows[whole:])  # executemany
 
     def _multirow_insert(self, count: int) -> str:
         quote = self.engine.dialect.identifier_preparer
