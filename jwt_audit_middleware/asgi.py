@@ -128,7 +128,7 @@ class JWTAuditMiddleware:
                     )
         path: str = scope.get("path", "")
         client = scope.get("client")
-        info = self._reader.read(
+        info = self._reader.info(
             scope.get("method", "GET"),
             path,
             protocol,

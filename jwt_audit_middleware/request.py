@@ -118,7 +118,7 @@ class RequestReader:
         """``info()`` from a CGI-style mapping: a WSGI environ or Django's ``request.META``."""
         forwarding = self.reads_forwarding
         key = self._request_id_key
-        return self.read(
+        return self.info(
             environ.get("REQUEST_METHOD") or "GET",
             path,
             "http",
@@ -130,9 +130,8 @@ class RequestReader:
             environ.get("HTTP_X_FORWARDED_FOR") if forwarding else None,
         )
 
-    def info(
+    def info(  # noqa: PLR0917 - positional on the adapters' hot path
         self,
-        *,
         method: str,
         path: str,
         protocol: str,
@@ -144,31 +143,6 @@ class RequestReader:
         x_forwarded_for: str | None = None,
     ) -> RequestInfo:
         """A ``RequestInfo`` from raw header values (``None`` when absent)."""
-        return self.read(
-            method,
-            path,
-            protocol,
-            peer,
-            user_agent,
-            request_id,
-            started,
-            forwarded,
-            x_forwarded_for,
-        )
-
-    def read(  # noqa: PLR0917 - positional: the adapters' hot path
-        self,
-        method: str,
-        path: str,
-        protocol: str,
-        peer: str | None,
-        user_agent: str | None,
-        request_id: str | None,
-        started: float,
-        forwarded: str | None,
-        x_forwarded_for: str | None,
-    ) -> RequestInfo:
-        """``info()`` with positional arguments, for the adapters' hot path."""
         if request_id is None or not _REQUEST_ID.fullmatch(request_id):
             request_id = new_request_id()
         if self._trusted or peer is None:
