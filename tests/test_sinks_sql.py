@@ -286,6 +286,8 @@ def test_sqlite_uses_wal(tmp_path: Path) -> None:
     with sqlite3.connect(db) as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     assert db.stat().st_mode & 0o777 == 0o600  # subjects and IPs: the owner's only, as JSON lines
+    with handler.engine.connect() as connection:  # a committed batch survives a power cut
+        assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
 
 
 def test_full_queue_blocks_briefly_then_spills_and_counts(tmp_path: Path) -> None:

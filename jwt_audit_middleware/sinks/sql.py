@@ -114,7 +114,7 @@ def normalise_url(url: str | URL) -> URL:
 
 
 def create_audit_engine(url: str | URL, **options: Any) -> Engine:
-    """An engine for the audit store; SQLite files get WAL mode and a busy timeout."""
+    """An engine for the audit store; SQLite files: WAL, synchronous=FULL, a busy timeout."""
     parsed = normalise_url(url)
     options.setdefault("json_serializer", _dumps)
     if parsed.get_backend_name() != "sqlite":
@@ -134,7 +134,10 @@ def create_audit_engine(url: str | URL, **options: Any) -> Engine:
                     # and the checkpoint a write; this makes inserts ~25% cheaper
                     cursor.execute("PRAGMA page_size = 16384")
                     cursor.execute("PRAGMA journal_mode = WAL")
-                    cursor.execute("PRAGMA synchronous = NORMAL")
+                    # FULL: each commit syncs the WAL, so a committed batch survives a
+                    # power cut too; one fsync per batch (of up to batch_size events)
+                    # measured no slower than NORMAL, which syncs at checkpoints only
+                    cursor.execute("PRAGMA synchronous = FULL")
             finally:
                 cursor.close()
 
