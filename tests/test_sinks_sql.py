@@ -251,25 +251,38 @@ def test_times_and_typed_values_as_stored(store: Store) -> None:
     assert (status, duration, kind) == (None, None, "unknown")
 
 
-def test_sqlite_batches_larger_than_one_statement(tmp_path: Path) -> None:
+@pytest.mark.parametrize("isolation", [None, "SERIALIZABLE"])
+def test_sqlite_batches_of_any_size(tmp_path: Path, isolation: str | None) -> None:
+    """A full batch is one statement; others several, plus one-row INSERTs: all stored once."""
     db = tmp_path / "audit.db"
-    handler = SQLAuditHandler(f"sqlite:///{db}")
+    options = {"isolation_level": isolation} if isolation else None
+    handler = SQLAuditHandler(f"sqlite:///{db}", batch_size=500, engine_options=options)
+    statements: list[str] = []
+
+    @sa.event.listens_for(handler.engine, "before_cursor_execute")
+    def count(*args: Any) -> None:
+        if args[2].startswith("INSERT INTO jwt_audit_events "):
+            statements.append(args[2])
+
     try:
         event = AuditLogger().build_event("login_succeeded", "allowed", subject="alice")
         records = [
             logging.makeLogRecord({"jwt_audit": {**event, "request_id": f"r{i}"}})
-            for i in range(1234)
+            for i in range(1734)
         ]
         rows = handler.prepare(records)
-        handler.write_batch(rows)
-        handler.write_batch(rows[600:])  # a retry of part of it
+        handler.write_batch(rows[:500])  # a full batch: one statement
+        assert len(statements) == 1
+        handler.write_batch(rows[500:])  # 1234 rows: 500 + 500 + 125 + 62 + 47 one by one
+        assert len(statements) == 6
+        handler.write_batch(rows[1100:])  # a retry of part of it
     finally:
         handler.close()
     with sqlite3.connect(db) as connection:
         stored = connection.execute(
             "SELECT count(*), count(DISTINCT request_id) FROM jwt_audit_events"
         )
-        assert stored.fetchone() == (1234, 1234)
+        assert stored.fetchone() == (1734, 1734)
         # a new store gets 16 KiB pages: a row is ~1 KiB
         assert connection.execute("PRAGMA page_size").fetchone() == (16384,)
 

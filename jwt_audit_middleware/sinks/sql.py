@@ -335,7 +335,14 @@ class SQLAuditHandler(BackgroundHandler):
             block_timeout=block_timeout,
             close_timeout=close_timeout,
         )
-        self.engine = create_audit_engine(url, **(engine_options or {}))
+        options = dict(engine_options or {})
+        if normalise_url(url).get_backend_name() == "sqlite":
+            # a batch that is one statement is then its own transaction (see
+            # _insert_sqlite); set once per connection, since changing it later
+            # empties sqlite3's statement cache
+            options.setdefault("isolation_level", "AUTOCOMMIT")
+        self.engine = create_audit_engine(url, **options)
+        self._autocommit = options.get("isolation_level") == "AUTOCOMMIT"
         self.table_name = table
         self.metadata, self.table, self.version_table = event_tables(table)
         self._max_retry_delay = max_retry_delay
@@ -347,7 +354,8 @@ class SQLAuditHandler(BackgroundHandler):
         self._time_as_text = dialect in ("sqlite", "postgresql", "mysql", "mariadb")
         self._insert, self._order = self._insert_statement()
         self._copy = self._copy_statement() if self.engine.driver == "psycopg" else None
-        self._multirow: tuple[int, str] | None = None  # SQLite: known once connected
+        self._sizes: list[int] | None = None  # SQLite: rows per multi-row INSERT
+        self._multirow: dict[int, str] = {}  # and its statement for each size
         self._create_private_sqlite_file()
 
     def _create_private_sqlite_file(self) -> None:
@@ -454,47 +462,88 @@ class SQLAuditHandler(BackgroundHandler):
 
     def _write_insert(self, rows: list[tuple[Any, ...]]) -> None:
         """The INSERT that skips stored ``event_id`` values, in one transaction."""
+        if self.engine.dialect.name == "sqlite":
+            self._insert_sqlite(rows)
+            return
+        order = self._order
+        parameters: Any
+        if order is None:
+            parameters = [dict(zip(ROW_COLUMNS, row, strict=True)) for row in rows]
+        elif order == tuple(range(len(ROW_COLUMNS))):
+            parameters = rows
+        else:
+            parameters = [tuple(row[i] for i in order) for row in rows]
         with self.engine.begin() as connection:
-            if self.engine.dialect.name == "sqlite":
-                self._insert_sqlite(connection, rows)
-                return
-            order = self._order
-            parameters: Any
-            if order is None:
-                parameters = [dict(zip(ROW_COLUMNS, row, strict=True)) for row in rows]
-            elif order == tuple(range(len(ROW_COLUMNS))):
-                parameters = rows
-            else:
-                parameters = [tuple(row[i] for i in order) for row in rows]
             connection.exec_driver_sql(self._insert, parameters)  # the driver's executemany
 
-    def _insert_sqlite(self, connection: sa.Connection, rows: list[tuple[Any, ...]]) -> None:
-        """SQLite: hundreds of rows per INSERT statement instead of one per row.
+    def _insert_sqlite(self, rows: list[tuple[Any, ...]]) -> None:
+        """SQLite: a whole batch in one INSERT statement, when it can be.
 
-        One statement does the B-tree work of all its rows with the GIL
-        released; ``executemany`` releases and takes it back for every row,
-        and each time the request threads may keep it for a whole switch
-        interval (5 ms), which starves the writer under load.  One statement
-        shape only (plus the one-row INSERT for the rest of a batch), so
-        SQLite's statement cache never holds more than these two.
+        SQLite does a statement's work with the GIL released, and the writer
+        must take the GIL back after each statement, which costs up to a
+        switch interval (5 ms) while request threads run Python; so a batch
+        is as few statements as possible (``executemany`` would be one per
+        row).  A full batch (``batch_size`` rows, within SQLite's variable
+        limit) is one statement, which on the autocommit connection is its own
+        transaction: no BEGIN and COMMIT to wait for.  Other batches are split
+        into statements of a few fixed sizes (halving from the full one down
+        to 32 rows, so SQLite's statement cache holds a handful of shapes)
+        plus one-row INSERTs for the rest, in one transaction.
         """
-        if self._multirow is None:
-            driver: Any = connection.connection.driver_connection
-            limit = 999  # SQLite's default before 3.32; getlimit() is Python 3.11+
-            with contextlib.suppress(AttributeError):
-                import sqlite3  # noqa: PLC0415 - a Python without it can still use a server
+        pieces: list[tuple[str, tuple[Any, ...]]] = []
+        start, count = 0, len(rows)
+        for size in self._sqlite_sizes():
+            while count - start >= size:
+                statement = self._multirow.get(size)
+                if statement is None:
+                    statement = self._multirow[size] = self._multirow_insert(size)
+                pieces.append((statement, tuple(chain.from_iterable(rows[start : start + size]))))
+                start += size
+        with self.engine.connect() as connection:
+            if not self._autocommit:  # engine_options chose another isolation level
+                with connection.begin():
+                    self._execute_pieces(connection, pieces, rows[start:])
+            elif len(pieces) == 1 and start == count:
+                connection.exec_driver_sql(*pieces[0])
+            else:
+                connection.exec_driver_sql("BEGIN")
+                try:
+                    self._execute_pieces(connection, pieces, rows[start:])
+                    connection.exec_driver_sql("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sa_exc.SQLAlchemyError):
+                        connection.exec_driver_sql("ROLLBACK")
+                    raise
 
-                limit = driver.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-            size = max(1, min(500, limit // len(ROW_COLUMNS)))
-            self._multirow = (size, self._multirow_insert(size))
-        size, statement = self._multirow
-        whole = len(rows) - len(rows) % size
-        for start in range(0, whole, size):
-            connection.exec_driver_sql(
-                statement, tuple(chain.from_iterable(rows[start : start + size]))
-            )
-        if whole < len(rows):
-            connection.exec_driver_sql(self._insert, rows[whole:])  # executemany
+    def _execute_pieces(
+        self,
+        connection: sa.Connection,
+        pieces: list[tuple[str, tuple[Any, ...]]],
+        rest: list[tuple[Any, ...]],
+    ) -> None:
+        for statement, parameters in pieces:
+            connection.exec_driver_sql(statement, parameters)
+        if rest:
+            connection.exec_driver_sql(self._insert, rest)  # executemany
+
+    def _sqlite_sizes(self) -> list[int]:
+        """Rows per multi-row INSERT: the full batch (within the limit), halved down to 32."""
+        if self._sizes is None:
+            limit = 999  # SQLite's default before 3.32; getlimit() is Python 3.11+
+            import sqlite3  # noqa: PLC0415 - a Python without it can still use a server
+
+            with (
+                contextlib.closing(sqlite3.connect(":memory:")) as probe,
+                contextlib.suppress(AttributeError),
+            ):
+                limit = probe.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+            size = max(1, min(self.batch_size, 2048, limit // len(ROW_COLUMNS)))
+            sizes = [size]
+            while size // 2 >= 32:
+                size //= 2
+                sizes.append(size)
+            self._sizes = sizes
+        return self._sizes
 
     def _multirow_insert(self, count: int) -> str:
         quote = self.engine.dialect.identifier_preparer
