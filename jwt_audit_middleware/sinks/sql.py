@@ -287,10 +287,11 @@ _TRANSIENT = (
 class SQLAuditHandler(BackgroundHandler):
     """A logging handler that stores audit events in a SQL database.
 
-    ``url`` is a SQLAlchemy URL: ``sqlite:///audit.db`` (embedded, WAL mode),
-    ``postgresql://user:pw@host/db`` (psycopg 3) or ``mysql://...`` (PyMySQL,
-    also for MariaDB).  Records without an audit event (``record.jwt_audit``),
-    such as tracebacks on ``jwt_audit.internal``, are not stored.
+    ``url`` is a SQLAlchemy URL: ``sqlite:///audit.db`` (embedded, WAL mode,
+    ``synchronous=FULL``), ``postgresql://user:pw@host/db`` (psycopg 3; batches go
+    in with ``COPY``) or ``mysql://...`` (PyMySQL, also for MariaDB).  Records
+    without an audit event (``record.jwt_audit``), such as tracebacks on
+    ``jwt_audit.internal``, are not stored.
 
     Rows are inserted by a background thread in batches of ``batch_size``, at
     least every ``flush_interval`` seconds.  The queue holds ``queue_size``
@@ -309,7 +310,9 @@ class SQLAuditHandler(BackgroundHandler):
     everything queued, waiting up to ``close_timeout`` seconds for an outage to
     end, and spills what is still left.
 
-    ``engine_options`` go to ``sqlalchemy.create_engine``.
+    ``engine_options`` go to ``sqlalchemy.create_engine`` (for SQLite the
+    default ``isolation_level`` is ``"AUTOCOMMIT"``: a full batch is one
+    statement, hence its own transaction; the others get an explicit one).
     """
 
     def __init__(
