@@ -59,17 +59,15 @@ class JWTUser(BaseUser):
         return f"JWTUser(subject={self.token.subject!r})"
 
 
-def attach(scope: Scope, token: VerifiedToken | None, verdict: Verdict | None = None) -> None:
-    """Place ``token`` where Starlette and ``get_claims()`` look for it."""
+def attach(scope: Scope, verdict: Verdict) -> None:
+    """Place the verdict's token where Starlette and ``get_claims()`` look for it."""
+    token = verdict.token
     scope[SCOPE_KEY] = token
-    if token is None:
+    if token is None:  # anonymous, on an optional path
         scope["user"] = UnauthenticatedUser()
         scope["auth"] = AuthCredentials()
         return
     scope["user"] = JWTUser(token)
-    if verdict is None:
-        scope["auth"] = AuthCredentials(sorted(token.scopes))
-        return
     scopes = verdict.sorted_scopes
     if scopes is None:  # sorted once per verdict (a cached token's is shared)
         scopes = verdict.sorted_scopes = tuple(sorted(token.scopes))
@@ -161,7 +159,7 @@ class JWTAuditMiddleware:
             scope.setdefault("auth", AuthCredentials())
             scope.setdefault(SCOPE_KEY, None)
         else:
-            attach(scope, verdict.token, verdict)
+            attach(scope, verdict)
         if verdict.outcome == WOULD_DENY:
             await self.app(scope, receive, send)
             return

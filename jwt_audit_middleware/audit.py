@@ -84,7 +84,6 @@ def make_record(
     level: int,
     args: tuple[Any, ...],
     extra: dict[str, Any] | None,
-    template: dict[str, Any] | None = None,
     *,
     now: float | None = None,
 ) -> logging.LogRecord:
@@ -99,14 +98,9 @@ def make_record(
         return logger.makeRecord(
             logger.name, level, __file__, 0, _MESSAGE, args, None, "emit", extra
         )
-    template = template or _TEMPLATES.get((logger.name, level)) or _template(logger.name, level)
-    return _record(template, args, time.time() if now is None else now, extra)
-
-
-def _record(
-    template: dict[str, Any], args: tuple[Any, ...], now: float, extra: dict[str, Any] | None
-) -> logging.LogRecord:
-    """``make_record()``'s work for the default factory: one dict, copied and filled."""
+    if now is None:
+        now = time.time()
+    template = _TEMPLATES.get((logger.name, level)) or _template(logger.name, level)
     fields = template.copy()  # copy-and-set: cheaper than a ``{**template, ...}`` display
     fields["args"] = args
     fields["created"] = now
@@ -174,7 +168,6 @@ class AuditLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
     ) -> None:
         super().__init__(logger or _logger, dict(extra or {}))
         self.log_claims = log_claims
-        self._templates: dict[int, dict[str, Any]] = {}
 
     def process(
         self, msg: Any, kwargs: MutableMapping[str, Any]
@@ -204,15 +197,8 @@ class AuditLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
                 event.get("subject"),
                 event.get("request_id"),
             )
-        if self.extra or logging.getLogRecordFactory() is not logging.LogRecord:
-            extra = {**(self.extra or {}), RECORD_ATTRIBUTE: event}
-            record = make_record(logger, level, args, extra, now=now)
-        else:
-            template = self._templates.get(level)
-            if template is None or template["name"] != logger.name:
-                template = self._templates[level] = _record_template(logger.name, level)
-            record = _record(template, args, time.time() if now is None else now, None)
-            record.__dict__[RECORD_ATTRIBUTE] = event
+        extra = {**self.extra, RECORD_ATTRIBUTE: event} if self.extra else {RECORD_ATTRIBUTE: event}
+        record = make_record(logger, level, args, extra, now=now)
         if logger.filters:
             logger.handle(record)
         else:  # what handle() does after its filters (isEnabledFor checked ``disabled``)

@@ -176,7 +176,7 @@ class Gate:
     def evaluate(self, path: str, authorization: list[str]) -> Verdict:
         """Everything but the revocation hook: path rules, token, claims, scopes."""
         paths = self.paths
-        kind = paths.kind(path) if paths.has_rules else REQUIRED
+        kind = paths.kind(path)
         if kind == EXEMPT:
             return self._exempt
         cache = self.cache
