@@ -7,8 +7,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from jwks_server import JWKSServer
 
-from jwt_audit_middleware.testing import CapturedEvents, SigningKey, capture_events
+from jwt_audit_middleware.testing import CapturedEvents, SigningKey, capture_events, jwks_document
 
 ALGORITHMS = ("HS256", "RS256", "ES256", "EdDSA")
 
@@ -31,6 +32,14 @@ def rsa_key(keys: dict[str, SigningKey]) -> SigningKey:
 def other_rsa_key() -> SigningKey:
     """A second RS256 key with the same kid: signs forgeries."""
     return SigningKey.generate("RS256", kid="rs256-1")
+
+
+@pytest.fixture
+def server(rsa_key: SigningKey) -> Iterator[JWKSServer]:
+    """A JWKS endpoint on 127.0.0.1 serving ``rsa_key``'s public key."""
+    jwks = JWKSServer(jwks_document(rsa_key))
+    yield jwks
+    jwks.close()
 
 
 @pytest.fixture

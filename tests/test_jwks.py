@@ -39,13 +39,6 @@ def stranger() -> SigningKey:
 
 
 @pytest.fixture
-def server(rsa_key: SigningKey) -> Iterator[JWKSServer]:
-    jwks = JWKSServer(jwks_document(rsa_key))
-    yield jwks
-    jwks.close()
-
-
-@pytest.fixture
 def closing() -> Iterator[list[Any]]:
     """Middlewares built by a test: their refresh threads are stopped afterwards."""
     built: list[Any] = []

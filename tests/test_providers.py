@@ -31,13 +31,6 @@ def partner_rsa() -> SigningKey:
 
 
 @pytest.fixture
-def server(rsa_key: SigningKey) -> Iterator[JWKSServer]:
-    jwks = JWKSServer(jwks_document(rsa_key))
-    yield jwks
-    jwks.close()
-
-
-@pytest.fixture
 def gate(server: JWKSServer, keys: dict[str, SigningKey]) -> Iterator[Gate]:
     """Corporate IdP: RS256 from a JWKS URL; partner: ES256 from a static JWKS."""
     settings = Settings(
