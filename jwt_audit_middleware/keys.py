@@ -24,7 +24,6 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt import get_algorithm_by_name
 from jwt.algorithms import (
-    Algorithm,
     ECAlgorithm,
     HMACAlgorithm,
     OKPAlgorithm,
@@ -196,15 +195,11 @@ class KeyRing:
         "_single",
         "algorithms",
         "keys",
-        "verifiers",
     )
 
     def __init__(self, keys: Sequence[VerificationKey], algorithms: Iterable[str]) -> None:
         self.keys = tuple(keys)
         self.algorithms = frozenset(algorithms)
-        self.verifiers: Mapping[str, Algorithm] = {
-            alg: get_algorithm_by_name(alg) for alg in self.algorithms
-        }
         by_kid: dict[tuple[str, str], tuple[VerificationKey, ...]] = {}
         anonymous: dict[str, tuple[VerificationKey, ...]] = {}
         keyed_per_alg: dict[str, list[VerificationKey]] = {}
