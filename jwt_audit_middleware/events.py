@@ -184,21 +184,23 @@ def identity_fields(
     claims: Mapping[str, Any], scopes: Iterable[str], alg: str | None, kid: str | None
 ) -> dict[str, Any]:
     """The token-derived fields of an event, cleaned (from verified claims only)."""
-    # clean_optional / clean_list inlined (a denial event builds one per request)
     get = claims.get
-    subject = get("sub")
-    issuer = get("iss")
-    token_id = get("jti")
-    audience = get("aud")
-    return {
-        "subject": clean(subject) if isinstance(subject, str) else None,
-        "issuer": clean(issuer) if isinstance(issuer, str) else None,
-        "token_id": clean(token_id) if isinstance(token_id, str) else None,
-        "audience": [] if audience is None else clean_list(audience),
-        "scopes": scope_fields(scopes),
-        "alg": None if alg is None else clean(alg, 32),
-        "kid": None if kid is None else clean(kid, 64),
-    }
+    subject, issuer, token_id, audience = get("sub"), get("iss"), get("jti"), get("aud")
+    if isinstance(audience, str):
+        audience = [audience]
+    elif isinstance(audience, (list, tuple)):
+        audience = [item for item in audience if isinstance(item, str)]
+    else:
+        audience = ()
+    return verified_identity(
+        subject if isinstance(subject, str) else None,
+        issuer if isinstance(issuer, str) else None,
+        token_id if isinstance(token_id, str) else None,
+        audience,
+        scope_fields(scopes),
+        alg,
+        kid,
+    )
 
 
 def scope_fields(scopes: Iterable[str]) -> list[str]:
@@ -216,15 +218,14 @@ def verified_identity(  # noqa: PLR0917 - the verifier calls it once per first-s
     token_id: str | None,
     audience: Sequence[str],
     scopes: list[str],
-    alg: str,
+    alg: str | None,
     kid: str | None,
 ) -> dict[str, Any]:
-    """``identity_fields()`` of a token the verifier accepted, from what it checked.
+    """The token-derived fields of an event from values already of the right types.
 
-    ``sub``, ``iss`` and ``jti`` are strings or absent, ``aud`` is the strings
-    it checked, ``alg`` a string, and ``scopes`` is already ``scope_fields()``
-    (the verifier keeps it per ``scope`` claim): the same dict as
-    ``identity_fields``, without its type checks.
+    The verifier calls it once per accepted token with what it checked (``aud``
+    as the strings it compared, ``scopes`` already ``scope_fields()``), so it
+    skips ``identity_fields``' type checks; each string is cleaned here.
     """
     return {
         "subject": None if subject is None else clean(subject),
@@ -232,7 +233,7 @@ def verified_identity(  # noqa: PLR0917 - the verifier calls it once per first-s
         "token_id": None if token_id is None else clean(token_id),
         "audience": [clean(item) for item in audience[:MAX_LIST_ITEMS]] if audience else [],
         "scopes": scopes,
-        "alg": clean(alg, 32),
+        "alg": None if alg is None else clean(alg, 32),
         "kid": None if kid is None else clean(kid, 64),
     }
 
