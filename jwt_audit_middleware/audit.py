@@ -76,6 +76,12 @@ def _record_template(name: str, level: int) -> dict[str, Any]:
         "threadName": None,
         "process": None,
         "processName": None,
+        # set on every record; present here so that setting them never grows the dict
+        "args": None,
+        "created": None,
+        "msecs": None,
+        "relativeCreated": None,
+        RECORD_ATTRIBUTE: None,
     }
 
 
@@ -83,29 +89,43 @@ def make_record(
     logger: logging.Logger,
     level: int,
     args: tuple[Any, ...],
-    extra: dict[str, Any] | None,
+    event: dict[str, Any],
+    extra: Mapping[str, Any] | None = None,
     *,
     now: float | None = None,
 ) -> logging.LogRecord:
-    """A ``LogRecord`` for an audit event, without ``Logger.log``'s stack walk.
+    """The ``LogRecord`` of an audit event, without ``Logger.log``'s stack walk.
 
-    With the default record factory the record's attributes are one dict
-    built from a per-level template (a genuine ``LogRecord``, a fraction of the
-    cost of its ``__init__``); with a custom factory (OpenTelemetry installs one
-    to add trace ids) the factory builds it, so whatever it adds survives.
+    ``event`` becomes ``record.jwt_audit``; ``extra`` (the adapter's) adds
+    attributes beside it.  With the default record factory the record's
+    attributes are one dict copied from a per-level template (a genuine
+    ``LogRecord``, a fraction of the cost of its ``__init__``); with a custom
+    factory (OpenTelemetry installs one to add trace ids) the factory builds
+    it, so whatever it adds survives.
     """
     if logging.getLogRecordFactory() is not logging.LogRecord:
         return logger.makeRecord(
-            logger.name, level, __file__, 0, _MESSAGE, args, None, "emit", extra
+            logger.name,
+            level,
+            __file__,
+            0,
+            _MESSAGE,
+            args,
+            None,
+            "emit",
+            {**extra, RECORD_ATTRIBUTE: event} if extra else {RECORD_ATTRIBUTE: event},
         )
     if now is None:
         now = time.time()
     template = _TEMPLATES.get((logger.name, level)) or _template(logger.name, level)
     fields = template.copy()  # copy-and-set: cheaper than a ``{**template, ...}`` display
+    if extra:
+        fields.update(extra)
     fields["args"] = args
     fields["created"] = now
     fields["msecs"] = (now * 1000) % 1000
     fields["relativeCreated"] = now * 1000 - _RELATIVE_OFFSET_MS
+    fields[RECORD_ATTRIBUTE] = event
     if logging.logThreads:
         try:
             fields["thread"], fields["threadName"] = _this_thread.ident_and_name
@@ -119,8 +139,6 @@ def make_record(
         fields["process"] = _PROCESS[0]
     if logging.logMultiprocessing:
         fields["processName"] = _PROCESS[1]
-    if extra:
-        fields.update(extra)
     record = _new_record(logging.LogRecord)
     record.__dict__ = fields
     return record
@@ -197,8 +215,7 @@ class AuditLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
                 event.get("subject"),
                 event.get("request_id"),
             )
-        extra = {**self.extra, RECORD_ATTRIBUTE: event} if self.extra else {RECORD_ATTRIBUTE: event}
-        record = make_record(logger, level, args, extra, now=now)
+        record = make_record(logger, level, args, event, self.extra, now=now)
         if logger.filters:
             logger.handle(record)
         else:  # what handle() does after its filters (isEnabledFor checked ``disabled``)
