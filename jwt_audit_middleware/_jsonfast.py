@@ -31,7 +31,8 @@ stdlib_dumps: Callable[[Any], str] = json.JSONEncoder(
     ensure_ascii=False, separators=(",", ":"), default=str
 ).encode
 
-_NONE = type(None)
+#: Types both encoders render alike, whatever the value.
+_SCALARS = frozenset((str, int, bool, type(None)))
 _MAX_FLOAT = 1.7976931348623157e308
 _MAX_DEPTH = 8
 
@@ -40,17 +41,17 @@ def _plain(values: Iterable[Any], depth: int) -> bool:
     """Whether every value, all the way down, renders the same in orjson and the stdlib."""
     for value in values:
         kind = type(value)
-        if kind is str or kind is _NONE or kind is int or kind is bool:
+        if kind in _SCALARS:
             continue
         if kind is float:
             # NaN fails both comparisons, the infinities the first
             if not (1e-4 <= abs(value) <= _MAX_FLOAT or value == 0):
                 return False
         elif kind is list or kind is tuple:
-            if depth >= _MAX_DEPTH or not _plain(value, depth + 1):
+            if value and (depth >= _MAX_DEPTH or not _plain(value, depth + 1)):
                 return False
         elif kind is dict:
-            if depth >= _MAX_DEPTH or not _plain(value.values(), depth + 1):
+            if value and (depth >= _MAX_DEPTH or not _plain(value.values(), depth + 1)):
                 return False
         else:
             return False
