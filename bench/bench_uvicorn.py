@@ -4,7 +4,7 @@
 
 Serves the same small Starlette app twice on 127.0.0.1, once bare and once
 behind ``JWTAuditMiddleware`` (valid tokens, audit events on, written as JSON
-lines to a file by ``JSONLinesHandler`` off the request thread), and loads each
+lines to a file by ``JSONLinesHandler``), and loads each
 with ``wrk`` (Debian package ``wrk``) for a bounded time.  Rounds alternate the two
 servers so drift on a shared machine hits both; the table shows the median
 requests/s and the ratio.  Only loopback addresses are ever targeted.

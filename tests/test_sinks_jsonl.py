@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from jwt_audit_middleware import AuditLogger, JSONFormatter, JWTAuditMiddleware
+from jwt_audit_middleware import AuditLogger, JWTAuditMiddleware
 from jwt_audit_middleware.sinks import JSONLinesHandler
 from jwt_audit_middleware.testing import SigningKey
 
@@ -207,27 +207,21 @@ def test_several_processes_append_and_rotate(tmp_path: Path) -> None:
     assert set(subjects) == {f"p{n}-{i}" for n in range(4) for i in range(1500)}
 
 
-class StallOnWriter(logging.Formatter):
-    """A formatter that makes the background writer (only) wait: a slow disk."""
+class SlowDisk(JSONLinesHandler):
+    """A handler whose background writes (only) wait: a stalled disk."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.go = threading.Event()
-        self.json = JSONFormatter()
+        super().__init__(*args, **kwargs)
 
-    def format(self, record: logging.LogRecord) -> str:
-        if threading.current_thread().name.startswith("jwt-audit-"):
-            self.go.wait(30)
-        return self.json.format(record)
+    def write_batch(self, prepared: bytes) -> None:
+        self.go.wait(30)
+        super().write_batch(prepared)
 
 
 def test_full_queue_blocks_briefly_then_writes_through(tmp_path: Path, attach: Any) -> None:
     path = tmp_path / "audit.jsonl"
-    handler = JSONLinesHandler(
-        path, queue_size=20, batch_size=5, flush_interval=0.01, block_timeout=0.05
-    )
-    stall = StallOnWriter()
-    handler.setFormatter(stall)
+    handler = SlowDisk(path, queue_size=20, batch_size=5, flush_interval=0.01, block_timeout=0.05)
     attach(handler)
     audit = AuditLogger()
     started = time.perf_counter()
@@ -238,11 +232,44 @@ def test_full_queue_blocks_briefly_then_writes_through(tmp_path: Path, attach: A
     assert elapsed < 2.0
     spilled = handler.stats()["spilled"]
     assert 150 <= spilled < 200
-    stall.go.set()
+    handler.go.set()
     handler.close()
     events = read_lines(path)
     assert sorted(e["subject"] for e in events) == sorted(f"user{i}" for i in range(200))
     assert handler.stats()["written"] + handler.stats()["spilled"] == 200
+
+
+def test_a_line_is_the_event_as_it_was_logged(tmp_path: Path, attach: Any) -> None:
+    """Formatted when logged: a later change to the event dict does not reach the file."""
+    path = tmp_path / "audit.jsonl"
+    handler = attach(JSONLinesHandler(path, flush_interval=0.01))
+    event = AuditLogger().login_succeeded("alice")
+    event["subject"] = "mallory"
+    handler.flush()
+    assert [e["subject"] for e in read_lines(path)] == ["alice"]
+
+
+class Broken(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        raise RuntimeError("formatter bug")
+
+
+def test_a_failing_formatter_is_reported_and_the_event_still_written(
+    tmp_path: Path, attach: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    handler = JSONLinesHandler(path, flush_interval=0.01)
+    handler.setFormatter(Broken())
+    attach(handler)
+    AuditLogger().login_failed("bob", "bad_password")
+    handler.flush()
+    (event,) = read_lines(path)
+    assert (event["event"], event["subject"], event["reason"]) == (
+        "login_failed",
+        "bob",
+        "bad_password",
+    )
+    assert "formatter bug" in capsys.readouterr().err  # logging's handleError report
 
 
 def test_records_after_close_are_written_not_lost(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """Logging handlers that keep the audit trail: a JSON-lines file and a SQL table.
 
 Both write on a background thread, in batches, and flush on ``close()`` and at
-process exit; the request thread only enqueues the record.  ``SQLAuditHandler``
+process exit; the request thread only queues the event (``JSONLinesHandler``
+formats its line first).  ``SQLAuditHandler``
 is imported on first use, so the JSON-lines handler (and the rest of the
 package) never loads SQLAlchemy.  Both can be named by dotted path in
 ``logging.config.dictConfig`` / Django's ``LOGGING``::

@@ -1,9 +1,9 @@
 """The machinery both sinks share: a bounded queue drained by a background thread.
 
-``BackgroundHandler.emit()`` is all the request thread pays: one ``deque``
-append (and, once per batch, waking the writer).  Formatting and I/O happen on
-the writer thread, in batches.  What happens when the queue is full is a
-policy, not an accident:
+``BackgroundHandler.emit()`` is all the request thread pays: ``enqueued()``
+(what the queue keeps for a record) and one ``deque`` append (and, once per
+batch, waking the writer).  I/O happens on the writer thread, in batches.
+What happens when the queue is full is a policy, not an accident:
 
 1. the request thread waits up to ``block_timeout`` seconds for room;
 2. if there is still none, the record is *spilled*: written at once, on the
@@ -66,9 +66,10 @@ class _Marker:
 class BackgroundHandler(logging.Handler):
     """A ``logging.Handler`` whose writes happen on one background thread, in batches.
 
-    Subclasses implement ``write_batch(records)`` (raise to have the batch kept
-    and retried, see ``retry``) and ``spill(records)`` (the last resort: write
-    synchronously somewhere local).
+    Subclasses implement ``write_batch(prepared)`` (raise to have the batch
+    kept and retried, see ``retryable``) and ``spill(items)`` (the last resort:
+    write synchronously somewhere local), and may override ``enqueued(record)``,
+    what the queue keeps for a record (by default the record itself).
     """
 
     #: How long ``close()`` waits for the writer before spilling what is left.
@@ -144,28 +145,31 @@ class BackgroundHandler(logging.Handler):
         """Enqueue ``record`` for the writer thread: the whole per-event cost."""
         if self._thread is None or self._closed:
             if self._closed:  # a late record: written at once rather than lost
-                self.spill([self._prepare(record)])
+                self.spill([self.enqueued(record)])
                 self._count_spilled(1)
                 return
             self._start()
-        if not hasattr(record, RECORD_ATTRIBUTE):
-            record = self._prepare(record)
+        item = self.enqueued(record)
         queue = self._queue
         if len(queue) >= self.queue_size:
-            self._full(record)
+            self._full(item)
             return
-        queue.append(record)
+        queue.append(item)
         if len(queue) >= self.batch_size and not self._wake.is_set():
             self._wake.set()
 
-    def _prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        """Freeze a plain log record's message, as ``QueueHandler`` does."""
-        if record.args:
+    def enqueued(self, record: logging.LogRecord) -> Any:
+        """What the queue keeps for ``record``; runs on the logging thread.
+
+        The default keeps the record itself, freezing a plain record's message
+        as ``QueueHandler`` does (an audit record's event is already final).
+        """
+        if record.args and not hasattr(record, RECORD_ATTRIBUTE):
             record.msg = record.getMessage()
             record.args = None
         return record
 
-    def _full(self, record: logging.LogRecord) -> None:
+    def _full(self, item: Any) -> None:
         if not self._spilling:
             self._wake.set()
             with self._room:
@@ -173,7 +177,7 @@ class BackgroundHandler(logging.Handler):
                     lambda: len(self._queue) < self.queue_size, timeout=self.block_timeout
                 )
             if len(self._queue) < self.queue_size:
-                self._queue.append(record)
+                self._queue.append(item)
                 return
             if not self._spilling:
                 self._spilling = True
@@ -183,7 +187,7 @@ class BackgroundHandler(logging.Handler):
                     self.queue_size,
                     self.spill_target(),
                 )
-        self.spill([record])
+        self.spill([item])
         self._count_spilled(1)
 
     def _count_spilled(self, count: int) -> None:
@@ -192,9 +196,9 @@ class BackgroundHandler(logging.Handler):
 
     # -- the writer thread ------------------------------------------------------
 
-    def _take(self) -> tuple[list[logging.LogRecord], list[_Marker]]:
+    def _take(self) -> tuple[list[Any], list[_Marker]]:
         queue = self._queue
-        batch: list[logging.LogRecord] = []
+        batch: list[Any] = []
         markers: list[_Marker] = []
         while queue and len(batch) < self.batch_size:
             item = queue.popleft()
@@ -225,7 +229,7 @@ class BackgroundHandler(logging.Handler):
             if closing:
                 return
 
-    def _deliver(self, batch: list[logging.LogRecord]) -> bool:
+    def _deliver(self, batch: list[Any]) -> bool:
         """Write one batch, retrying with backoff; False if closing ran out of time."""
         delay = 0.05
         failing = False
@@ -271,18 +275,18 @@ class BackgroundHandler(logging.Handler):
 
     # -- hooks for subclasses --------------------------------------------------------
 
-    def prepare(self, records: list[logging.LogRecord]) -> Any:
-        """Turn a batch into what ``write_batch`` writes; called once per batch."""
-        return records
+    def prepare(self, items: list[Any]) -> Any:
+        """Turn a batch of ``enqueued()`` items into what ``write_batch`` writes (once)."""
+        return items
 
     def write_batch(self, prepared: Any) -> None:
         """Write a prepared batch; raise to have it kept and retried as it is."""
         raise NotImplementedError
 
-    def write_individually(self, records: list[logging.LogRecord], prepared: Any) -> None:
+    def write_individually(self, items: list[Any], prepared: Any) -> None:
         """After a non-retryable batch failure: the default spills the batch."""
-        self.spill(records)
-        self._count_spilled(len(records))
+        self.spill(items)
+        self._count_spilled(len(items))
 
     def retryable(self, exc: Exception) -> bool:
         """Whether a failed batch should be retried (the default: always)."""
@@ -295,8 +299,8 @@ class BackgroundHandler(logging.Handler):
     def idle(self) -> None:
         """Called on the writer thread when the queue is empty."""
 
-    def spill(self, records: list[logging.LogRecord]) -> None:
-        """Write ``records`` synchronously, somewhere local: the last resort."""
+    def spill(self, items: list[Any]) -> None:
+        """Write ``enqueued()`` items synchronously, somewhere local: the last resort."""
         raise NotImplementedError
 
     def spill_target(self) -> str:

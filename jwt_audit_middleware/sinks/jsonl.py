@@ -40,8 +40,8 @@ _BACKUP_SUFFIX = re.compile(r"\.\d{8}T\d{6}Z(?:-\d+)?$")
 class JSONLinesHandler(BackgroundHandler):
     """A logging handler that appends one JSON object per line to ``path``.
 
-    Lines are ``JSONFormatter`` output (or the formatter you set).  Records are
-    queued by the request thread and written by a background thread in batches
+    Lines are ``JSONFormatter`` output (or the formatter you set), formatted as
+    the event is logged, queued, and written by a background thread in batches
     of up to ``batch_size`` lines, at least every ``flush_interval`` seconds.
 
     Rotation: ``max_bytes`` (size; 0 = off) and/or ``when`` (``"S"``, ``"M"``,
@@ -217,22 +217,33 @@ class JSONLinesHandler(BackgroundHandler):
             if self.fsync == "batch":
                 os.fsync(fd)
 
-    def _encode(self, records: list[logging.LogRecord]) -> bytes:
-        return "".join([self.line(record) + "\n" for record in records]).encode(
-            "utf-8", "backslashreplace"
-        )
+    def enqueued(self, record: logging.LogRecord) -> str:
+        """The record's finished line, formatted on the logging thread.
 
-    def prepare(self, records: list[logging.LogRecord]) -> bytes:
-        """The batch's lines, formatted once (a retry writes the same bytes)."""
-        return self._encode(records)
+        Formatting here rather than on the writer costs the request thread about
+        2 µs, and saves more than that in all: the writer would read each record
+        from another core's cache and take the GIL from the event loop to do it.
+        A formatter that raises is reported (``handleError``) and the line is
+        ``JSONFormatter``'s instead: the event is not lost.
+        """
+        try:
+            line = self.line(record)
+        except Exception:  # noqa: BLE001 - a custom formatter's bug must not lose the event
+            self.handleError(record)
+            line = self._json.format(record)
+        return line + "\n"
+
+    def prepare(self, items: list[str]) -> bytes:
+        """The batch's lines as one ``bytes`` (a retry writes the same bytes)."""
+        return "".join(items).encode("utf-8", "backslashreplace")
 
     def write_batch(self, prepared: bytes) -> None:
         """Append the batch's lines with one ``write()``."""
         self._write(prepared)
 
-    def spill(self, records: list[logging.LogRecord]) -> None:
+    def spill(self, items: list[str]) -> None:
         """Append the lines at once, on the calling thread; stderr if the file fails."""
-        data = self._encode(records)
+        data = self.prepare(items)
         try:
             self._write(data)
         except OSError as exc:

@@ -658,7 +658,7 @@ class SQLAuditHandler(BackgroundHandler):
             if self._spill_handler is None:
                 self._spill_handler = JSONLinesHandler(self.spill_path)
             handler = self._spill_handler
-        handler.spill(records)
+        handler.spill([handler.enqueued(record) for record in records])
 
     def spill_target(self) -> str:
         """The spill file."""
