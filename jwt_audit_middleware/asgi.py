@@ -30,10 +30,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 _RESPONSE_STARTS = frozenset(("http.response.start", "websocket.http.response.start"))
 
 
-async def _dropped() -> None:
-    """What awaiting a dropped message does: nothing."""
-
-
 class JWTUser(BaseUser):
     """``request.user`` for a verified token (Starlette's ``BaseUser``)."""
 
@@ -169,24 +165,25 @@ class JWTAuditMiddleware:
             return
 
         # The access event is emitted when the response starts, with its status.
-        # ``audited_send`` is a plain function returning ``send``'s awaitable (or
-        # the challenge's): no coroutine of its own for each message it passes on.
+        # (Inlined rather than a method: one coroutine less per request.)
         audit = self._audit
         emitted = False
         replaced = False  # the app's response is being replaced by a late denial's challenge
 
-        def audited_send(message: Message) -> Awaitable[None]:
+        async def audited_send(message: Message) -> None:
             nonlocal emitted, verdict, replaced
             if emitted:
-                # once the challenge has replaced the response, the app's body is dropped
-                return _dropped() if replaced else send(message)
+                if not replaced:
+                    await send(message)
+                return  # the challenge body has been sent; drop the app's body
             kind = message["type"]
             late = scope.get(LATE_DENIAL_KEY)
             if late is not None and kind in ("http.response.start", "websocket.close"):
                 verdict = self._gate.late_denial(verdict, late) or verdict
                 if not verdict.allow:
                     emitted = replaced = True
-                    return self._deny(scope, receive, send, verdict, info, connected=True)
+                    await self._deny(scope, receive, send, verdict, info, connected=True)
+                    return
             if kind in _RESPONSE_STARTS:
                 status: int | None = message["status"]
             elif kind == "websocket.accept":
@@ -194,10 +191,13 @@ class JWTAuditMiddleware:
             elif kind == "websocket.close":
                 status = 403  # closed before accept: servers answer 403
             else:
-                return send(message)
+                await send(message)
+                return
             emitted = True
-            audit.request_event(verdict, info, status)
-            return send(message)
+            try:
+                await send(message)
+            finally:
+                audit.request_event(verdict, info, status)
 
         try:
             await self.app(scope, receive, audited_send)
