@@ -165,7 +165,10 @@ class JWTAuditMiddleware:
             return
 
         # The access event is emitted when the response starts, with its status.
-        # (Inlined rather than a method: one coroutine less per request.)
+        # (Inlined rather than a method: one coroutine less per request.)  It stays
+        # a coroutine function: Channels' sync consumers check that before wrapping
+        # it with async_to_sync, and its effects must happen when a message is
+        # awaited, not when the app merely creates the awaitable.
         audit = self._audit
         emitted = False
         replaced = False  # the app's response is being replaced by a late denial's challenge

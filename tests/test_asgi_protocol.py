@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import inspect
 from typing import Any
 
 import pytest
@@ -13,7 +16,8 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from jwt_audit_middleware import JWTAuditMiddleware
-from jwt_audit_middleware.testing import CapturedEvents, SigningKey
+from jwt_audit_middleware.request import deny_request
+from jwt_audit_middleware.testing import CapturedEvents, SigningKey, asgi_request
 
 pytestmark = pytest.mark.anyio
 Message = dict[str, Any]
@@ -245,3 +249,39 @@ async def test_websocket_client_gone_before_connect(
     assert sent == []
     event = events.only()
     assert (event["reason"], event["status"]) == ("missing_token", None)
+
+
+async def test_the_app_gets_a_coroutine_function_as_send(rsa_key: SigningKey) -> None:
+    """Django Channels' sync consumers wrap ``send`` in ``async_to_sync``, which checks."""
+    seen: list[bool] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(inspect.iscoroutinefunction(send))
+        await echo_app(scope, receive, send)
+
+    middleware = JWTAuditMiddleware(app, **rsa_key.options())
+    response = await asgi_request(
+        middleware, "/", headers={"Authorization": f"Bearer {rsa_key.token()}"}
+    )
+    assert response.status == 204
+    assert seen == [True]
+
+
+@pytest.mark.parametrize("late_denial", [False, True])
+async def test_a_send_the_app_never_awaits_still_gives_one_event(
+    rsa_key: SigningKey, events: CapturedEvents, late_denial: bool
+) -> None:
+    """The wrapper acts when its send is awaited: a cancelled send sends and logs nothing."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if late_denial:
+            deny_request(scope, "insufficient_scope")
+        task = asyncio.ensure_future(send({"type": "http.response.start", "status": 200}))
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    middleware = JWTAuditMiddleware(app, **rsa_key.options())
+    await asgi_request(middleware, "/", headers={"Authorization": f"Bearer {rsa_key.token()}"})
+    (event,) = events
+    assert (event["event"], event["status"]) == ("access", None)  # nothing was sent
