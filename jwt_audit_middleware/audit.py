@@ -144,6 +144,9 @@ def make_record(
     return record
 
 
+#: What an adapter's ``extra`` may not set: the record's own attributes and the event.
+_RESERVED = frozenset((*_record_template("", 0), "message", "asctime"))
+
 #: Per thread, its id and name, read once: a thread renamed after its first
 #: audit event keeps its first name in later records.
 _this_thread = threading.local()
@@ -184,7 +187,11 @@ class AuditLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         *,
         log_claims: tuple[str, ...] = (),
     ) -> None:
-        super().__init__(logger or _logger, dict(extra or {}))
+        extra = dict(extra or {})
+        clash = _RESERVED.intersection(extra)
+        if clash:  # Logger.makeRecord refuses these too, but only when a record is made
+            raise ValueError(f"extra cannot replace LogRecord attributes: {sorted(clash)}")
+        super().__init__(logger or _logger, extra)
         self.log_claims = log_claims
 
     def process(

@@ -86,6 +86,12 @@ def test_process_merges_a_calls_extra_with_the_adapters(
     assert adapter.extra == {"service": "billing", "env": "prod"}
 
 
+@pytest.mark.parametrize("name", ["msg", "levelno", "name", "created", "message", "jwt_audit"])
+def test_an_adapter_extra_cannot_replace_record_attributes_or_the_event(name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        AuditLogger(logging.getLogger("tests.audit.reserved"), {name: "forged"})
+
+
 def test_process_returns_message_and_merged_kwargs() -> None:
     adapter = AuditLogger(logging.getLogger("tests.audit.process"), {"a": 1})
     msg, kwargs = adapter.process("m", {"extra": {"b": 2}, "stacklevel": 2})
