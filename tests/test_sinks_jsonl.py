@@ -272,6 +272,23 @@ def test_a_failing_formatter_is_reported_and_the_event_still_written(
     assert "formatter bug" in capsys.readouterr().err  # logging's handleError report
 
 
+def test_an_event_nothing_can_format_is_reported_never_raised(
+    tmp_path: Path, attach: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    handler = JSONLinesHandler(path, flush_interval=0.01)
+    handler.setFormatter(Broken())
+    attach(handler)
+    looped: dict[str, Any] = {"event": "app_event"}
+    looped["self"] = looped  # JSON has no way to write this
+    audit = AuditLogger()
+    audit.emit(looped)  # the app's call returns as with any logging handler
+    audit.login_succeeded("alice")
+    handler.flush()
+    assert [e["subject"] for e in read_lines(path)] == ["alice"]
+    assert "Circular reference" in capsys.readouterr().err
+
+
 def test_records_after_close_are_written_not_lost(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     handler = JSONLinesHandler(path)

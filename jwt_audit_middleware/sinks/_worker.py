@@ -143,13 +143,17 @@ class BackgroundHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         """Enqueue ``record`` for the writer thread: the whole per-event cost."""
+        try:
+            item = self.enqueued(record)
+        except Exception:  # noqa: BLE001 - logging never raises into the app
+            self.handleError(record)
+            return
         if self._thread is None or self._closed:
             if self._closed:  # a late record: written at once rather than lost
-                self.spill([self.enqueued(record)])
+                self.spill([item])
                 self._count_spilled(1)
                 return
             self._start()
-        item = self.enqueued(record)
         queue = self._queue
         if len(queue) >= self.queue_size:
             self._full(item)

@@ -224,7 +224,9 @@ class JSONLinesHandler(BackgroundHandler):
         2 µs, and saves more than that in all: the writer would read each record
         from another core's cache and take the GIL from the event loop to do it.
         A formatter that raises is reported (``handleError``) and the line is
-        ``JSONFormatter``'s instead: the event is not lost.
+        ``JSONFormatter``'s instead: the event is not lost.  Should that fail too
+        (an app's own event holding something ``str()`` refuses), ``emit``
+        reports the record and drops it, as any logging handler does.
         """
         try:
             line = self.line(record)
