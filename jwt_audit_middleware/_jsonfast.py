@@ -59,21 +59,21 @@ def _plain(values: Iterable[Any], depth: int) -> bool:
 
 
 _encode: Callable[[Any], bytes] | None
-_Refused: type[Exception]
 try:
     import orjson
 except ImportError:  # the optional extra is not installed
-    _encode, _Refused = None, TypeError
+    _encode = None
 else:
-    _encode, _Refused = orjson.dumps, orjson.JSONEncodeError
+    _encode = orjson.dumps
 
 
 def orjson_dumps(value: Any) -> str:
     """``stdlib_dumps(value)``, computed by orjson when that gives the same text."""
-    if _encode is not None and type(value) is dict and _plain(value.values(), 0):
+    if _encode is not None and type(value) is dict:
         try:
-            return _encode(value).decode()
-        except _Refused:
+            if _plain(value.values(), 0):
+                return _encode(value).decode()
+        except TypeError:  # orjson refused it (JSONEncodeError), or a type is unhashable
             pass
     return stdlib_dumps(value)
 

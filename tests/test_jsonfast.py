@@ -70,6 +70,18 @@ class Point:
     x: int
 
 
+class _EqualityOnly(type):  # noqa: PLW1641 - unhashable on purpose
+    """A metaclass with ``__eq__`` and no ``__hash__``: its classes cannot be hashed."""
+
+    def __eq__(cls, other: object) -> bool:
+        return cls is other
+
+
+class Unhashable(metaclass=_EqualityOnly):
+    def __str__(self) -> str:
+        return "unhashable type"
+
+
 class Custom:
     def __str__(self) -> str:
         return "custom\u2028value"
@@ -105,6 +117,7 @@ TRICKY: list[Any] = [
     b"bytes",
     {1, 2},
     Custom(),
+    Unhashable(),
     # subclasses of JSON types
     Tag("tag"),
     Count(7),
