@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from jwt_audit_middleware import AuditLogger, JWTAuditMiddleware
+from jwt_audit_middleware import AuditLogger, JSONFormatter, JWTAuditMiddleware
 from jwt_audit_middleware.sinks import JSONLinesHandler
 from jwt_audit_middleware.testing import SigningKey
 
@@ -287,6 +287,45 @@ def test_an_event_nothing_can_format_is_reported_never_raised(
     handler.flush()
     assert [e["subject"] for e in read_lines(path)] == ["alice"]
     assert "Circular reference" in capsys.readouterr().err
+
+
+class OneAtATime(logging.Formatter):
+    """Counts how many threads are inside ``format`` at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inside = self.peak = 0
+        self.json = JSONFormatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        self.inside += 1
+        self.peak = max(self.peak, self.inside)
+        time.sleep(0.001)  # lets another thread in, were there no lock
+        self.inside -= 1
+        return self.json.format(record)
+
+
+def test_a_custom_formatter_runs_under_the_handler_lock(tmp_path: Path, attach: Any) -> None:
+    """As ``logging.Handler.handle`` would run it: formatters need not be thread-safe."""
+    path = tmp_path / "audit.jsonl"
+    handler = JSONLinesHandler(path, flush_interval=0.01)
+    formatter = OneAtATime()
+    handler.setFormatter(formatter)
+    attach(handler)
+    audit = AuditLogger()
+
+    def log_some(n: int) -> None:
+        for i in range(20):
+            audit.login_succeeded(f"t{n}-{i}")
+
+    threads = [threading.Thread(target=log_some, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    handler.flush()
+    assert len(read_lines(path)) == 160
+    assert formatter.peak == 1
 
 
 def test_records_after_close_are_written_not_lost(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ import weakref
 from collections import deque
 from typing import Any
 
-from jwt_audit_middleware.audit import RECORD_ATTRIBUTE, JSONFormatter
+from jwt_audit_middleware.audit import RECORD_ATTRIBUTE
 
 #: Problems of the sinks themselves; not under "jwt_audit", so they never loop back.
 sink_logger = logging.getLogger("jwt_audit_middleware.sinks")
@@ -95,7 +95,6 @@ class BackgroundHandler(logging.Handler):
         self.flush_interval = flush_interval
         self.block_timeout = block_timeout
         self.close_timeout = close_timeout
-        self._json = JSONFormatter()
         self._counters = {"written": 0, "spilled": 0, "retries": 0, "failed_batches": 0}
         self._init_state()
         _live.add(self)
@@ -313,10 +312,6 @@ class BackgroundHandler(logging.Handler):
 
     def release_resources(self) -> None:
         """Close files and connections (after the writer has stopped)."""
-
-    def line(self, record: logging.LogRecord) -> str:
-        """The JSON line of a record (the handler's formatter, or ``JSONFormatter``)."""
-        return (self.formatter or self._json).format(record)
 
     # -- flush, close, stats ------------------------------------------------------------
 
