@@ -5,7 +5,10 @@
 Every stack is called directly (ASGI ``await app(scope, receive, send)``, WSGI
 ``app(environ, start_response)``) on the same tokens, after a warm-up; each figure
 is the median over several batches of the per-request time minus the same
-framework's time without authentication (its "overhead").  Our figures include
+framework's time without authentication (its "overhead").  The batches of all
+stacks of one algorithm are interleaved, so a burst of load on a shared machine
+hits them alike and the ratios hold, and each starts after a full garbage
+collection, so it pays for its own garbage only.  Our figures include
 building and emitting the audit event into a logging handler that queues it,
 as the sinks do on the request thread.
 
@@ -23,6 +26,7 @@ import argparse
 import asyncio
 import base64
 import collections
+import gc
 import hashlib
 import hmac
 import logging
@@ -136,23 +140,34 @@ class _Empty:
 _EMPTY = _Empty()
 
 
-def per_request(run: Callable[[int], Any], n: int, batches: int) -> float:
-    """Median µs per request over ``batches`` runs of ``n`` (after a warm-up)."""
-    is_async = asyncio.iscoroutinefunction(run)
+def per_request(
+    runs: dict[str, tuple[Callable[[int], Any], int]], batches: int
+) -> dict[str, float]:
+    """Median µs per request of each ``name: (run, n)``, batches interleaved.
+
+    After a warm-up of each, batch 1 of every run, then batch 2 of every run, and
+    so on: a burst of load on a shared machine hits every stack alike, so the
+    ratios of one run hold even when its absolute figures move.
+    """
     loop = asyncio.new_event_loop()
 
-    def once(count: int) -> float:
+    def once(run: Callable[[int], Any], count: int) -> float:
         start = time.perf_counter()
-        if is_async:
+        if asyncio.iscoroutinefunction(run):
             loop.run_until_complete(run(count))
         else:
             run(count)
         return (time.perf_counter() - start) / count * 1e6
 
-    once(max(50, n // 10))
-    figures = [once(n) for _ in range(batches)]
+    for run, n in runs.values():
+        once(run, max(50, n // 10))
+    figures: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(batches):
+        for name, (run, n) in runs.items():
+            gc.collect()  # each batch pays for its own garbage, not the previous stack's
+            figures[name].append(once(run, n))
     loop.close()
-    return statistics.median(figures)
+    return {name: statistics.median(values) for name, values in figures.items()}
 
 
 # -- the apps: bare, ours, peers --------------------------------------------------
@@ -461,62 +476,24 @@ def main() -> int:
         first_seen = [key.token(claims, expires_in=3600) for _ in range(fresh_count)]
         n_fast = int(20_000 * scale)
         n_peer = int(2000 * scale)
-        b = args.batches
         print(f"measuring {alg} ...", file=sys.stderr)
 
-        record("crypto floor (raw verify)", "-", alg, per_request(floor(key, valid), n_fast, b))
-        record(
-            "PyJWT jwt.decode, prepared key",
-            "-",
-            alg,
-            per_request(pyjwt_decode(key, valid), n_peer, b),
-        )
-
-        record(
-            "jwt_audit Verifier.verify",
-            "first-seen",
-            alg,
-            per_request(verify_first_seen(key, first_seen), len(first_seen), b),
-        )
-
-        bare_a = per_request(asgi_caller(bare_asgi, [valid]), n_fast, b)
         ours_a = JWTAuditMiddleware(bare_asgi, **verify_options(key))
-        record(
-            "jwt_audit ASGI",
-            "cache hit",
-            alg,
-            per_request(asgi_caller(ours_a, [valid]), n_fast, b) - bare_a,
-        )
         fresh_a = JWTAuditMiddleware(bare_asgi, **key.options(cache_size=0))
-        record(
-            "jwt_audit ASGI",
-            "first-seen",
-            alg,
-            per_request(asgi_caller(fresh_a, first_seen), len(first_seen), b) - bare_a,
-        )
-        record(
-            "jwt_audit ASGI",
-            "denied (exp)",
-            alg,
-            per_request(asgi_caller(ours_a, [expired]), n_peer, b) - bare_a,
-        )
-
-        bare_w = per_request(wsgi_caller(bare_wsgi, [valid]), n_fast, b)
         ours_w = JWTAuditWSGIMiddleware(bare_wsgi, **verify_options(key))
-        record(
-            "jwt_audit WSGI",
-            "cache hit",
-            alg,
-            per_request(wsgi_caller(ours_w, [valid]), n_fast, b) - bare_w,
-        )
         fresh_w = JWTAuditWSGIMiddleware(bare_wsgi, **key.options(cache_size=0))
-        record(
-            "jwt_audit WSGI",
-            "first-seen",
-            alg,
-            per_request(wsgi_caller(fresh_w, first_seen), len(first_seen), b) - bare_w,
-        )
-
+        runs: dict[str, tuple[Callable[[int], Any], int]] = {
+            "floor": (floor(key, valid), n_fast),
+            "pyjwt": (pyjwt_decode(key, valid), n_peer),
+            "verify first-seen": (verify_first_seen(key, first_seen), len(first_seen)),
+            "bare asgi": (asgi_caller(bare_asgi, [valid]), n_fast),
+            "asgi hit": (asgi_caller(ours_a, [valid]), n_fast),
+            "asgi first-seen": (asgi_caller(fresh_a, first_seen), len(first_seen)),
+            "asgi denied": (asgi_caller(ours_a, [expired]), n_peer),
+            "bare wsgi": (wsgi_caller(bare_wsgi, [valid]), n_fast),
+            "wsgi hit": (wsgi_caller(ours_w, [valid]), n_fast),
+            "wsgi first-seen": (wsgi_caller(fresh_w, first_seen), len(first_seen)),
+        }
         peers: list[tuple[str, Any, Callable[..., Any]]] = [
             ("Starlette AuthenticationMiddleware+PyJWT", starlette_apps(key), asgi_caller),
             ("FastAPI HTTPBearer+PyJWT", fastapi_apps(key), asgi_caller),
@@ -524,16 +501,34 @@ def main() -> int:
             ("DRF + simplejwt", drf_apps(key), wsgi_caller),
         ]
         for name, apps, caller in peers:
-            if apps is None:
-                record(name, "valid", alg, None)
-                record(name, "denied (exp)", alg, None)
-                continue
-            plain, secured = apps
-            base = per_request(caller(plain, [valid]), n_peer, b)
-            record(name, "valid", alg, per_request(caller(secured, [valid]), n_peer, b) - base)
-            record(
-                name, "denied (exp)", alg, per_request(caller(secured, [expired]), n_peer, b) - base
-            )
+            if apps is not None:
+                plain, secured = apps
+                runs[f"{name} plain"] = (caller(plain, [valid]), n_peer)
+                runs[f"{name} valid"] = (caller(secured, [valid]), n_peer)
+                runs[f"{name} denied"] = (caller(secured, [expired]), n_peer)
+        us = per_request(runs, args.batches)
+
+        record("crypto floor (raw verify)", "-", alg, us["floor"])
+        record("PyJWT jwt.decode, prepared key", "-", alg, us["pyjwt"])
+        record("jwt_audit Verifier.verify", "first-seen", alg, us["verify first-seen"])
+        ours = {
+            ("jwt_audit ASGI", "bare asgi"): {
+                "cache hit": "asgi hit",
+                "first-seen": "asgi first-seen",
+                "denied (exp)": "asgi denied",
+            },
+            ("jwt_audit WSGI", "bare wsgi"): {
+                "cache hit": "wsgi hit",
+                "first-seen": "wsgi first-seen",
+            },
+        }
+        for (stack, bare), scenarios in ours.items():
+            for scenario, run_name in scenarios.items():
+                record(stack, scenario, alg, us[run_name] - us[bare])
+        for name, apps, _ in peers:
+            for scenario, measured in (("valid", "valid"), ("denied (exp)", "denied")):
+                value = None if apps is None else us[f"{name} {measured}"] - us[f"{name} plain"]
+                record(name, scenario, alg, value)
 
     print_table(rows)
     return 0
