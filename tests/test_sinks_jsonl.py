@@ -254,13 +254,20 @@ class Broken(logging.Formatter):
         raise RuntimeError("formatter bug")
 
 
-def test_a_failing_formatter_is_reported_and_the_event_still_written(
-    tmp_path: Path, attach: Any, capsys: pytest.CaptureFixture[str]
-) -> None:
+@pytest.fixture
+def broken_formatter(tmp_path: Path, attach: Any) -> tuple[Path, JSONLinesHandler]:
+    """A JSON-lines handler (and its file) whose own formatter always raises."""
     path = tmp_path / "audit.jsonl"
     handler = JSONLinesHandler(path, flush_interval=0.01)
     handler.setFormatter(Broken())
     attach(handler)
+    return path, handler
+
+
+def test_a_failing_formatter_is_reported_and_the_event_still_written(
+    broken_formatter: tuple[Path, JSONLinesHandler], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, handler = broken_formatter
     AuditLogger().login_failed("bob", "bad_password")
     handler.flush()
     (event,) = read_lines(path)
@@ -273,12 +280,9 @@ def test_a_failing_formatter_is_reported_and_the_event_still_written(
 
 
 def test_an_event_nothing_can_format_is_reported_never_raised(
-    tmp_path: Path, attach: Any, capsys: pytest.CaptureFixture[str]
+    broken_formatter: tuple[Path, JSONLinesHandler], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = tmp_path / "audit.jsonl"
-    handler = JSONLinesHandler(path, flush_interval=0.01)
-    handler.setFormatter(Broken())
-    attach(handler)
+    path, handler = broken_formatter
     looped: dict[str, Any] = {"event": "app_event"}
     looped["self"] = looped  # JSON has no way to write this
     audit = AuditLogger()
