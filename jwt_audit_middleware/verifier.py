@@ -669,26 +669,17 @@ class Verifier:
             if exp <= now - leeway:
                 raise _claim_denied("expired", "the token has expired", alg, kid, claims)
         latest = now + leeway
-        nbf: Any = get("nbf")
-        if nbf is not None or "nbf" in claims:
-            if type(nbf) not in _NUMBER or not -_MAX_TIME < nbf < _MAX_TIME:
-                raise _claim_denied(
-                    "malformed_token", "the nbf claim is not a number", alg, kid, claims
-                )
-            if nbf > latest:
-                raise _claim_denied(
-                    "not_yet_valid", "the token's nbf is in the future", alg, kid, claims
-                )
-        iat: Any = get("iat")
-        if iat is not None or "iat" in claims:
-            if type(iat) not in _NUMBER or not -_MAX_TIME < iat < _MAX_TIME:
-                raise _claim_denied(
-                    "malformed_token", "the iat claim is not a number", alg, kid, claims
-                )
-            if iat > latest:
-                raise _claim_denied(
-                    "not_yet_valid", "the token's iat is in the future", alg, kid, claims
-                )
+        for name in ("nbf", "iat"):  # neither may lie in the future
+            stamp: Any = get(name)
+            if stamp is not None or name in claims:
+                if type(stamp) not in _NUMBER or not -_MAX_TIME < stamp < _MAX_TIME:
+                    raise _claim_denied(
+                        "malformed_token", f"the {name} claim is not a number", alg, kid, claims
+                    )
+                if stamp > latest:
+                    raise _claim_denied(
+                        "not_yet_valid", f"the token's {name} is in the future", alg, kid, claims
+                    )
         if trust.issuers:
             if issuer is None:
                 raise _claim_denied("missing_claim", "the token has no iss claim", alg, kid, claims)
