@@ -3,7 +3,10 @@
     python bench/bench_sinks.py [--events 50000]
 
 Request thread: median ns of ``handler.handle(record)`` (what the logger calls
-per event) over batches, the writer running.  Sustained: events emitted through
+per event) over batches, the writer running.  In a request: what attaching the
+sink adds to a cached ``JWTAuditMiddleware`` request in one event loop, until its
+event is written (the writer thread shares the GIL with the loop); batches with
+and without the sink alternate.  Sustained: events emitted through
 ``AuditLogger.emit`` as fast as one thread can, until the handler has written
 them all (``close()``), divided by the wall time.  PostgreSQL / MariaDB rows run
 when ``JWTAUDIT_TEST_POSTGRES_URL`` / ``JWTAUDIT_TEST_MARIADB_URL`` are set.
@@ -12,6 +15,7 @@ when ``JWTAUDIT_TEST_POSTGRES_URL`` / ``JWTAUDIT_TEST_MARIADB_URL`` are set.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import statistics
@@ -22,11 +26,13 @@ from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
+from bench_inprocess import asgi_caller, bare_asgi
 
-from jwt_audit_middleware import AuditLogger
+from jwt_audit_middleware import AuditLogger, JWTAuditMiddleware
 from jwt_audit_middleware.audit import make_record
 from jwt_audit_middleware.sinks import JSONLinesHandler, SQLAuditHandler
 from jwt_audit_middleware.sinks._worker import BackgroundHandler
+from jwt_audit_middleware.testing import SigningKey
 
 EVENT: dict[str, Any] = {
     "schema": "jwt-audit/1",
@@ -67,6 +73,36 @@ def request_thread_ns(handler: BackgroundHandler, rounds: int = 7, batch: int = 
         medians.append((time.perf_counter_ns() - started) / batch)
     handler.drain(120)
     return statistics.median(medians)
+
+
+def in_a_request(handler: BackgroundHandler, requests: int = 10_000, rounds: int = 7) -> float:
+    """µs the sink adds to a cached ASGI request, its writer's work included."""
+    key = SigningKey.generate("HS256", kid="bench")
+    run = asgi_caller(JWTAuditMiddleware(bare_asgi, **key.options()), [key.token(scope="read")])
+    audit = logging.getLogger("jwt_audit")
+    propagate, audit.propagate = audit.propagate, False
+    loop = asyncio.new_event_loop()
+
+    def batch(attached: bool) -> float:
+        if attached:
+            audit.addHandler(handler)
+        started = time.perf_counter()
+        loop.run_until_complete(run(requests))
+        if attached:
+            audit.removeHandler(handler)
+            handler.drain(120)  # until the batch's last event is written
+        return (time.perf_counter() - started) / requests * 1e6
+
+    try:
+        batch(True)  # warm-up: creates the table, opens the file
+        without, attached = [], []
+        for _ in range(rounds):
+            without.append(batch(False))
+            attached.append(batch(True))
+    finally:
+        loop.close()
+        audit.propagate = propagate
+    return statistics.median(attached) - statistics.median(without)
 
 
 def sustained(make: Callable[[], BackgroundHandler], events: int) -> tuple[float, dict[str, int]]:
@@ -152,18 +188,22 @@ def main() -> None:
         encoder = "orjson" if _jsonfast.FAST else "stdlib json"
     print(f"JSON encoder: {encoder}")
     print(f"{args.events} events per sink; request thread = median of handler.handle(record)\n")
-    print(f"{'sink':<14} {'request thread':>15} {'sustained':>16} {'target':>14}  spilled")
+    print(
+        f"{'sink':<14} {'request thread':>15} {'in a request':>13} {'sustained':>16}"
+        f" {'target':>14}  spilled"
+    )
     for name, make, cleanup, target in targets:
         probe = make()
         try:
             per_event = request_thread_ns(probe)
+            added = in_a_request(probe)
         finally:
             probe.close()
         rate, stats = sustained(make, args.events)
         cleanup()
         goal = f">= {target:,} /s" if target else "-"
         print(
-            f"{name:<14} {per_event / 1000:>12.2f} µs {rate:>12,.0f} /s {goal:>14}"
+            f"{name:<14} {per_event / 1000:>12.2f} µs {added:>10.1f} µs {rate:>12,.0f} /s {goal:>14}"
             f"  {stats['spilled']}"
         )
     print("\nrequest-thread target: <= 5 µs per event")
