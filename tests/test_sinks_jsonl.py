@@ -12,7 +12,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -254,14 +254,27 @@ class Broken(logging.Formatter):
         raise RuntimeError("formatter bug")
 
 
+FormattedFile = Callable[[logging.Formatter], tuple[Path, JSONLinesHandler]]
+
+
 @pytest.fixture
-def broken_formatter(tmp_path: Path, attach: Any) -> tuple[Path, JSONLinesHandler]:
+def formatted_file(tmp_path: Path, attach: Any) -> FormattedFile:
+    """Attach a JSON-lines handler with the given formatter; its file and the handler."""
+
+    def make(formatter: logging.Formatter) -> tuple[Path, JSONLinesHandler]:
+        path = tmp_path / "audit.jsonl"
+        handler = JSONLinesHandler(path, flush_interval=0.01)
+        handler.setFormatter(formatter)
+        attach(handler)
+        return path, handler
+
+    return make
+
+
+@pytest.fixture
+def broken_formatter(formatted_file: FormattedFile) -> tuple[Path, JSONLinesHandler]:
     """A JSON-lines handler (and its file) whose own formatter always raises."""
-    path = tmp_path / "audit.jsonl"
-    handler = JSONLinesHandler(path, flush_interval=0.01)
-    handler.setFormatter(Broken())
-    attach(handler)
-    return path, handler
+    return formatted_file(Broken())
 
 
 def test_a_failing_formatter_is_reported_and_the_event_still_written(
@@ -309,13 +322,10 @@ class OneAtATime(logging.Formatter):
         return self.json.format(record)
 
 
-def test_a_custom_formatter_runs_under_the_handler_lock(tmp_path: Path, attach: Any) -> None:
+def test_a_custom_formatter_runs_under_the_handler_lock(formatted_file: FormattedFile) -> None:
     """As ``logging.Handler.handle`` would run it: formatters need not be thread-safe."""
-    path = tmp_path / "audit.jsonl"
-    handler = JSONLinesHandler(path, flush_interval=0.01)
     formatter = OneAtATime()
-    handler.setFormatter(formatter)
-    attach(handler)
+    path, handler = formatted_file(formatter)
     audit = AuditLogger()
 
     def log_some(n: int) -> None:
