@@ -113,7 +113,7 @@ def make_record(
             args,
             None,
             "emit",
-            {**extra, RECORD_ATTRIBUTE: event} if extra else {RECORD_ATTRIBUTE: event},
+            {**(extra or {}), RECORD_ATTRIBUTE: event},
         )
     if now is None:
         now = time.time()

@@ -185,13 +185,12 @@ def identity_fields(
 ) -> dict[str, Any]:
     """The token-derived fields of an event, cleaned (from verified claims only)."""
     get = claims.get
-    subject, issuer, token_id, audience = get("sub"), get("iss"), get("jti"), get("aud")
-    if isinstance(audience, str):
-        audience = [audience]
-    elif isinstance(audience, (list, tuple)):
-        audience = [item for item in audience if isinstance(item, str)]
-    else:
-        audience = ()
+    subject, issuer, token_id, aud = get("sub"), get("iss"), get("jti"), get("aud")
+    audience: Sequence[str] = ()
+    if isinstance(aud, str):
+        audience = [aud]
+    elif isinstance(aud, (list, tuple)):
+        audience = [item for item in aud if isinstance(item, str)]
     return verified_identity(
         subject if isinstance(subject, str) else None,
         issuer if isinstance(issuer, str) else None,
