@@ -6,10 +6,9 @@ Serves the same small Starlette app on 127.0.0.1 bare, behind
 ``JWTAuditMiddleware`` with the audit events written as JSON lines to a file by
 ``JSONLinesHandler`` (the target's configuration), and behind the middleware with
 no handler (events built and dropped: the middleware's own share), valid tokens
-throughout, and loads each
-with ``wrk`` (Debian package ``wrk``) for a bounded time.  Rounds alternate the two
-servers so drift on a shared machine hits both; the table shows the median
-requests/s and the ratio.  Only loopback addresses are ever targeted.
+throughout, and loads each with ``wrk`` (Debian package ``wrk``) for a bounded
+time.  Rounds alternate the servers so drift on a shared machine hits them all;
+the table shows the median requests/s and the ratio to bare.  Only loopback addresses are ever targeted.
 """
 
 from __future__ import annotations

@@ -2,10 +2,10 @@
 
 Both write on a background thread, in batches, and flush on ``close()`` and at
 process exit; the request thread only queues the event (``JSONLinesHandler``
-formats its line first).  ``SQLAuditHandler``
-is imported on first use, so the JSON-lines handler (and the rest of the
-package) never loads SQLAlchemy.  Both can be named by dotted path in
-``logging.config.dictConfig`` / Django's ``LOGGING``::
+formats its line first).  ``SQLAuditHandler`` is imported on first use, so the
+JSON-lines handler (and the rest of the package) never loads SQLAlchemy.  Both
+can be named by dotted path in ``logging.config.dictConfig`` / Django's
+``LOGGING``::
 
     "handlers": {"audit_db": {"class": "jwt_audit_middleware.sinks.SQLAuditHandler",
                               "url": "sqlite:///audit.db"}}

@@ -224,8 +224,9 @@ class JSONLinesHandler(BackgroundHandler):
         """The record's finished line, formatted on the logging thread.
 
         Formatting here rather than on the writer costs the request thread about
-        2 µs, and saves more than that in all: the writer would read each record
-        from another core's cache and take the GIL from the event loop to do it.
+        3 µs and saves more in all (``bench/bench_sinks.py``: 9-12 µs added to a
+        request before, about 3 now): the writer would read each record from
+        another core's cache and take the GIL from the event loop to do it.
         A formatter you set runs under the handler's lock, as ``Handler.handle``
         would run it (``JSONFormatter`` needs none).  One that raises is reported
         (``handleError``) and the line is ``JSONFormatter``'s instead: the event is
