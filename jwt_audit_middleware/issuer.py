@@ -36,6 +36,15 @@ def _read(option: str, path: str | os.PathLike[str]) -> bytes:
         raise ConfigurationError(option, f"cannot read the file ({exc.strerror})") from None
 
 
+def _refuse_unused(algorithm: str, needs: str, **unused: object) -> None:
+    """Key material of the other family is a mistake, not something to ignore."""
+    for option, value in unused.items():
+        if value is not None:
+            raise ConfigurationError(
+                option, f"{algorithm} signs with {needs}: refused rather than ignored"
+            )
+
+
 def _seconds(option: str, value: float | datetime.timedelta) -> float:
     if isinstance(value, datetime.timedelta):
         value = value.total_seconds()
@@ -52,7 +61,9 @@ class TokenIssuer:
     carries ``iss`` (if ``issuer``), ``sub``, ``aud`` (if an audience), ``iat``,
     ``exp`` (``iat`` + ``lifetime`` seconds), a random ``jti`` and the JOSE
     ``typ`` header ``token_type`` (``"at+jwt"`` for RFC 9068 access tokens).
-    Invalid configuration raises ``ConfigurationError`` here, naming the option.
+    Invalid configuration raises ``ConfigurationError`` here, naming the option
+    and never showing a secret or key; key material of the other family (a
+    ``secret`` for RS256, a ``private_key`` for HS256) is refused, not ignored.
 
     >>> issuer = TokenIssuer(algorithm="HS256", secret=key, issuer="https://me/", audience="api")
     >>> token = issuer.issue("alice", scope="orders:read", client_ip="192.0.2.1")
@@ -74,8 +85,10 @@ class TokenIssuer:
         audit: AuditLogger | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if algorithm not in SUPPORTED_ALGORITHMS:
-            raise ConfigurationError("algorithm", f"{algorithm!r} is not a signing algorithm")
+        if not isinstance(algorithm, str) or algorithm not in SUPPORTED_ALGORITHMS:
+            # not echoed: a key pasted into the wrong argument must not reach a log
+            known = ", ".join(sorted(SUPPORTED_ALGORITHMS))
+            raise ConfigurationError("algorithm", f"not a signing algorithm (one of {known})")
         self.algorithm = algorithm
         self.kid = kid
         self.issuer = issuer
@@ -86,8 +99,12 @@ class TokenIssuer:
         self.clock = clock
         self._public_pem: str | None = None
         if is_hmac(algorithm):
+            _refuse_unused(
+                algorithm, "a secret", private_key=private_key, private_key_file=private_key_file
+            )
             self._key: Any = self._hmac_key(secret, secret_file)
         else:
+            _refuse_unused(algorithm, "a private key", secret=secret, secret_file=secret_file)
             self._key = self._private_key(private_key, private_key_file)
 
     def _hmac_key(

@@ -7,6 +7,7 @@ import logging
 import os
 from pathlib import Path
 
+import jwt
 import pytest
 from conftest import assert_no_secret
 from cryptography.hazmat.primitives import serialization
@@ -87,8 +88,6 @@ def test_typ_header_and_lifetime(events: CapturedEvents) -> None:
         clock=lambda: 1e9,
     )
     token = issuer.issue("bob", {"tenant": "t1"}, lifetime=30)
-    import jwt
-
     assert jwt.get_unverified_header(token)["typ"] == "at+jwt"
     claims = jwt.decode(token, options={"verify_signature": False})
     assert (claims["iat"], claims["exp"], claims["tenant"]) == (1_000_000_000, 1_000_000_030, "t1")
@@ -125,6 +124,40 @@ def test_secret_file_and_reserved_claims(tmp_path: Path) -> None:
         issuer.issue("alice", {"exp": 1})
     with pytest.raises(ValueError, match="subject"):
         issuer.issue("")
+
+
+@pytest.mark.parametrize("material", ["secret", "secret_file"])
+def test_secret_with_an_asymmetric_algorithm_is_refused(
+    material: str, rsa_pem: str, tmp_path: Path
+) -> None:
+    secret = os.urandom(32).hex()
+    (tmp_path / "secret").write_text(secret)
+    value = secret if material == "secret" else tmp_path / "secret"
+    with pytest.raises(ConfigurationError) as caught:
+        TokenIssuer(algorithm="RS256", private_key=rsa_pem, **{material: value})  # type: ignore[arg-type]
+    assert caught.value.option == material
+    assert secret not in str(caught.value)
+    assert rsa_pem not in str(caught.value)
+
+
+@pytest.mark.parametrize("material", ["private_key", "private_key_file"])
+def test_private_key_with_hmac_is_refused(material: str, rsa_pem: str, tmp_path: Path) -> None:
+    secret = os.urandom(32).hex()
+    (tmp_path / "key.pem").write_text(rsa_pem)
+    value = rsa_pem if material == "private_key" else tmp_path / "key.pem"
+    with pytest.raises(ConfigurationError) as caught:
+        TokenIssuer(algorithm="HS256", secret=secret, **{material: value})  # type: ignore[arg-type]
+    assert caught.value.option == material
+    assert secret not in str(caught.value)
+    assert rsa_pem not in str(caught.value)
+
+
+def test_a_key_given_as_the_algorithm_is_not_echoed(rsa_pem: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        TokenIssuer(algorithm=rsa_pem, private_key=rsa_pem)
+    assert caught.value.option == "algorithm"
+    assert rsa_pem not in str(caught.value)
+    assert rsa_pem.splitlines()[1] not in str(caught.value)
 
 
 def test_login_events(events: CapturedEvents) -> None:
