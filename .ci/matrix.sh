@@ -27,4 +27,4 @@ print("   ", ", ".join(f"{name} {version(name)}" for name in
 PY
 .venv-oldest/bin/python -m pytest -q -p no:cacheprovider --no-cov \
     tests/test_django.py tests/test_flask_ext.py tests/test_fastapi_contrib.py \
-    tests/test_flask.py tests/test_starlette.py
+    tests/test_flask.py tests/test_starlette.py tests/e2e/test_remote_user.py
