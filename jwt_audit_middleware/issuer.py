@@ -13,7 +13,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -22,10 +22,18 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from .audit import AuditLogger
 from .errors import ConfigurationError
 from .events import fingerprint, rfc3339
-from .keys import SUPPORTED_ALGORITHMS, algorithms_for_key, build_keyring, is_hmac
+from .keys import (
+    MAX_KID_LENGTH,
+    SUPPORTED_ALGORITHMS,
+    algorithms_for_key,
+    build_keyring,
+    is_hmac,
+)
 
 #: Claims the issuer sets itself; ``issue(claims=...)`` may not override them.
 RESERVED_CLAIMS = frozenset({"iss", "sub", "aud", "iat", "exp", "jti"})
+
+_T = TypeVar("_T")
 
 
 def _read(option: str, path: str | os.PathLike[str]) -> bytes:
@@ -43,6 +51,40 @@ def _refuse_unused(algorithm: str, needs: str, **unused: object) -> None:
             raise ConfigurationError(
                 option, f"{algorithm} signs with {needs}: refused rather than ignored"
             )
+
+
+def _checked(
+    fail: Callable[[str, str], ValueError], option: str, check: Callable[..., _T], *args: Any
+) -> _T:
+    """``check(*args)``, its ``ValueError`` raised again as ``fail(option, message)``.
+
+    One check serves both times a value can arrive: ``ConfigurationError`` at
+    construction, a plain ``ValueError`` naming the argument in ``issue()``.
+    """
+    try:
+        return check(*args)
+    except ValueError as exc:
+        raise fail(option, str(exc)) from None
+
+
+def _argument_error(argument: str, message: str) -> ValueError:
+    return ValueError(f"{argument}: {message}")
+
+
+def _optional_name(value: object, limit: int = 2048) -> str | None:
+    if value is None or (isinstance(value, str) and 0 < len(value) <= limit):
+        return value
+    raise ValueError(f"expected a non-empty string (at most {limit} characters)")
+
+
+def _optional_audience(value: object) -> str | tuple[str, ...] | None:
+    if value is None or (isinstance(value, str) and value):
+        return value
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes, bytearray)):
+        items = tuple(value)
+        if items and all(isinstance(item, str) and item for item in items):
+            return items
+    raise ValueError("expected a non-empty string or a non-empty list of non-empty strings")
 
 
 def _seconds(option: str, value: float | datetime.timedelta) -> float:
@@ -90,11 +132,14 @@ class TokenIssuer:
             known = ", ".join(sorted(SUPPORTED_ALGORITHMS))
             raise ConfigurationError("algorithm", f"not a signing algorithm (one of {known})")
         self.algorithm = algorithm
-        self.kid = kid
-        self.issuer = issuer
-        self.audience = audience
+        fail = ConfigurationError
+        self.kid = _checked(fail, "kid", _optional_name, kid, MAX_KID_LENGTH)
+        self.issuer = _checked(fail, "issuer", _optional_name, issuer)
+        self.audience = _checked(fail, "audience", _optional_audience, audience)
         self.lifetime = _seconds("lifetime", lifetime)
-        self.token_type = token_type
+        self.token_type = _checked(fail, "token_type", _optional_name, token_type, 255)
+        if not callable(clock):
+            raise ConfigurationError("clock", "expected a function returning the time in seconds")
         self.audit = audit or AuditLogger()
         self.clock = clock
         self._public_pem: str | None = None
@@ -190,7 +235,9 @@ class TokenIssuer:
         if self.issuer is not None:
             payload["iss"] = self.issuer
         payload["sub"] = subject
-        aud = self.audience if audience is None else audience
+        aud = self.audience
+        if audience is not None:
+            aud = _checked(_argument_error, "audience", _optional_audience, audience)
         if aud is not None:
             payload["aud"] = aud if isinstance(aud, str) else list(aud)
         payload.update({"iat": now, "exp": now + int(seconds), "jti": uuid.uuid4().hex})

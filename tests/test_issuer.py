@@ -6,6 +6,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
@@ -124,6 +125,65 @@ def test_secret_file_and_reserved_claims(tmp_path: Path) -> None:
         issuer.issue("alice", {"exp": 1})
     with pytest.raises(ValueError, match="subject"):
         issuer.issue("")
+
+
+def hs256(**options: Any) -> TokenIssuer:
+    return TokenIssuer(algorithm="HS256", secret=os.urandom(32), **options)
+
+
+@pytest.fixture
+def signings(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """The payloads ``jwt.encode`` signed during the test."""
+    signed: list[dict[str, Any]] = []
+    encode = jwt.encode
+
+    def spy(payload: dict[str, Any], *args: Any, **kwargs: Any) -> str:
+        signed.append(dict(payload))
+        return encode(payload, *args, **kwargs)
+
+    monkeypatch.setattr(jwt, "encode", spy)
+    return signed
+
+
+@pytest.mark.parametrize(
+    ("options", "option"),
+    [
+        ({"issuer": 123}, "issuer"),
+        ({"issuer": ""}, "issuer"),
+        ({"issuer": ["https://a/", "https://b/"]}, "issuer"),
+        ({"audience": 123}, "audience"),
+        ({"audience": ""}, "audience"),
+        ({"audience": []}, "audience"),
+        ({"audience": ["api", 7]}, "audience"),
+        ({"audience": b"api"}, "audience"),
+        ({"kid": 7}, "kid"),
+        ({"kid": "k" * 257}, "kid"),
+        ({"token_type": ""}, "token_type"),
+        ({"clock": 1e9}, "clock"),
+    ],
+)
+def test_claim_and_header_values_are_checked_at_construction(
+    options: dict[str, object], option: str
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        hs256(**options)
+    assert caught.value.option == option
+
+
+def test_audience_list_is_kept_as_a_list_claim() -> None:
+    issuer = hs256(audience=("api", "admin"))
+    claims = jwt.decode(issuer.issue("alice"), options={"verify_signature": False})
+    assert claims["aud"] == ["api", "admin"]
+    assert Settings(**issuer.verify_options()).audience == ("api", "admin")
+
+
+def test_per_call_audience_is_checked_before_signing(
+    signings: list[dict[str, Any]], events: CapturedEvents
+) -> None:
+    with pytest.raises(ValueError, match="audience"):
+        hs256().issue("alice", audience=123)  # type: ignore[arg-type]
+    assert signings == []
+    assert list(events) == []
 
 
 @pytest.mark.parametrize("material", ["secret", "secret_file"])
