@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import math
 import os
 import time
 import uuid
@@ -32,6 +33,9 @@ from .keys import (
 
 #: Claims the issuer sets itself; ``issue(claims=...)`` may not override them.
 RESERVED_CLAIMS = frozenset({"iss", "sub", "aud", "iat", "exp", "jti"})
+
+#: The default ``max_lifetime``, in seconds: one day.
+DEFAULT_MAX_LIFETIME = 86_400
 
 _T = TypeVar("_T")
 
@@ -87,12 +91,20 @@ def _optional_audience(value: object) -> str | tuple[str, ...] | None:
     raise ValueError("expected a non-empty string or a non-empty list of non-empty strings")
 
 
-def _seconds(option: str, value: float | datetime.timedelta) -> float:
+def _whole_seconds(value: object, maximum: float = 1e9) -> int:
+    """A lifetime in whole seconds (``exp`` is one), rounded up, from 1 to ``maximum``.
+
+    Rounding down could make a token expired at birth; under one second is
+    refused, since rounding it up would grant many times what was asked.
+    """
     if isinstance(value, datetime.timedelta):
         value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e9:
-        raise ConfigurationError(option, "expected a positive number of seconds")
-    return float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= value < 1e9:
+        raise ValueError("expected a number of seconds (or a timedelta), at least 1")
+    seconds = math.ceil(value)
+    if seconds > maximum:
+        raise ValueError(f"{seconds} s is more than max_lifetime ({maximum} s)")
+    return seconds
 
 
 class TokenIssuer:
@@ -103,6 +115,9 @@ class TokenIssuer:
     carries ``iss`` (if ``issuer``), ``sub``, ``aud`` (if an audience), ``iat``,
     ``exp`` (``iat`` + ``lifetime`` seconds), a random ``jti`` and the JOSE
     ``typ`` header ``token_type`` (``"at+jwt"`` for RFC 9068 access tokens).
+    ``lifetime`` (seconds or a ``timedelta``; default 15 minutes) is rounded up
+    to whole seconds, must be at least 1 s and at most ``max_lifetime``
+    (default one day), which also caps ``issue(lifetime=...)``.
     Invalid configuration raises ``ConfigurationError`` here, naming the option
     and never showing a secret or key; key material of the other family (a
     ``secret`` for RS256, a ``private_key`` for HS256) is refused, not ignored.
@@ -123,6 +138,7 @@ class TokenIssuer:
         issuer: str | None = None,
         audience: str | Sequence[str] | None = None,
         lifetime: float | datetime.timedelta = 900,
+        max_lifetime: float | datetime.timedelta = DEFAULT_MAX_LIFETIME,
         token_type: str | None = "JWT",  # noqa: S107 - the JOSE typ, not a secret
         audit: AuditLogger | None = None,
         clock: Callable[[], float] = time.time,
@@ -136,7 +152,8 @@ class TokenIssuer:
         self.kid = _checked(fail, "kid", _optional_name, kid, MAX_KID_LENGTH)
         self.issuer = _checked(fail, "issuer", _optional_name, issuer)
         self.audience = _checked(fail, "audience", _optional_audience, audience)
-        self.lifetime = _seconds("lifetime", lifetime)
+        self.max_lifetime = _checked(fail, "max_lifetime", _whole_seconds, max_lifetime)
+        self.lifetime = _checked(fail, "lifetime", _whole_seconds, lifetime, self.max_lifetime)
         self.token_type = _checked(fail, "token_type", _optional_name, token_type, 255)
         if not callable(clock):
             raise ConfigurationError("clock", "expected a function returning the time in seconds")
@@ -230,7 +247,11 @@ class TokenIssuer:
         if clash:
             raise ValueError(f"claims set by the issuer itself: {sorted(clash)}")
         now = int(self.clock())
-        seconds = self.lifetime if lifetime is None else _seconds("lifetime", lifetime)
+        seconds = self.lifetime
+        if lifetime is not None:
+            seconds = _checked(
+                _argument_error, "lifetime", _whole_seconds, lifetime, self.max_lifetime
+            )
         payload: dict[str, Any] = {}
         if self.issuer is not None:
             payload["iss"] = self.issuer
@@ -240,7 +261,7 @@ class TokenIssuer:
             aud = _checked(_argument_error, "audience", _optional_audience, audience)
         if aud is not None:
             payload["aud"] = aud if isinstance(aud, str) else list(aud)
-        payload.update({"iat": now, "exp": now + int(seconds), "jti": uuid.uuid4().hex})
+        payload.update({"iat": now, "exp": now + seconds, "jti": uuid.uuid4().hex})
         if scope is not None:
             payload["scope"] = scope if isinstance(scope, str) else " ".join(scope)
         payload.update(extra)

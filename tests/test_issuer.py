@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
@@ -184,6 +185,65 @@ def test_per_call_audience_is_checked_before_signing(
         hs256().issue("alice", audience=123)  # type: ignore[arg-type]
     assert signings == []
     assert list(events) == []
+
+
+@pytest.mark.parametrize(
+    ("lifetime", "seconds"),
+    [(1, 1), (1.5, 2), (59.001, 60), (datetime.timedelta(milliseconds=1500), 2), (900.0, 900)],
+)
+def test_fractional_lifetimes_round_up_to_whole_seconds(
+    lifetime: float | datetime.timedelta, seconds: int
+) -> None:
+    issuer = hs256(lifetime=lifetime, clock=lambda: 1e9 + 0.999)
+    assert issuer.lifetime == seconds
+    claims = jwt.decode(issuer.issue("alice"), options={"verify_signature": False})
+    assert (claims["iat"], claims["exp"]) == (1_000_000_000, 1_000_000_000 + seconds)
+    claims = jwt.decode(
+        issuer.issue("alice", lifetime=lifetime), options={"verify_signature": False}
+    )
+    assert claims["exp"] - claims["iat"] == seconds
+
+
+@pytest.mark.parametrize(
+    "lifetime", [0.5, 0.999, datetime.timedelta(milliseconds=500), -1, float("nan"), True, "900"]
+)
+def test_lifetimes_under_a_second_are_refused(
+    lifetime: object, signings: list[dict[str, Any]]
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        hs256(lifetime=lifetime)
+    assert caught.value.option == "lifetime"
+    with pytest.raises(ValueError, match=r"^lifetime: ") as raised:
+        hs256().issue("alice", lifetime=lifetime)  # type: ignore[arg-type]
+    assert not isinstance(raised.value, ConfigurationError)  # that one is for construction
+    assert signings == []
+
+
+def test_lifetime_is_capped_by_max_lifetime(
+    signings: list[dict[str, Any]], events: CapturedEvents
+) -> None:
+    day = datetime.timedelta(days=1)
+    assert hs256(lifetime=day).lifetime == 86400  # the default cap: one day
+    for options, option in [
+        ({"lifetime": day + datetime.timedelta(seconds=1)}, "lifetime"),
+        ({"lifetime": datetime.timedelta(days=365 * 30)}, "lifetime"),
+        ({"lifetime": 3600, "max_lifetime": 600}, "lifetime"),
+        ({"max_lifetime": 600}, "lifetime"),  # the default lifetime, 900 s, is over it
+        ({"max_lifetime": 0}, "max_lifetime"),
+        ({"max_lifetime": "1d"}, "max_lifetime"),
+    ]:
+        with pytest.raises(ConfigurationError) as caught:
+            hs256(**options)
+        assert caught.value.option == option, options
+    week = hs256(lifetime=3600, max_lifetime=datetime.timedelta(days=7))
+    assert week.max_lifetime == 7 * 86400
+    week.issue("alice", lifetime=datetime.timedelta(days=7))
+    assert len(signings) == 1
+    with pytest.raises(ValueError, match="max_lifetime"):
+        week.issue("alice", lifetime=datetime.timedelta(days=7, seconds=1))
+    with pytest.raises(ValueError, match="max_lifetime"):
+        hs256(max_lifetime=60, lifetime=60).issue("alice", lifetime=60.5)  # rounds up to 61
+    assert len(signings) == len(events) == 1
 
 
 @pytest.mark.parametrize("material", ["secret", "secret_file"])
