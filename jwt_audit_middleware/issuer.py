@@ -7,10 +7,13 @@ every request that presents it.  The event never holds the token.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import json
 import logging
 import math
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -38,6 +41,11 @@ RESERVED_CLAIMS = frozenset({"iss", "sub", "aud", "iat", "exp", "jti"})
 DEFAULT_MAX_LIFETIME = 86_400
 
 _T = TypeVar("_T")
+
+# RFC 6749 section 3.3 scope-token: printable ASCII but space, '"' and '\'
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+
+internal_logger = logging.getLogger("jwt_audit.internal")
 
 
 def _read(option: str, path: str | os.PathLike[str]) -> bytes:
@@ -89,6 +97,45 @@ def _optional_audience(value: object) -> str | tuple[str, ...] | None:
         if items and all(isinstance(item, str) and item for item in items):
             return items
     raise ValueError("expected a non-empty string or a non-empty list of non-empty strings")
+
+
+def _scope(value: object) -> str | None:
+    """One space-separated ``scope`` claim from a string or a list; ``None`` when empty."""
+    if isinstance(value, str):
+        scopes: list[Any] = value.split()
+    elif isinstance(value, Sequence) and not isinstance(value, (bytes, bytearray)):
+        scopes = list(value)
+    else:
+        raise ValueError("expected a space-separated string or a list of strings")
+    for scope in scopes:
+        if not isinstance(scope, str) or not _SCOPE_TOKEN.fullmatch(scope):
+            raise ValueError(
+                f"{str(scope)[:64]!r} is not a scope (RFC 6749: printable ASCII,"
+                " no space, quote or backslash)"
+            )
+    return " ".join(scopes) or None
+
+
+def _extra_claims(claims: object) -> dict[str, Any]:
+    """The app's own claims, each one checked to encode as JSON (as PyJWT will)."""
+    if claims is None:
+        return {}
+    if not isinstance(claims, Mapping):
+        raise ValueError("claims: expected a mapping of claim names to JSON values")
+    extra = dict(claims)
+    if not all(isinstance(name, str) for name in extra):
+        raise ValueError("claims: claim names must be strings")
+    clash = RESERVED_CLAIMS.intersection(extra)
+    if clash:
+        raise ValueError(f"claims set by the issuer itself: {sorted(clash)}")
+    for name, value in extra.items():
+        if name == "scope" or (name == "nbf" and isinstance(value, datetime.datetime)):
+            continue  # a scope is checked as one; PyJWT turns a datetime nbf into a NumericDate
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError, RecursionError):
+            raise ValueError(f"claims: {name[:64]!r} is not a JSON value") from None
+    return extra
 
 
 def _whole_seconds(value: object, maximum: float = 1e9) -> int:
@@ -237,40 +284,17 @@ class TokenIssuer:
         """A signed token for ``subject``; emits ``token_issued`` (never the token).
 
         ``claims`` adds claims (not ``iss``, ``sub``, ``aud``, ``iat``, ``exp``,
-        ``jti``, which the issuer sets); ``scope`` becomes the space-separated
-        ``scope`` claim; ``client_ip`` and ``request_id`` go into the event.
+        ``jti``, which the issuer sets), each a JSON value; ``scope`` (or
+        ``claims["scope"]``, not both), a space-separated string or a list of
+        RFC 6749 scope tokens, becomes one space-separated ``scope`` claim (none
+        when empty); ``client_ip`` and ``request_id`` go into the event.
+
+        Every argument is checked before the token is signed (``ValueError``,
+        naming it).  Once signed, the token is returned: an event a broken
+        handler could not take is reported on ``jwt_audit.internal``.
         """
-        if not isinstance(subject, str) or not subject:
-            raise ValueError("subject must be a non-empty string")
-        extra = dict(claims or {})
-        clash = RESERVED_CLAIMS.intersection(extra)
-        if clash:
-            raise ValueError(f"claims set by the issuer itself: {sorted(clash)}")
-        now = int(self.clock())
-        seconds = self.lifetime
-        if lifetime is not None:
-            seconds = _checked(
-                _argument_error, "lifetime", _whole_seconds, lifetime, self.max_lifetime
-            )
-        payload: dict[str, Any] = {}
-        if self.issuer is not None:
-            payload["iss"] = self.issuer
-        payload["sub"] = subject
-        aud = self.audience
-        if audience is not None:
-            aud = _checked(_argument_error, "audience", _optional_audience, audience)
-        if aud is not None:
-            payload["aud"] = aud if isinstance(aud, str) else list(aud)
-        payload.update({"iat": now, "exp": now + seconds, "jti": uuid.uuid4().hex})
-        if scope is not None:
-            payload["scope"] = scope if isinstance(scope, str) else " ".join(scope)
-        payload.update(extra)
-        headers: dict[str, Any] = {}
-        if self.token_type is not None:
-            headers["typ"] = self.token_type
-        if self.kid is not None:
-            headers["kid"] = self.kid
-        token = jwt.encode(payload, self._key, algorithm=self.algorithm, headers=headers)
+        payload = self._payload(subject, claims, lifetime, audience, scope)
+        # the event is complete before the token exists: only its fingerprint comes after
         event = self.audit.build_event(
             "token_issued",
             "allowed",
@@ -283,12 +307,59 @@ class TokenIssuer:
             scopes=payload.get("scope", "").split(),
             alg=self.algorithm,
             kid=self.kid,
-            token_fingerprint=fingerprint(token),
             detail=f"expires {rfc3339(payload['exp'])}",
             claims={"iat": payload["iat"], "exp": payload["exp"]},
         )
-        self.audit.emit(event, logging.INFO)
+        headers: dict[str, Any] = {}
+        if self.token_type is not None:
+            headers["typ"] = self.token_type
+        if self.kid is not None:
+            headers["kid"] = self.kid
+        token = jwt.encode(payload, self._key, algorithm=self.algorithm, headers=headers)
+        event["token_fingerprint"] = fingerprint(token)
+        try:
+            self.audit.emit(event, logging.INFO)
+        except Exception:  # a broken handler must not lose a token already signed...
+            with contextlib.suppress(Exception):  # ...nor the report of it, if it breaks that too
+                internal_logger.error("jwt_audit: token_issued could not be emitted", exc_info=True)
         return token
+
+    def _payload(
+        self,
+        subject: object,
+        claims: object,
+        lifetime: object,
+        audience: object,
+        scope: object,
+    ) -> dict[str, Any]:
+        """The claims of one token, every argument checked (``ValueError``, naming it)."""
+        if not isinstance(subject, str) or not subject:
+            raise ValueError("subject must be a non-empty string")
+        extra = _extra_claims(claims)
+        if "scope" in extra:
+            if scope is not None:
+                raise ValueError("scope: given both as scope= and in claims")
+            scope = extra.pop("scope")
+        fail = _argument_error
+        seconds = self.lifetime
+        if lifetime is not None:
+            seconds = _checked(fail, "lifetime", _whole_seconds, lifetime, self.max_lifetime)
+        aud = self.audience
+        if audience is not None:
+            aud = _checked(fail, "audience", _optional_audience, audience)
+        scope_claim = None if scope is None else _checked(fail, "scope", _scope, scope)
+        now = int(self.clock())
+        payload: dict[str, Any] = {}
+        if self.issuer is not None:
+            payload["iss"] = self.issuer
+        payload["sub"] = subject
+        if aud is not None:
+            payload["aud"] = aud if isinstance(aud, str) else list(aud)
+        payload.update({"iat": now, "exp": now + seconds, "jti": uuid.uuid4().hex})
+        if scope_claim is not None:
+            payload["scope"] = scope_claim
+        payload.update(extra)
+        return payload
 
     def __repr__(self) -> str:  # never the key
         return (

@@ -6,6 +6,7 @@ import datetime
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -278,6 +279,111 @@ def test_a_key_given_as_the_algorithm_is_not_echoed(rsa_pem: str) -> None:
     assert caught.value.option == "algorithm"
     assert rsa_pem not in str(caught.value)
     assert rsa_pem.splitlines()[1] not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("how", "scope", "claim"),
+    [
+        ("claims", ["orders:read", "orders:write"], "orders:read orders:write"),
+        ("claims", ("orders:read",), "orders:read"),
+        ("claims", "orders:read  orders:write", "orders:read orders:write"),
+        ("keyword", "orders:read\torders:write", "orders:read orders:write"),
+        ("keyword", ["orders:read"], "orders:read"),
+    ],
+)
+def test_scope_as_a_list_or_string_becomes_one_space_separated_claim(
+    how: str, scope: object, claim: str, events: CapturedEvents
+) -> None:
+    issuer = hs256()
+    if how == "claims":
+        token = issuer.issue("alice", {"scope": scope})
+    else:
+        token = issuer.issue("alice", scope=scope)  # type: ignore[arg-type]
+    assert jwt.decode(token, options={"verify_signature": False})["scope"] == claim
+    assert events.only()["scopes"] == claim.split()
+
+
+@pytest.mark.parametrize("scope", ["", [], ()])
+def test_an_empty_scope_adds_no_claim(scope: object) -> None:
+    issuer = hs256()
+    for token in (issuer.issue("alice", {"scope": scope}), issuer.issue("alice", scope=scope)):  # type: ignore[arg-type]
+        assert "scope" not in jwt.decode(token, options={"verify_signature": False})
+
+
+@pytest.mark.parametrize(
+    ("claims", "scope", "message"),
+    [
+        ({"scope": ["orders:read", 7]}, None, "scope"),
+        ({"scope": ["orders read"]}, None, "scope"),
+        ({"scope": 'say"hi'}, None, "scope"),
+        ({"scope": "caf\u00e9"}, None, "scope"),
+        ({"scope": {"orders:read"}}, None, "scope"),
+        ({"scope": b"orders:read"}, None, "scope"),
+        ({}, ["a\\b"], "scope"),
+        ({"scope": "a"}, "b", "scope"),  # both ways at once
+        ({"tenant": {"t1"}}, None, "'tenant'"),
+        ({"ratio": float("nan")}, None, "'ratio'"),
+        ({"nested": {"deep": object()}}, None, "'nested'"),
+        ({1: "numeric name"}, None, "claim names"),
+    ],
+)
+def test_bad_claims_are_refused_before_signing(
+    claims: dict[Any, Any],
+    scope: object,
+    message: str,
+    signings: list[dict[str, Any]],
+    events: CapturedEvents,
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        hs256().issue("alice", claims, scope=scope)  # type: ignore[arg-type]
+    assert signings == []
+    assert list(events) == []
+
+
+def test_claims_must_be_a_mapping(signings: list[dict[str, Any]]) -> None:
+    with pytest.raises(ValueError, match="claims"):
+        hs256().issue("alice", [("tenant", "t1")])  # type: ignore[arg-type]
+    assert signings == []
+
+
+def test_a_datetime_nbf_claim_is_still_encoded() -> None:
+    nbf = datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
+    token = hs256().issue("alice", {"nbf": nbf})
+    assert jwt.decode(token, options={"verify_signature": False})["nbf"] == int(nbf.timestamp())
+
+
+class _BrokenSink(logging.Handler):
+    """A handler that raises out of ``emit`` for audit records (as a careless one may)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if hasattr(record, "jwt_audit"):
+            raise RuntimeError("sink down")
+
+
+@pytest.fixture
+def broken_sink() -> Iterator[None]:
+    handler = _BrokenSink()
+    logger = logging.getLogger("jwt_audit")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+
+
+@pytest.mark.usefixtures("broken_sink")
+def test_a_signed_token_is_returned_even_when_its_event_cannot_be_delivered(
+    events: CapturedEvents,
+) -> None:
+    secret = os.urandom(32)
+    issuer = TokenIssuer(algorithm="HS256", secret=secret)
+    token = issuer.issue("alice")
+    assert jwt.decode(token, secret, algorithms=["HS256"])["sub"] == "alice"
+    # the broken handler comes first, so the capture saw only the report of it
+    assert [r.name for r in events.records] == ["jwt_audit.internal"]
+    assert "token_issued could not be emitted" in events.text()
+    assert "sink down" in events.text()
+    assert_no_secret(events.text(), token, secret.hex())
 
 
 def test_login_events(events: CapturedEvents) -> None:
