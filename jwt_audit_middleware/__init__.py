@@ -11,9 +11,9 @@ from .audit import AuditLogger, JSONFormatter
 from .errors import ConfigurationError
 from .events import REASONS, SCHEMA
 from .issuer import TokenIssuer
+from .model import VerifiedToken
 from .request import get_claims
 from .settings import Settings
-from .verifier import VerifiedToken
 from .wsgi import JWTAuditWSGIMiddleware
 
 __all__ = [

@@ -1,10 +1,10 @@
 """``JWTAuditMiddleware``: pure ASGI 3 middleware for http and websocket.
 
-Per request it reads a handful of headers, asks the ``Gate`` for a verdict,
-either answers with an RFC 6750 challenge or calls the app with the verified
-token attached to the scope, and emits exactly one audit event: a denial when
-the challenge is sent, an access when the app's response starts (or, if the
-app never starts one, when it returns or raises).
+It translates the ASGI world around the one lifecycle (``lifecycle.py``):
+headers and paths out of the scope, the challenge into ASGI messages, the
+verified token into Starlette's ``scope["user"]`` / ``scope["auth"]``.  The
+access event is emitted when the app's response starts (or, if the app never
+starts one, when it returns or raises).
 """
 
 from __future__ import annotations
@@ -15,19 +15,15 @@ from typing import Any
 
 from starlette.authentication import AuthCredentials, BaseUser, UnauthenticatedUser
 
-from ._config import Components
-from .events import WOULD_DENY
-from .policy import EXEMPT, Verdict
-from .request import LATE_DENIAL_KEY, MODE_KEY, SCOPE_KEY, RequestInfo
+from .lifecycle import Exchange, Lifecycle
+from .model import EXEMPT, LATE_DENIAL_KEY, Challenge, Verdict, VerifiedToken
 from .settings import Settings
-from .verifier import VerifiedToken
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-_RESPONSE_STARTS = frozenset(("http.response.start", "websocket.http.response.start"))
 
 
 class JWTUser(BaseUser):
@@ -48,7 +44,8 @@ class JWTUser(BaseUser):
 
     @property
     def identity(self) -> str:
-        return self.token.subject or ""
+        """The verified identity (``sub``, or what the ``identity`` option makes of it)."""
+        return self.token.identity or ""
 
     @property
     def claims(self) -> dict[str, Any]:
@@ -59,19 +56,23 @@ class JWTUser(BaseUser):
         return f"JWTUser(subject={self.token.subject!r})"
 
 
-def attach(scope: Scope, verdict: Verdict) -> None:
-    """Place the verdict's token where Starlette and ``get_claims()`` look for it."""
-    token = verdict.token
-    scope[SCOPE_KEY] = token
-    if token is None:  # anonymous, on an optional path
-        scope["user"] = UnauthenticatedUser()
-        scope["auth"] = AuthCredentials()
-        return
-    scope["user"] = JWTUser(token)
-    scopes = verdict.sorted_scopes
-    if scopes is None:  # sorted once per verdict (a cached token's is shared)
-        scopes = verdict.sorted_scopes = tuple(sorted(token.scopes))
-    scope["auth"] = AuthCredentials(scopes)
+def route_path(scope: Scope) -> tuple[str, str]:
+    """``(the path the app routes on, the full path the client asked for)``.
+
+    ASGI's ``path`` includes ``root_path`` (``uvicorn --root-path``, a Starlette
+    ``Mount``); the app routes on the rest, as Starlette does.  A server that
+    leaves the mount prefix out of ``path`` gets it added back for the event.
+    """
+    path: str = scope.get("path", "")
+    root: str = scope.get("root_path", "")
+    if not root:
+        return path, path
+    if not path.startswith(root):
+        return path, root.rstrip("/") + path
+    rest = path[len(root) :]
+    if not rest:
+        return "/", path
+    return (rest, path) if rest[0] == "/" else (path, path)
 
 
 class JWTAuditMiddleware:
@@ -80,20 +81,21 @@ class JWTAuditMiddleware:
     ``JWTAuditMiddleware(app, settings=None, **options)``; in Starlette and
     FastAPI, ``app.add_middleware(JWTAuditMiddleware, **options)``.  Handles
     ``http`` and ``websocket``; every other scope type (``lifespan``) passes
-    through untouched.
+    through untouched.  Starlette and FastAPI build their middleware when the
+    server starts the app: a bad option then fails the lifespan startup (the
+    server stops), and ``settings=Settings(...)`` fails at import already.
     """
 
     def __init__(self, app: ASGIApp, settings: Settings | None = None, **options: Any) -> None:
         self.app = app
-        parts = Components(settings, options)
-        self.settings = parts.settings
-        self._gate = parts.gate
-        self._reader = parts.reader
-        self._audit = parts.audit
-        header = parts.reader.request_id_header
+        self._lifecycle = lifecycle = Lifecycle(settings, options)
+        self.settings = lifecycle.settings
+        self._gate = lifecycle.gate
+        self._reader = lifecycle.reader
+        self._identity_headers = lifecycle.identity_headers
+        header = lifecycle.reader.request_id_header
         self._request_id_header = header.encode("latin-1") if header else None
-        self._forwarding = parts.reader.reads_forwarding
-        self._report_only = parts.gate.report_only
+        self._forwarding = lifecycle.reader.reads_forwarding
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         protocol = scope["type"]
@@ -108,6 +110,8 @@ class JWTAuditMiddleware:
         user_agent = request_id = forwarded = x_forwarded_for = None
         rid_header = self._request_id_header
         forwarding = self._forwarding
+        identity_headers = self._identity_headers
+        claimed_identity = False
         for name, value in scope.get("headers", ()):
             if name == b"authorization":
                 authorization.append(value.decode("latin-1"))
@@ -115,6 +119,8 @@ class JWTAuditMiddleware:
                 user_agent = value.decode("latin-1")
             elif name == rid_header:
                 request_id = value.decode("latin-1")
+            elif name in identity_headers:
+                claimed_identity = True
             elif forwarding:
                 if name == b"forwarded":
                     text = value.decode("latin-1")
@@ -124,11 +130,13 @@ class JWTAuditMiddleware:
                     x_forwarded_for = (
                         text if x_forwarded_for is None else f"{x_forwarded_for},{text}"
                     )
-        path: str = scope.get("path", "")
+        if claimed_identity:  # the verified identity is the only one the app may read
+            scope["headers"] = [h for h in scope["headers"] if h[0] not in identity_headers]
+        path, full_path = route_path(scope)
         client = scope.get("client")
         info = self._reader.info(
             scope.get("method", "GET"),
-            path,
+            full_path,
             protocol,
             client[0] if client else None,
             user_agent,
@@ -137,30 +145,13 @@ class JWTAuditMiddleware:
             forwarded,
             x_forwarded_for,
         )
-        gate = self._gate
-        try:
-            verdict = gate.evaluate(path, authorization)
-            if verdict.pending_keys is not None:
-                verdict = await gate.refresh_async(verdict, path, authorization)
-            if verdict.pending_revocation:
-                verdict = await gate.resolve_async(verdict)
-        except Exception:  # noqa: BLE001 - a bug of ours must not reach the server
-            verdict = gate.internal_error("JWTAuditMiddleware")
-
-        if not verdict.allow:
-            await self._deny(scope, receive, send, verdict, info)
+        lifecycle = self._lifecycle
+        exchange = lifecycle.begin(await self._gate.decide_async(path, authorization), info)
+        if exchange.denied:
+            await self._deny(scope, receive, send, exchange, exchange.challenge())
             return
-        if verdict.outcome == WOULD_DENY:
-            self._audit.request_event(verdict, info, verdict.status)
-        if self._report_only:
-            scope[MODE_KEY] = "report-only"
-        if verdict.path_kind == EXEMPT:
-            scope.setdefault("user", UnauthenticatedUser())
-            scope.setdefault("auth", AuthCredentials())
-            scope.setdefault(SCOPE_KEY, None)
-        else:
-            attach(scope, verdict)
-        if verdict.outcome == WOULD_DENY:
+        _attach(scope, lifecycle.attach(scope, exchange.verdict), exchange.verdict)
+        if exchange.done:  # a report-only would-deny, audited already
             await self.app(scope, receive, send)
             return
 
@@ -169,24 +160,22 @@ class JWTAuditMiddleware:
         # a coroutine function: Channels' sync consumers check that before wrapping
         # it with async_to_sync, and its effects must happen when a message is
         # awaited, not when the app merely creates the awaitable.
-        audit = self._audit
-        emitted = False
         replaced = False  # the app's response is being replaced by a late denial's challenge
 
         async def audited_send(message: Message) -> None:
-            nonlocal emitted, verdict, replaced
-            if emitted:
+            nonlocal replaced
+            if exchange.done:
                 if not replaced:
                     await send(message)
                 return  # the challenge body has been sent; drop the app's body
             kind = message["type"]
-            late = scope.get(LATE_DENIAL_KEY)
-            if late is not None and kind in ("http.response.start", "websocket.close"):
-                verdict = self._gate.late_denial(verdict, late) or verdict
-                if not verdict.allow:
-                    emitted = replaced = True
-                    await self._deny(scope, receive, send, verdict, info, connected=True)
+            if kind in _LATE_DENIAL_POINTS and LATE_DENIAL_KEY in scope:
+                challenge = exchange.late_challenge(scope)
+                if challenge is not None:
+                    replaced = True
+                    await self._deny(scope, receive, send, exchange, challenge, connected=True)
                     return
+                # report-only: now audited as would_deny; the app's response goes on
             if kind in _RESPONSE_STARTS:
                 status: int | None = message["status"]
             elif kind == "websocket.accept":
@@ -196,25 +185,21 @@ class JWTAuditMiddleware:
             else:
                 await send(message)
                 return
-            emitted = True
             try:
                 await send(message)
             finally:
-                audit.request_event(verdict, info, status)
+                exchange.finish(status)
 
         try:
             await self.app(scope, receive, audited_send)
         except BaseException:
-            if not emitted:
-                emitted = True
-                audit.request_event(verdict, info, 500)
+            exchange.finish(500)
             raise
-        if not emitted:
-            audit.request_event(verdict, info, None)
+        exchange.finish(None)
 
     def close(self) -> None:
         """Stop background work (``jwks_url`` refresh threads); also done at lifespan shutdown."""
-        self._gate.close()
+        self._lifecycle.close()
 
     def _lifespan_send(self, send: Send) -> Send:
         async def lifespan_send(message: Message) -> None:
@@ -229,12 +214,11 @@ class JWTAuditMiddleware:
         scope: Scope,
         receive: Receive,
         send: Send,
-        verdict: Verdict,
-        info: RequestInfo,
+        exchange: Exchange,
+        challenge: Challenge,
         *,
         connected: bool = False,
     ) -> None:
-        challenge = self._gate.challenge(verdict)
         status: int | None = challenge.status
         try:
             if scope["type"] == "http":
@@ -258,10 +242,26 @@ class JWTAuditMiddleware:
                     await send({"type": "websocket.http.response.body", "body": challenge.body})
                 else:
                     status = 403  # what servers answer to a close before accept
-                    await send(
-                        {"type": "websocket.close", "code": 1008, "reason": verdict.reason or ""}
-                    )
+                    reason = exchange.verdict.reason or ""
+                    await send({"type": "websocket.close", "code": 1008, "reason": reason})
             else:
                 status = None  # the client left before the handshake: nothing was sent
         finally:
-            self._audit.request_event(verdict, info, status)
+            exchange.finish(status)
+
+
+def _attach(scope: Scope, token: VerifiedToken | None, verdict: Verdict) -> None:
+    """Starlette's ``request.user`` / ``request.auth`` for the verdict."""
+    if verdict.path_kind == EXEMPT:  # an outer AuthenticationMiddleware's, if any
+        scope.setdefault("user", UnauthenticatedUser())
+        scope.setdefault("auth", AuthCredentials())
+    elif token is None:  # anonymous, on an optional path
+        scope["user"] = UnauthenticatedUser()
+        scope["auth"] = AuthCredentials()
+    else:
+        scope["user"] = JWTUser(token)
+        scope["auth"] = AuthCredentials(verdict.auth_scopes)
+
+
+_RESPONSE_STARTS = frozenset(("http.response.start", "websocket.http.response.start"))
+_LATE_DENIAL_POINTS = frozenset(("http.response.start", "websocket.close"))

@@ -20,21 +20,8 @@ import time
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-from .events import (
-    ACCESS,
-    DENIAL,
-    DENIED,
-    SCHEMA,
-    WOULD_DENY,
-    clean,
-    clean_list,
-    clean_optional,
-    copy_claims,
-    identity_fields,
-    rfc3339,
-)
-from .policy import Verdict
-from .request import RequestInfo, new_request_id
+from .events import DENIED, WOULD_DENY, app_event, clean, rfc3339
+from .model import RequestInfo, Verdict
 
 LOGGER_NAME = "jwt_audit"
 RECORD_ATTRIBUTE = "jwt_audit"
@@ -184,15 +171,12 @@ class AuditLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         self,
         logger: logging.Logger | None = None,
         extra: Mapping[str, object] | None = None,
-        *,
-        log_claims: tuple[str, ...] = (),
     ) -> None:
         extra = dict(extra or {})
         clash = _RESERVED.intersection(extra)
         if clash:  # Logger.makeRecord refuses these too, but only when a record is made
             raise ValueError(f"extra cannot replace LogRecord attributes: {sorted(clash)}")
         super().__init__(logger or _logger, extra)
-        self.log_claims = log_claims
 
     def process(
         self, msg: Any, kwargs: MutableMapping[str, Any]
@@ -243,8 +227,6 @@ class AuditLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         if verdict.outcome == WOULD_DENY:
             status = verdict.status
         base = verdict.event_base
-        if base is None:
-            base = verdict.event_base = self._event_base(verdict)
         event = base.copy()
         stamp = time.time() if now is None else now
         event["time"] = rfc3339(stamp)
@@ -269,95 +251,9 @@ class AuditLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         self._emit(event, level, stamp)
         return event
 
-    def _event_base(self, verdict: Verdict) -> dict[str, Any]:
-        """The fields of an event that depend on the verdict only, in schema order."""
-        claims = verdict.claims
-        token = verdict.token
-        if token is not None and claims is token.claims:
-            identity = token.identity  # cleaned once, when the token verified
-        else:  # a denial: verified claims (expired, ...) or only the header's alg and kid
-            identity = identity_fields(claims or {}, verdict.scopes, verdict.alg, verdict.kid)
-            identity["claims"] = copy_claims(claims, self.log_claims) if claims else {}
-        reason = verdict.reason
-        return {
-            "schema": SCHEMA,
-            "event": ACCESS if reason is None else DENIAL,
-            "outcome": verdict.outcome,
-            "reason": reason,
-            "time": None,
-            "request_id": None,
-            "method": None,
-            "path": None,
-            "protocol": None,
-            "status": None,
-            "duration_ms": None,
-            "client_ip": None,
-            "user_agent": None,
-            "subject": identity["subject"],
-            "issuer": identity["issuer"],
-            "token_id": identity["token_id"],
-            "audience": identity["audience"],
-            "scopes": identity["scopes"],
-            "alg": identity["alg"],
-            "kid": identity["kid"],
-            "token_fingerprint": verdict.fingerprint,
-            "detail": verdict.detail,
-            "claims": identity["claims"],
-        }
-
-    def build_event(
-        self,
-        event: str,
-        outcome: str,
-        *,
-        reason: str | None = None,
-        subject: object = None,
-        client_ip: str | None = None,
-        request_id: str | None = None,
-        user_agent: str | None = None,
-        method: str | None = None,
-        path: str | None = None,
-        issuer: str | None = None,
-        token_id: str | None = None,
-        audience: object = None,
-        scopes: object = None,
-        alg: str | None = None,
-        kid: str | None = None,
-        token_fingerprint: str | None = None,
-        detail: str | None = None,
-        claims: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """A ``jwt-audit/1`` event for something an app did rather than a request.
-
-        Same fields as a request event; request-only ones not given are null
-        or empty.  Every string is cleaned like a client string (capped, no
-        control characters), so a user name cannot forge a log line.
-        """
-        return {
-            "schema": SCHEMA,
-            "event": event,
-            "outcome": outcome,
-            "reason": None if reason is None else clean(str(reason), 64),
-            "time": rfc3339(time.time()),
-            "request_id": clean(request_id, 128) if request_id else new_request_id(),
-            "method": clean_optional(method, 16),
-            "path": clean_optional(path, 1024),
-            "protocol": None,
-            "status": None,
-            "duration_ms": None,
-            "client_ip": clean_optional(client_ip, 64),
-            "user_agent": clean_optional(user_agent, 256),
-            "subject": None if subject is None else clean(str(subject)),
-            "issuer": clean_optional(issuer),
-            "token_id": clean_optional(token_id),
-            "audience": clean_list(audience),
-            "scopes": clean_list(scopes),
-            "alg": clean_optional(alg, 32),
-            "kid": clean_optional(kid, 64),
-            "token_fingerprint": token_fingerprint,
-            "detail": clean_optional(detail),
-            "claims": copy_claims(claims, claims) if claims else {},
-        }
+    def build_event(self, event: str, outcome: str, **fields: Any) -> dict[str, Any]:
+        """``events.app_event()``: an event for something an app did rather than a request."""
+        return app_event(event, outcome, **fields)
 
     def login_succeeded(
         self,

@@ -2,50 +2,67 @@
 
 Keyed by the SHA-256 digest of the token (the token text itself is never kept).
 Only successful verifications are cached, so a cached entry can never make a
-valid token fail; an entry is dropped at the earlier of the token's ``exp`` and
-``ttl`` seconds, and whenever the key ring it was verified with is replaced.
-A hit is still checked against the clock by the caller, and the revocation hook
-and path scopes still run per request.  Bounded, least recently used out first,
-safe under threads.
+valid token fail.  An entry lives ``ttl`` seconds by the monotonic clock (a
+wall clock that steps cannot stretch or shorten it) and is dropped whenever the
+key ring it was verified with is replaced.  Each entry also keeps the span of
+wall-clock time in which its token's ``nbf``/``iat`` and ``exp`` (with leeway)
+hold, and a hit outside that span is a miss: after the clock steps back, a
+token whose ``nbf`` now lies in the future is checked again in full.  The
+revocation hook and path scopes still run per request.  Bounded, least
+recently used out first, safe under threads.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
-if TYPE_CHECKING:
-    from .policy import Verdict
+from .model import Verdict
 
 DEFAULT_TTL = 300.0
 
+#: deadline (monotonic), key-ring version, valid from, valid until (wall clock), verdict
+_Entry = tuple[float, int, float, float, Verdict]
+
 
 class TokenCache:
-    """A bounded LRU map: token digest -> (deadline, key-ring id, allowed Verdict).
+    """A bounded LRU map: token digest -> an allowed ``Verdict`` and when it holds.
 
     Reads take no lock: a ``dict.get`` and an ``OrderedDict.move_to_end`` are
     single C calls under the GIL.  Writes and evictions hold the lock.
     """
 
-    __slots__ = ("_entries", "_lock", "hits", "misses", "size", "ttl")
+    __slots__ = ("_entries", "_lock", "_monotonic", "hits", "misses", "size", "ttl")
 
-    def __init__(self, size: int, ttl: float = DEFAULT_TTL) -> None:
+    def __init__(
+        self,
+        size: int,
+        ttl: float = DEFAULT_TTL,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.size = size
         self.ttl = ttl
-        self._entries: OrderedDict[bytes, tuple[float, int, Verdict]] = OrderedDict()
+        self._monotonic = monotonic
+        self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
     def get(self, digest: bytes, now: float, ring: int) -> Verdict | None:
-        """The cached verdict for ``digest``, unless it is stale or absent."""
+        """The cached verdict for ``digest`` at wall-clock ``now``, unless stale or absent."""
         entry = self._entries.get(digest)
         if entry is None:
             self.misses += 1
             return None
-        deadline, entry_ring, verdict = entry
-        if now >= deadline or entry_ring != ring:
+        deadline, entry_ring, valid_from, valid_until, verdict = entry
+        if (
+            entry_ring != ring
+            or not valid_from <= now < valid_until
+            or self._monotonic() >= deadline
+        ):
             with self._lock:
                 self._entries.pop(digest, None)
             self.misses += 1
@@ -57,10 +74,13 @@ class TokenCache:
         self.hits += 1
         return verdict
 
-    def put(self, digest: bytes, verdict: Verdict, deadline: float, ring: int) -> None:
-        """Remember ``verdict`` until ``deadline`` (the caller bounds it by ``exp``)."""
+    def put(
+        self, digest: bytes, verdict: Verdict, ring: int, valid_from: float, valid_until: float
+    ) -> None:
+        """Remember ``verdict`` for ``ttl`` seconds, for wall-clock times in its span."""
+        entry = (self._monotonic() + self.ttl, ring, valid_from, valid_until, verdict)
         with self._lock:
-            self._entries[digest] = (deadline, ring, verdict)
+            self._entries[digest] = entry
             self._entries.move_to_end(digest)
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)

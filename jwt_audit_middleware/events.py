@@ -10,6 +10,8 @@ plain-text log line.
 from __future__ import annotations
 
 import hashlib
+import itertools
+import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -237,6 +239,91 @@ def verified_identity(  # noqa: PLR0917 - the verifier calls it once per first-s
     }
 
 
+class _RequestIds:
+    """Unique request ids: a random per-process prefix and a counter.
+
+    Cheaper than ``os.urandom`` per request; the prefix is renewed in a forked
+    child (gunicorn workers), so ids stay unique across processes.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self.prefix = os.urandom(12).hex()
+        # counting from 2**32 + 1, hex(n)[3:] is n's last 8 hex digits, zero-padded
+        # (a format spec costs twice as much on this per-request path)
+        self.counter = itertools.count(_FIRST_ID)
+
+    def __call__(self) -> str:
+        """32 hex digits: 24 of random prefix, 8 of counter."""
+        number = next(self.counter)
+        if number >= _LAST_ID:  # after 4 billion ids, a fresh prefix
+            self.reset()
+            number = next(self.counter)
+        return self.prefix + hex(number)[3:]
+
+
+_FIRST_ID = 2**32 + 1
+_LAST_ID = 2**33
+new_request_id = _RequestIds()
+
+
+def app_event(
+    event: str,
+    outcome: str,
+    *,
+    reason: str | None = None,
+    subject: object = None,
+    client_ip: str | None = None,
+    request_id: str | None = None,
+    user_agent: str | None = None,
+    method: str | None = None,
+    path: str | None = None,
+    issuer: str | None = None,
+    token_id: str | None = None,
+    audience: object = None,
+    scopes: object = None,
+    alg: str | None = None,
+    kid: str | None = None,
+    token_fingerprint: str | None = None,
+    detail: str | None = None,
+    claims: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A ``jwt-audit/1`` event for something an app did rather than a request.
+
+    Same fields as a request event; request-only ones not given are null
+    or empty.  Every string is cleaned like a client string (capped, no
+    control characters), so a user name cannot forge a log line.
+    """
+    return {
+        "schema": SCHEMA,
+        "event": event,
+        "outcome": outcome,
+        "reason": None if reason is None else clean(str(reason), 64),
+        "time": rfc3339(time.time()),
+        "request_id": clean(request_id, 128) if request_id else new_request_id(),
+        "method": clean_optional(method, 16),
+        "path": clean_optional(path, 1024),
+        "protocol": None,
+        "status": None,
+        "duration_ms": None,
+        "client_ip": clean_optional(client_ip, 64),
+        "user_agent": clean_optional(user_agent, 256),
+        "subject": None if subject is None else clean(str(subject)),
+        "issuer": clean_optional(issuer),
+        "token_id": clean_optional(token_id),
+        "audience": clean_list(audience),
+        "scopes": clean_list(scopes),
+        "alg": clean_optional(alg, 32),
+        "kid": clean_optional(kid, 64),
+        "token_fingerprint": token_fingerprint,
+        "detail": clean_optional(detail),
+        "claims": copy_claims(claims, claims) if claims else {},
+    }
+
+
 def copy_claims(claims: Mapping[str, Any] | None, names: Iterable[str]) -> dict[str, Any]:
     """The ``log_claims`` subset of ``claims``, cleaned."""
     if not claims:
@@ -253,6 +340,7 @@ __all__ = [
     "SCHEMA",
     "WOULD_DENY",
     "ReasonSpec",
+    "app_event",
     "clean",
     "clean_json",
     "clean_list",
@@ -261,6 +349,7 @@ __all__ = [
     "fingerprint",
     "fingerprint_of_digest",
     "identity_fields",
+    "new_request_id",
     "rfc3339",
     "scope_fields",
     "verified_identity",

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import http.client
 import ipaddress
 import itertools
@@ -33,12 +32,10 @@ import time
 import urllib.parse
 import weakref
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any
 
+from .events import app_event
 from .keys import KeyRing, VerificationKey, parse_jwks
-
-if TYPE_CHECKING:
-    from .audit import AuditLogger
 
 EmitEvent = Callable[[dict[str, Any], int], None]
 
@@ -57,6 +54,7 @@ _LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
 _VERSIONS = itertools.count(1)  # shared, so the highest version marks the latest swap anywhere
 
 internal_logger = logging.getLogger("jwt_audit.internal")
+audit_logger = logging.getLogger("jwt_audit")
 
 
 class FetchError(Exception):
@@ -201,22 +199,6 @@ def parse_document(body: bytes, algorithms: Iterable[str], max_keys: int) -> lis
         raise FetchError("invalid_document", f"the document {exc}") from None
     except RecursionError:
         raise FetchError("invalid_document", "the document is too deeply nested") from None
-
-
-class KeyRequest(NamedTuple):
-    """A request's wish for fresh keys: the source to refresh and the ``kid`` it needs."""
-
-    source: RemoteKeySet
-    kid: str | None
-
-
-@functools.cache
-def _audit_logger() -> AuditLogger:
-    # audit.py sits above this module (audit -> policy -> verifier -> jwks), so
-    # the logger is built when the first key event is emitted.
-    from .audit import AuditLogger  # noqa: PLC0415
-
-    return AuditLogger()
 
 
 class RemoteKeySet:
@@ -423,16 +405,15 @@ class RemoteKeySet:
         level: int = logging.INFO,
     ) -> None:
         try:
-            audit = _audit_logger()
-            event = audit.build_event(
-                KEY_EVENT,
-                outcome,
-                reason=reason,
-                issuer=self.issuer,
-                kid=kid,
-                detail=detail,
+            event = app_event(
+                KEY_EVENT, outcome, reason=reason, issuer=self.issuer, kid=kid, detail=detail
             )
-            (self._emit or audit.emit)(event, level)
+            if self._emit is not None:
+                self._emit(event, level)
+            else:  # no audit logger handed down: the same record, through plain logging
+                audit_logger.log(
+                    level, "%s %s %s", KEY_EVENT, outcome, detail, extra={"jwt_audit": event}
+                )
         except Exception:  # a broken handler must not stop key rotation
             internal_logger.error("jwt_audit: cannot emit a key event", exc_info=True)
 
@@ -512,7 +493,6 @@ __all__ = [
     "KEY_RETIRED",
     "SERVING_STALE",
     "FetchError",
-    "KeyRequest",
     "RemoteKeySet",
     "check_url",
     "fetch",

@@ -1,38 +1,40 @@
 """Request policy: which paths need a token, which scopes, and the verdict.
 
-``Gate.evaluate()`` is the one decision every adapter (ASGI, WSGI, Django,
-Flask) calls: path and ``Authorization`` values in, a ``Verdict`` out.  The
-revocation hook, the only step that may do I/O, is resolved separately by
-``resolve_sync()`` / ``resolve_async()`` so each adapter can run it the way
-its world requires; likewise a refetch of a JWKS URL for a token naming an
-unknown key (``refresh_sync()`` / ``refresh_async()``).  Challenges (status,
-headers, body) are built here once per reason at start-up.
+``Gate.decide_sync()`` / ``Gate.decide_async()`` are the one decision every
+adapter (ASGI, WSGI, Django, Flask) asks for: the path the app routes on and
+the ``Authorization`` values in, a frozen ``Verdict`` out.  Challenges
+(status, headers, body) are built here once per reason at start-up.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import replace
 from hashlib import sha256 as _sha256
-from typing import Any, Final
+from typing import Any
 
 import anyio.to_thread
 from asgiref.sync import async_to_sync
 
 from .cache import TokenCache
 from .errors import Denied
-from .events import ALLOWED, DENIED, REASONS, WOULD_DENY, fingerprint_of_digest
-from .jwks import KeyRequest
+from .events import (
+    ALLOWED,
+    DENIED,
+    REASONS,
+    WOULD_DENY,
+    copy_claims,
+    fingerprint_of_digest,
+    identity_fields,
+)
+from .model import EXEMPT, OPTIONAL, REQUIRED, Challenge, Verdict, VerifiedToken, event_base
 from .settings import Settings
-from .verifier import VerifiedToken, Verifier
+from .verifier import Verifier
 
 internal_logger = logging.getLogger("jwt_audit.internal")
-
-EXEMPT: Final = "exempt"
-OPTIONAL: Final = "optional"
-REQUIRED: Final = "required"
 
 
 def normalise_path(path: str) -> str:
@@ -53,14 +55,16 @@ def normalise_path(path: str) -> str:
 
 
 class _Prefixes:
-    """Path prefixes matched on segment boundaries: ``/a`` matches ``/a``, ``/a/b``, not ``/ab``."""
+    """Path prefixes matched on segment boundaries: ``/a`` matches ``/a``, ``/a/b``, not ``/ab``.
+
+    ``/`` names the root page only: as a prefix it would match every path.
+    """
 
     __slots__ = ("_exact", "_prefixes")
 
     def __init__(self, paths: tuple[str, ...]) -> None:
         stripped = [p.rstrip("/") for p in paths]
         self._exact = frozenset(p or "/" for p in stripped)
-        # "/" names the root page only: as a prefix it would match every path
         self._prefixes = tuple(p + "/" for p in stripped if p)
 
     def __contains__(self, path: object) -> bool:
@@ -68,95 +72,60 @@ class _Prefixes:
 
 
 class PathPolicy:
-    """Compiled ``exempt_paths``, ``optional_paths`` and ``path_scopes``.
+    """Compiled ``exempt_paths``, ``optional_paths`` and ``path_scopes`` (contract §8).
 
-    A path with dot segments or empty segments is first normalised the way a
-    proxy or router might; it is never exempt or optional (a ``/health/../admin``
-    trick cannot skip authentication) and needs the scopes of both forms.
+    Paths are those the wrapped app routes on (the adapters strip a mount
+    prefix).  In ``path_scopes`` the longest matching prefix wins and ``/`` is
+    the rule for every path no longer prefix claims; a path both optional and
+    scoped needs a token.  A path with dot segments or empty segments is first
+    normalised the way a proxy or router might; it is never exempt or optional
+    (a ``/health/../admin`` trick cannot skip authentication) and needs the
+    scopes of both forms.
     """
 
     def __init__(self, settings: Settings) -> None:
         self._exempt = _Prefixes(tuple(settings.exempt_paths))
-        self.has_rules = bool(settings.exempt_paths or settings.optional_paths)
         self._optional = _Prefixes(tuple(settings.optional_paths))
-        rules = sorted(settings.path_scopes.items(), key=lambda item: -len(item[0]))
-        self._scopes = tuple((_Prefixes((prefix,)), tuple(scopes)) for prefix, scopes in rules)
-        self.has_scopes = bool(rules)
+        rules = sorted(settings.path_scopes.items(), key=lambda item: -len(item[0].rstrip("/")))
+        # (exact path, prefix + "/", scopes); the "/" rule has an empty prefix: every path
+        self._scopes = tuple(
+            (prefix.rstrip("/"), prefix.rstrip("/") + "/", tuple(scopes))
+            for prefix, scopes in rules
+        )
+        self.has_rules = bool(settings.exempt_paths or settings.optional_paths or rules)
 
-    def kind(self, path: str) -> str:
-        """``exempt``, ``optional`` or ``required``."""
-        if not self.has_rules:
-            return REQUIRED
-        if normalise_path(path) != path:
-            return REQUIRED
+    def rule(self, path: str) -> tuple[str, tuple[str, ...]]:
+        """``(kind, required scopes)`` for ``path``: ``exempt``, ``optional`` or ``required``."""
+        normalised = normalise_path(path)
+        if normalised != path:
+            return REQUIRED, self._required({path, normalised})
         if path in self._exempt:
-            return EXEMPT
-        if path in self._optional:
-            return OPTIONAL
-        return REQUIRED
+            return EXEMPT, ()
+        required = self._required((path,))
+        if path in self._optional and not required:
+            return OPTIONAL, ()
+        return REQUIRED, required
 
-    def required_scopes(self, path: str) -> tuple[str, ...]:
-        """The scopes of the longest matching ``path_scopes`` prefix (of both forms)."""
-        if not self.has_scopes:
-            return ()
+    def _required(self, paths: Iterable[str]) -> tuple[str, ...]:
+        """The scopes of the longest matching ``path_scopes`` prefix of each path, together."""
         required: dict[str, None] = {}
-        for candidate in {path, normalise_path(path)}:
-            for prefixes, scopes in self._scopes:
-                if candidate in prefixes:
+        for path in paths:
+            for exact, prefix, scopes in self._scopes:
+                if not exact or path == exact or path.startswith(prefix):
                     required.update(dict.fromkeys(scopes))
                     break
         return tuple(required)
 
 
-@dataclass(slots=True)
-class Verdict:
-    """What to do with one request.
-
-    ``allow`` says whether the app is called.  ``token`` is set when a token
-    verified (also for a would-be ``insufficient_scope`` in report-only mode).
-    ``claims`` carries verified claims for the event even on a denial that
-    came after the signature check (``expired``, ``invalid_audience`` ...).
-    """
-
-    allow: bool
-    outcome: str
-    reason: str | None = None
-    status: int | None = None
-    detail: str | None = None
-    token: VerifiedToken | None = None
-    fingerprint: str | None = None
-    alg: str | None = None
-    kid: str | None = None
-    claims: Mapping[str, Any] | None = None
-    scopes: frozenset[str] = frozenset()
-    required_scopes: tuple[str, ...] = ()
-    path_kind: str = REQUIRED
-    pending_revocation: bool = False
-    pending_keys: KeyRequest | None = None
-    """Set on an ``unknown_key``/``key_unavailable`` denial when refetching the
-    token's JWKS URL may help: the adapter calls ``Gate.refresh_sync/async``."""
-    event_base: dict[str, Any] | None = None
-    """The request-independent part of this verdict's audit event, built once.
-
-    Verdicts of cached tokens are shared by every request that presents the
-    token; nothing may change them but the memos (this one filled by
-    ``AuditLogger``).
-    """
-    sorted_scopes: tuple[str, ...] | None = None
-    """Memo: the token's scopes in order, for Starlette's ``AuthCredentials``."""
-
-
-@dataclass(frozen=True, slots=True)
-class Challenge:
-    """An RFC 6750 error response: status, headers, JSON body."""
-
-    status: int
-    headers: tuple[tuple[bytes, bytes], ...]
-    body: bytes
-
-
 class Gate:
-    """The single verification path shared by every adapter."""
+    """The single decision every adapter asks for: path and headers in, a ``Verdict`` out.
+
+    ``decide_sync()`` and ``decide_async()`` are the whole decision: path
+    rules, the token (from the cache or verified), a refetch of a JWKS URL
+    for an unknown key, the revocation hook, and a bug of ours turned into an
+    ``internal_error`` denial.  They differ only in how the two steps that may
+    block run: in the caller's thread, or in a worker thread off the loop.
+    """
 
     def __init__(self, settings: Settings, verifier: Verifier | None = None) -> None:
         self.settings = settings
@@ -167,16 +136,39 @@ class Gate:
         self.revocation_is_async = settings.revocation_is_async
         self.cache = TokenCache(settings.cache_size) if settings.cache_size else None
         self._leeway = float(settings.leeway)  # type: ignore[arg-type]  # normalised
+        self._log_claims = tuple(settings.log_claims)
         self._challenges = {reason: self._challenge(reason, ()) for reason in REASONS}
         self._exempt = Verdict(True, ALLOWED, path_kind=EXEMPT)
         self._anonymous = Verdict(True, ALLOWED, path_kind=OPTIONAL)
 
-    # -- decisions ---------------------------------------------------------
+    # -- the decision --------------------------------------------------------
+
+    def decide_sync(self, path: str, authorization: list[str]) -> Verdict:
+        """The verdict, running a key refetch and the revocation hook in this thread."""
+        try:
+            verdict = self.evaluate(path, authorization)
+            if verdict.refresh_keys is not None:
+                verdict.refresh_keys()
+                verdict = self._evaluate_again(path, authorization)
+            return self.resolve_sync(verdict)
+        except Exception:  # noqa: BLE001 - a bug of ours must not reach the server
+            return self.internal_error("decide")
+
+    async def decide_async(self, path: str, authorization: list[str]) -> Verdict:
+        """The verdict from an event loop: a key refetch runs in a worker thread."""
+        try:
+            verdict = self.evaluate(path, authorization)
+            if verdict.refresh_keys is not None:
+                await anyio.to_thread.run_sync(verdict.refresh_keys)
+                verdict = self._evaluate_again(path, authorization)
+            return await self.resolve_async(verdict)
+        except Exception:  # noqa: BLE001 - a bug of ours must not reach the server
+            return self.internal_error("decide")
 
     def evaluate(self, path: str, authorization: list[str]) -> Verdict:
-        """Everything but the revocation hook: path rules, token, claims, scopes."""
+        """Everything but the steps that may block: path rules, token, claims, scopes."""
         paths = self.paths
-        kind = paths.kind(path)
+        kind, required = paths.rule(path) if paths.has_rules else _REQUIRED_RULE
         if kind == EXEMPT:
             return self._exempt
         cache = self.cache
@@ -192,9 +184,9 @@ class Gate:
                 verifier = self.verifier
                 cached = cache.get(digest, verifier.clock(), verifier.keys_version)
                 if cached is not None:
-                    if kind == REQUIRED and not paths.has_scopes:
+                    if kind == REQUIRED and not required:
                         return cached  # what _allowed() returns without path rules
-                    return self._allowed(cached, path, kind)
+                    return self._allowed(cached, kind, required)
         try:
             token_text = self.verifier.token_from_headers(authorization)
         except Denied as denied:
@@ -204,145 +196,128 @@ class Gate:
             return self.deny(denied, None, kind)
         digest = _sha256(token_text.encode("ascii")).digest()
         print_ = fingerprint_of_digest(digest)
-        now = self.verifier.clock()
         version = self.verifier.keys_version  # before verifying: a swap meanwhile is not missed
         try:
             token = self.verifier.verify(token_text, print_)
         except Denied as denied:
-            verdict = self.deny(denied, print_, kind)
+            refresh = None
             if denied.reason in _KEY_REASONS:
-                verdict.pending_keys = self.verifier.key_request(token_text)
-            return verdict
+                refresh = self.verifier.key_request(token_text)
+            return self.deny(denied, print_, kind, refresh_keys=refresh)
         verdict = Verdict(
             True,
             ALLOWED,
             token=token,
             fingerprint=print_,
-            alg=token.alg,
-            kid=token.kid,
-            claims=token.claims,
-            scopes=token.scopes,
             pending_revocation=self.revocation_check is not None,
         )
         if cache is not None:
-            # exp (+ leeway) bounds the entry; nbf and iat only grow more valid with time
-            deadline = now + cache.ttl
-            if token.expires_at is not None:
-                deadline = min(deadline, token.expires_at + self._leeway)
-            cache.put(digest, verdict, deadline, version)
-        return self._allowed(verdict, path, kind)
+            cache.put(digest, verdict, version, *self._valid_span(token))
+        return self._allowed(verdict, kind, required)
 
-    def _allowed(self, verdict: Verdict, path: str, kind: str) -> Verdict:
-        """``verdict`` (a verified token on a required path) checked against ``path``."""
+    def _valid_span(self, token: VerifiedToken) -> tuple[float, float]:
+        """The wall-clock span in which ``token``'s time claims hold (with leeway)."""
+        leeway = self._leeway
+        get = token.claims.get
+        valid_from = max((get(name) or -math.inf) for name in ("nbf", "iat")) - leeway
+        valid_until = math.inf if token.expires_at is None else token.expires_at + leeway
+        return valid_from, valid_until
+
+    def _allowed(self, verdict: Verdict, kind: str, required: tuple[str, ...]) -> Verdict:
+        """``verdict`` (a verified token) checked against the path's rule."""
         token = verdict.token
         assert token is not None
-        required = self.paths.required_scopes(path)
         if required and not token.scopes.issuperset(required):
             lacking = Denied(
                 "insufficient_scope",
                 "the token lacks a required scope",
-                alg=verdict.alg,
-                kid=verdict.kid,
-                claims=token.claims,
                 required_scopes=required,
             )
             return self.deny(lacking, verdict.fingerprint, kind, token=token)
         if kind != REQUIRED:
-            return replace(verdict, path_kind=kind, event_base=None)
+            return replace(verdict, path_kind=kind)
         return verdict
 
     def deny(
         self,
         denied: Denied,
-        digest: str | None,
+        fingerprint: str | None,
         kind: str = REQUIRED,
         token: VerifiedToken | None = None,
+        *,
+        refresh_keys: Callable[[], object] | None = None,
     ) -> Verdict:
-        """The verdict for a denial, or a would-deny in report-only mode."""
+        """The verdict for a denial, or a would-deny in report-only mode.
+
+        ``token`` is the verified token of a denial that came after
+        verification (scopes, revocation, the app's own ``deny_request``).
+        """
+        outcome = WOULD_DENY if self.report_only else DENIED
+        if token is not None:
+            fields = token.event_fields
+        else:  # verified claims (expired, ...) or only the header's alg and kid
+            claims = denied.claims or {}
+            scopes = self.verifier.scopes(claims) if claims else frozenset()
+            fields = identity_fields(claims, scopes, denied.alg, denied.kid)
+            fields["claims"] = copy_claims(claims, self._log_claims) if claims else {}
         return Verdict(
             self.report_only,
-            WOULD_DENY if self.report_only else DENIED,
+            outcome,
             reason=denied.reason,
             status=REASONS[denied.reason].status,
             detail=denied.detail,
             token=token if self.report_only else None,
-            fingerprint=digest,
-            alg=denied.alg,
-            kid=denied.kid,
-            claims=denied.claims,
-            scopes=self.verifier.scopes(denied.claims) if denied.claims else frozenset(),
+            fingerprint=fingerprint,
             required_scopes=denied.required_scopes,
             path_kind=kind,
+            refresh_keys=refresh_keys,
+            event_base=event_base(outcome, denied.reason, fingerprint, denied.detail, fields),
         )
 
     def late_denial(self, verdict: Verdict, denied: object) -> Verdict | None:
         """The verdict for a denial the app left with ``deny_request()``, if any."""
-        if not isinstance(denied, Denied):
-            return None
+        if not isinstance(denied, Denied) or verdict.reason is not None:
+            return None  # nothing left, or already a (would-be) denial
         token = verdict.token
-        if token is None:  # anonymous (optional path): only "you need a token" makes sense
-            if denied.reason != "missing_token":
-                return None
-            return self.deny(denied, None, verdict.path_kind)
-        late = Denied(
-            denied.reason,
-            denied.detail,
-            alg=token.alg,
-            kid=token.kid,
-            claims=token.claims,
-            required_scopes=denied.required_scopes,
-        )
-        return self.deny(late, verdict.fingerprint, verdict.path_kind, token=token)
+        if token is None and denied.reason != "missing_token":
+            return None  # anonymous (optional path): only "you need a token" makes sense
+        return self.deny(denied, verdict.fingerprint, verdict.path_kind, token=token)
 
     def internal_error(self, where: str) -> Verdict:
         """Log the current exception on ``jwt_audit.internal``; fail closed."""
         internal_logger.error("jwt_audit: internal error in %s", where, exc_info=True)
         return self.deny(Denied("internal_error", "internal error"), None)
 
-    def refresh_sync(self, verdict: Verdict, path: str, authorization: list[str]) -> Verdict:
-        """Refetch keys for a ``pending_keys`` verdict, then decide again (WSGI).
-
-        Blocks up to ``jwks_timeout``; every request waiting for the same key
-        set shares one fetch.
-        """
-        request = verdict.pending_keys
-        if request is None:
-            return verdict
-        request.source.refresh(request.kid)
-        return self._evaluate_again(path, authorization)
-
-    async def refresh_async(self, verdict: Verdict, path: str, authorization: list[str]) -> Verdict:
-        """``refresh_sync()`` from an event loop: the fetch runs in a worker thread."""
-        request = verdict.pending_keys
-        if request is None:
-            return verdict
-        await anyio.to_thread.run_sync(request.source.refresh, request.kid)
-        return self._evaluate_again(path, authorization)
-
     def _evaluate_again(self, path: str, authorization: list[str]) -> Verdict:
         verdict = self.evaluate(path, authorization)
-        if verdict.pending_keys is not None:  # one refresh per request
-            verdict.pending_keys = None
+        if verdict.refresh_keys is not None:  # one refresh per request
+            verdict = replace(verdict, refresh_keys=None)
         return verdict
 
     def close(self) -> None:
         """Stop background work (the refresh threads of ``jwks_url`` key sets)."""
         self.verifier.close()
 
+    # -- the revocation hook ------------------------------------------------
+
     def _after_revocation(self, verdict: Verdict, revoked: object) -> Verdict:
         if revoked is True or (revoked and not isinstance(revoked, bool)):
+            token = verdict.token
+            assert token is not None
+            # claims for the event only: a revoked token is never attached, not even
+            # in report-only mode
             denied = Denied(
                 "revoked",
                 "the token has been revoked",
-                alg=verdict.alg,
-                kid=verdict.kid,
-                claims=verdict.claims,
+                alg=token.alg,
+                kid=token.kid,
+                claims=token.claims,
             )
             return self.deny(denied, verdict.fingerprint, verdict.path_kind)
-        return _replace_pending(verdict)
+        return replace(verdict, pending_revocation=False)
 
     def resolve_sync(self, verdict: Verdict) -> Verdict:
-        """Run the revocation hook from synchronous code (WSGI)."""
+        """Run the revocation hook, if the verdict waits for it, in this thread."""
         if not verdict.pending_revocation:
             return verdict
         check: Callable[..., Any] = self.revocation_check  # type: ignore[assignment]
@@ -357,7 +332,7 @@ class Gate:
         return self._after_revocation(verdict, revoked)
 
     async def resolve_async(self, verdict: Verdict) -> Verdict:
-        """Run the revocation hook from an event loop (ASGI).
+        """Run the revocation hook from an event loop.
 
         An ``async def`` hook is awaited; a plain function runs in a worker
         thread, since it may well do I/O (a database or Redis look-up).
@@ -407,9 +382,6 @@ class Gate:
         return Challenge(spec.status, tuple(headers), body)
 
 
-def _replace_pending(verdict: Verdict) -> Verdict:
-    return replace(verdict, pending_revocation=False, event_base=None)
-
-
 _BEARER = ("Bearer ", "bearer ")
 _KEY_REASONS = frozenset({"unknown_key", "key_unavailable"})
+_REQUIRED_RULE: tuple[str, tuple[str, ...]] = (REQUIRED, ())

@@ -10,24 +10,15 @@ verified claims again on any kind of request object.
 from __future__ import annotations
 
 import ipaddress
-import itertools
-import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from .errors import Denied
-from .events import MAX_PATH, MAX_USER_AGENT, REASONS, clean
+from .events import MAX_PATH, MAX_USER_AGENT, REASONS, clean, new_request_id
+from .model import LATE_DENIAL_KEY, MODE_KEY, SCOPE_KEY, RequestInfo, VerifiedToken
 from .settings import Settings
-from .verifier import VerifiedToken
 
-#: Where the verified token lives in an ASGI scope, a WSGI environ, a request.
-SCOPE_KEY = "jwt_audit"
-#: Where view-level code leaves a denial for the middleware to answer and audit.
-LATE_DENIAL_KEY = "jwt_audit.denial"
-#: Present (``"report-only"``) when the middleware lets denials through.
-MODE_KEY = "jwt_audit.mode"
 _LATE_DETAILS = {
     "insufficient_scope": "the token lacks a required scope",
     "missing_token": "no Authorization header",
@@ -39,50 +30,6 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=\-]{1,128}")
 _FORWARDED_FOR = re.compile(r'(?:^|[;,\s])for=("?)([^;,"]*)\1', re.IGNORECASE)
 _IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-class _RequestIds:
-    """Unique request ids: a random per-process prefix and a counter.
-
-    Cheaper than ``os.urandom`` per request; the prefix is renewed in a forked
-    child (gunicorn workers), so ids stay unique across processes.
-    """
-
-    def __init__(self) -> None:
-        self.reset()
-        os.register_at_fork(after_in_child=self.reset)
-
-    def reset(self) -> None:
-        self.prefix = os.urandom(12).hex()
-        # counting from 2**32 + 1, hex(n)[3:] is n's last 8 hex digits, zero-padded
-        # (a format spec costs twice as much on this per-request path)
-        self.counter = itertools.count(_FIRST_ID)
-
-    def __call__(self) -> str:
-        """32 hex digits: 24 of random prefix, 8 of counter."""
-        number = next(self.counter)
-        if number >= _LAST_ID:  # after 4 billion ids, a fresh prefix
-            self.reset()
-            number = next(self.counter)
-        return self.prefix + hex(number)[3:]
-
-
-_FIRST_ID = 2**32 + 1
-_LAST_ID = 2**33
-new_request_id = _RequestIds()
-
-
-@dataclass(slots=True)
-class RequestInfo:
-    """The request-side fields of an audit event, already cleaned."""
-
-    method: str
-    path: str
-    protocol: str
-    client_ip: str
-    user_agent: str | None
-    request_id: str
-    started: float
 
 
 def _parse_ip(text: str) -> _IPAddress | None:

@@ -17,6 +17,7 @@ import ipaddress
 import json
 import os
 import re
+import string
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
@@ -27,6 +28,12 @@ from .jwks import check_url
 from .keys import KeyRing, build_keyring, check_algorithms, is_hmac
 
 RevocationCheck = Callable[[Mapping[str, Any]], "bool | Awaitable[bool]"]
+IdentityFunction = Callable[[Mapping[str, Any]], "str | None"]
+
+#: Request headers that claim an identity and that a client could send itself.
+#: ``Remote-User`` is always removed; these by default, ``identity_headers`` to change.
+ALWAYS_STRIPPED_HEADERS = ("remote-user",)
+DEFAULT_IDENTITY_HEADERS = ("x-remote-user", "x-forwarded-user", "x-auth-request-user")
 Mode = Literal["enforce", "report-only"]
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -157,6 +164,9 @@ class Settings:
     log_claims: Sequence[str] = ()
     realm: str = "api"
     cache_size: int = 1024
+    identity: str | IdentityFunction = "{sub}"
+    identity_headers: Sequence[str] = DEFAULT_IDENTITY_HEADERS
+    max_leeway: float | datetime.timedelta = 300.0
 
     keyring: KeyRing = field(init=False, repr=False, compare=False)
     """The prepared keys, parsed once from ``secret``/``public_key``/``jwks``.
@@ -174,7 +184,9 @@ class Settings:
         "optional_paths": "list",
         "trusted_proxies": "list",
         "log_claims": "list",
+        "identity_headers": "list",
         "leeway": "float",
+        "max_leeway": "float",
         "jwks_timeout": "float",
         "jwks_cache_seconds": "float",
         "jwks_min_refresh_seconds": "float",
@@ -359,7 +371,18 @@ class Settings:
             set_(self, "public_key", tuple(self.public_key))
         set_(self, "issuer", _optional_strings("issuer", self.issuer))
         set_(self, "audience", _optional_strings("audience", self.audience))
-        set_(self, "leeway", _number("leeway", self.leeway, minimum=0))
+        max_leeway = float(_number("max_leeway", self.max_leeway, minimum=0))
+        set_(self, "max_leeway", max_leeway)
+        leeway = _number("leeway", self.leeway, minimum=0)
+        if leeway > max_leeway:
+            raise _fail(
+                "leeway",
+                f"{leeway:g} s exceeds max_leeway ({max_leeway:g} s): a clock skew that"
+                " large accepts long-expired tokens; raise max_leeway to mean it",
+            )
+        set_(self, "leeway", leeway)
+        identity_resolver("identity", self.identity)  # refuses a bad template now
+        set_(self, "identity_headers", self._identity_headers())
         set_(self, "required_claims", _strings("required_claims", self.required_claims))
         set_(self, "token_type", self._token_type())
         set_(
@@ -443,6 +466,14 @@ class Settings:
                 raise _fail("trusted_proxies", f"not an IP network: {entry!r}") from None
         return entries
 
+    def _identity_headers(self) -> tuple[str, ...]:
+        names = _strings("identity_headers", self.identity_headers)
+        for name in names:
+            if not _HEADER_NAME.match(name):
+                raise _fail("identity_headers", f"not an HTTP header name: {name!r}")
+        lowered = (*ALWAYS_STRIPPED_HEADERS, *(name.lower() for name in names))
+        return tuple(dict.fromkeys(lowered))
+
     def _request_id_header(self) -> str | None:
         value = self.request_id_header
         if value is None:
@@ -497,6 +528,7 @@ _PROVIDER_OPTIONS = (
     "jwks",
     "jwks_file",
     "jwks_url",
+    "identity",
 )
 _PROVIDER_KEY_SOURCES = ("secret", "public_key", "jwks", "jwks_file", "jwks_url")
 
@@ -516,6 +548,8 @@ class Provider:
     jwks_url: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict, compare=False)
     """The validated options (``jwks_file`` read into ``jwks``), to rebuild it."""
+    identity: str | IdentityFunction | None = field(default=None, compare=False)
+    """This provider's ``identity`` template (``None``: the top-level option's)."""
 
     def __repr__(self) -> str:  # never show key material
         source = f"jwks_url={self.jwks_url!r}" if self.jwks_url else f"{len(self.keyring)} keys"
@@ -559,6 +593,9 @@ def _provider(
     audience = default_audience
     if options.get("audience") is not None:
         audience = _optional_strings(f"{where}.audience", options["audience"])
+    identity = options.get("identity")
+    if identity is not None:
+        identity_resolver(f"{where}.identity", identity)
     sources = [name for name in _PROVIDER_KEY_SOURCES if options.get(name) is not None]
     if len(sources) != 1:
         raise _fail(
@@ -572,7 +609,9 @@ def _provider(
         if problem is not None:
             raise _fail(f"{where}.jwks_url", problem)
         check_remote_algorithms(f"{where}.jwks_url", algorithms)
-        return Provider(issuer, algorithms, audience, KeyRing((), algorithms), url, options)
+        return Provider(
+            issuer, algorithms, audience, KeyRing((), algorithms), url, options, identity
+        )
     secret = options.get("secret")
     jwks = options.get("jwks")
     if source == "jwks_file":
@@ -597,7 +636,56 @@ def _provider(
         message = str(exc)[len(exc.option) + 2 :]
         option = source if exc.option in ("algorithms", "jwks") else exc.option
         raise _fail(f"{where}.{option}", message) from None
-    return Provider(issuer, algorithms, audience, keyring, None, options)
+    return Provider(issuer, algorithms, audience, keyring, None, options, identity)
+
+
+_IDENTITY_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_:.-]{0,63}")
+
+
+def identity_resolver(option: str, value: object) -> IdentityFunction:
+    """The function that makes a verified token's identity from its claims.
+
+    ``value`` is a template naming claims in braces (``"{sub}"``,
+    ``"{iss}|{sub}"``, ``"partner:{sub}"``): each named claim must be a
+    non-empty string, else the token has no identity (no ``REMOTE_USER``).  Or
+    a callable ``(claims) -> str | None``.
+    """
+    if callable(value):
+        return cast("IdentityFunction", value)
+    if not isinstance(value, str) or not value:
+        raise _fail(option, "expected a template such as '{iss}|{sub}' or a callable")
+    names: list[str] = []
+    try:
+        parts = list(string.Formatter().parse(value))
+    except ValueError:
+        raise _fail(option, "unbalanced braces in the template") from None
+    for _literal, name, spec, conversion in parts:
+        if name is None:
+            continue
+        if not _IDENTITY_FIELD.fullmatch(name) or spec or conversion:
+            raise _fail(option, f"{{{name}}} is not a claim name (write '{{sub}}', '{{iss}}')")
+        names.append(name)
+    if not names:
+        raise _fail(option, "the template names no claim, e.g. '{sub}'")
+    if value == "{sub}":
+        return _subject_identity
+    fields = tuple(dict.fromkeys(names))
+
+    def resolve(claims: Mapping[str, Any]) -> str | None:
+        values = {}
+        for name in fields:
+            claim = claims.get(name)
+            if not isinstance(claim, str) or not claim:
+                return None
+            values[name] = claim
+        return value.format_map(values)
+
+    return resolve
+
+
+def _subject_identity(claims: Mapping[str, Any]) -> str | None:
+    subject = claims.get("sub")
+    return subject if isinstance(subject, str) and subject else None
 
 
 def _rebuild(options: dict[str, Any]) -> Settings:
@@ -610,4 +698,12 @@ def normalise_media_type(value: str) -> str:
     return value[len("application/") :] if value.startswith("application/") else value
 
 
-__all__ = ["Mode", "Provider", "RevocationCheck", "Settings", "is_async_callable"]
+__all__ = [
+    "IdentityFunction",
+    "Mode",
+    "Provider",
+    "RevocationCheck",
+    "Settings",
+    "identity_resolver",
+    "is_async_callable",
+]

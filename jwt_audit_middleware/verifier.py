@@ -16,13 +16,14 @@ keeps only what tokens of one issuer share (their decoded header).
 from __future__ import annotations
 
 import datetime
+import functools
 import itertools
 import json
 import math
 import time
 from binascii import a2b_base64
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -30,9 +31,10 @@ from jwt import exceptions as jwt_errors
 
 from .errors import Denied
 from .events import copy_claims, scope_fields, verified_identity
-from .jwks import EmitEvent, KeyRequest, RemoteKeySet, on_event_loop
+from .jwks import EmitEvent, RemoteKeySet, on_event_loop
 from .keys import MAX_KID_LENGTH, KeyRing
-from .settings import Settings, normalise_media_type
+from .model import Claims, VerifiedToken
+from .settings import IdentityFunction, Settings, identity_resolver, normalise_media_type
 
 # Versions of static key rings: negative, so they never meet a RemoteKeySet's, and
 # never reused (an id() of a freed ring can be, letting a cached verdict outlive its key).
@@ -78,38 +80,6 @@ def reason_for(exc: BaseException) -> str | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class VerifiedToken:
-    """A token whose signature and claims verified.
-
-    Placed at ``scope["jwt_audit"]`` / ``environ["jwt_audit"]``.  It holds no
-    token text: ``fingerprint`` identifies the token without revealing it.
-    """
-
-    claims: dict[str, Any]
-    header: dict[str, Any]
-    fingerprint: str
-    scopes: frozenset[str] = frozenset()
-    subject: str | None = None
-    issuer: str | None = None
-    token_id: str | None = None
-    audience: tuple[str, ...] = ()
-    expires_at: float | None = field(default=None, repr=False)
-    identity: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
-    """The token's audit-event fields, cleaned once (served from the cache after that)."""
-
-    @property
-    def alg(self) -> str:
-        """The JOSE ``alg`` the token was signed with."""
-        return str(self.header["alg"])
-
-    @property
-    def kid(self) -> str | None:
-        """The JOSE ``kid`` of the signing key, if the token named one."""
-        kid = self.header.get("kid")
-        return kid if isinstance(kid, str) else None
-
-
 class _NewVerifiedToken:
     """Builds a ``VerifiedToken``: the same slots, set without the frozen __init__.
 
@@ -135,7 +105,8 @@ class _NewVerifiedToken:
         token_id: str | None,
         audience: tuple[str, ...],
         expires_at: float | None,
-        identity: Mapping[str, Any],
+        event_fields: Mapping[str, Any],
+        identity: str | None,
     ) -> None:
         self.claims = claims
         self.header = header
@@ -146,6 +117,7 @@ class _NewVerifiedToken:
         self.token_id = token_id
         self.audience = audience
         self.expires_at = expires_at
+        self.event_fields = event_fields
         self.identity = identity
         self.__class__ = VerifiedToken  # type: ignore[assignment]
 
@@ -254,34 +226,6 @@ _scan_json: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: 
 _JSON_SPACE = " \t\n\r"  # json.decoder.WHITESPACE
 
 
-class Claims(dict[str, Any]):
-    """The verified claims: a ``dict`` that cannot be changed.
-
-    A cached token's claims serve every request that presents the token, so
-    an app that wrote into them would change what later requests (and the
-    revocation hook) see.  It still serialises like a dict (``json``, FastAPI,
-    Flask); ``dict(claims)`` gives a private, writable copy.
-    """
-
-    __slots__ = ()
-
-    def _read_only(self, *args: object, **kwargs: object) -> Any:
-        raise TypeError("verified claims are read-only; copy them with dict(claims)")
-
-    __setitem__ = __delitem__ = _read_only
-    clear = pop = popitem = setdefault = update = _read_only
-    __ior__ = _read_only
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (Claims, (dict(self),))
-
-    def __copy__(self) -> Claims:
-        return self
-
-    def __deepcopy__(self, memo: object) -> Claims:
-        return self
-
-
 def _json_object(segment: str, what: str) -> dict[str, Any]:
     try:
         text = _b64decode(segment).decode("utf-8")
@@ -317,7 +261,16 @@ class _Trust:
     issuers: frozenset[str]
     audiences: frozenset[str]
     static: KeyRing
+    identity: IdentityFunction
     remote: RemoteKeySet | None = None
+
+
+def _identity(resolve: IdentityFunction, claims: Mapping[str, Any]) -> str | None:
+    """The token's identity; a callable's other answers are a bug (an internal error)."""
+    identity = resolve(claims)
+    if identity is not None and not isinstance(identity, str):
+        raise TypeError("the identity callable must return a str or None")
+    return identity or None
 
 
 def _seconds(value: float | datetime.timedelta) -> float:
@@ -357,6 +310,7 @@ class Verifier:
                     provider.audience,
                     provider.keyring,
                     provider.jwks_url,
+                    identity=settings.identity if provider.identity is None else provider.identity,
                 )
             if not self._providers:
                 self._default = self._trust(
@@ -365,6 +319,7 @@ class Verifier:
                     settings.audience,
                     settings.keyring,
                     settings.jwks_url,
+                    identity=settings.identity,
                 )
             if not on_event_loop():  # the start-up fetches run side by side
                 for remote in self._remotes:
@@ -391,6 +346,8 @@ class Verifier:
         audiences: Sequence[str] | str | None,
         static: KeyRing,
         jwks_url: str | None,
+        *,
+        identity: object,
     ) -> _Trust:
         remote = None
         if jwks_url is not None:
@@ -411,6 +368,7 @@ class Verifier:
             frozenset((issuers,) if isinstance(issuers, str) else issuers),
             frozenset((audiences,) if isinstance(audiences, str) else audiences or ()),
             static,
+            identity_resolver("identity", identity),
             remote,
         )
 
@@ -454,11 +412,13 @@ class Verifier:
         """The ``jwks_url`` key sources (empty for static keys)."""
         return tuple(self._remotes)
 
-    def key_request(self, token: str) -> KeyRequest | None:
+    def key_request(self, token: str) -> Callable[[], object] | None:
         """For a token denied ``unknown_key``/``key_unavailable``: a refetch that may help.
 
-        ``None`` for static keys, or when the source would not fetch now
-        (``jwks_min_refresh_seconds``, the negative cache of unknown kids).
+        A blocking call (run it in a thread from an event loop); every request
+        waiting for the same key set shares one fetch.  ``None`` for static
+        keys, or when the source would not fetch now (``jwks_min_refresh_seconds``,
+        the negative cache of unknown kids).
         """
         if not self._remotes:
             return None
@@ -474,7 +434,7 @@ class Verifier:
         remote = trust.remote
         if remote is None or not remote.may_refresh(kid):
             return None
-        return KeyRequest(remote, kid)
+        return functools.partial(remote.refresh, kid)
 
     def close(self) -> None:
         """Stop the background refresh of every ``jwks_url`` (the keys held keep serving)."""
@@ -732,12 +692,13 @@ class Verifier:
         else:
             scopes = self.scopes(claims)
             scope_list = scope_fields(scopes)
-        identity = verified_identity(subject, issuer, token_id, audiences, scope_list, alg, kid)
+        event_fields = verified_identity(subject, issuer, token_id, audiences, scope_list, alg, kid)
         # the logged claims are fixed now, from the verified token, once
         log_claims = self._log_claims
-        identity["claims"] = copy_claims(claims, log_claims) if log_claims else {}
+        event_fields["claims"] = copy_claims(claims, log_claims) if log_claims else {}
+        claims = Claims(claims)
         return _NewVerifiedToken(  # type: ignore[return-value]  # it is a VerifiedToken now
-            Claims(claims),
+            claims,
             dict(header),  # its own copy: a decoded header is kept for the next token
             fingerprint,
             scopes,
@@ -746,7 +707,8 @@ class Verifier:
             token_id,
             audiences,
             None if exp is None else float(exp),
-            identity,
+            event_fields,
+            _identity(trust.identity, claims),
         )
 
     def scopes(self, claims: Mapping[str, Any]) -> frozenset[str]:

@@ -16,8 +16,8 @@ import pytest
 
 from jwt_audit_middleware import AuditLogger, JSONFormatter
 from jwt_audit_middleware.audit import LOGGER_NAME, RECORD_ATTRIBUTE
-from jwt_audit_middleware.events import SCHEMA
-from jwt_audit_middleware.policy import Verdict
+from jwt_audit_middleware.events import SCHEMA, copy_claims, identity_fields
+from jwt_audit_middleware.model import Verdict, event_base
 from jwt_audit_middleware.request import RequestInfo
 from jwt_audit_middleware.testing import CapturedEvents
 
@@ -175,12 +175,33 @@ def test_logger_filters_still_apply(handler: tuple[logging.Logger, ListHandler])
 # -- events through the adapter -------------------------------------------
 
 
+def verdict_with_claims(
+    allow: bool,
+    outcome: str,
+    claims: dict[str, Any],
+    *,
+    log_claims: tuple[str, ...],
+    scopes: frozenset[str] = frozenset(),
+    alg: str | None = None,
+    kid: str | None = None,
+    **fields: Any,
+) -> Verdict:
+    """A verdict whose event carries ``claims``' identity, as the gate builds one."""
+    identity = identity_fields(claims, scopes, alg, kid)
+    identity["claims"] = copy_claims(claims, log_claims)
+    base = event_base(
+        outcome, fields.get("reason"), fields.get("fingerprint"), fields.get("detail"), identity
+    )
+    return Verdict(allow, outcome, event_base=base, **fields)
+
+
 def test_access_event(events: CapturedEvents) -> None:
-    adapter = AuditLogger(log_claims=("email", "message"))
-    verdict = Verdict(
+    adapter = AuditLogger()
+    verdict = verdict_with_claims(
         True,
         "allowed",
-        claims=HOSTILE_CLAIMS,
+        HOSTILE_CLAIMS,
+        log_claims=("email", "message"),
         scopes=frozenset({"write", "read"}),
         alg="RS256",
         kid="k1",
@@ -239,14 +260,15 @@ def one_json_line(text: str) -> dict[str, Any]:
 
 
 def test_json_formatter_renders_a_hostile_event_on_one_line(events: CapturedEvents) -> None:
-    adapter = AuditLogger(log_claims=("message", "args", "exc_info", "levelname"))
-    verdict = Verdict(
+    adapter = AuditLogger()
+    verdict = verdict_with_claims(
         False,
         "denied",
+        HOSTILE_CLAIMS,
+        log_claims=("message", "args", "exc_info", "levelname"),
         reason="expired",
         status=401,
         detail="the token has expired",
-        claims=HOSTILE_CLAIMS,
         alg="RS256\n",
         kid="kid\x1b",
     )

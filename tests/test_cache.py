@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from jwt_audit_middleware import Settings
+from jwt_audit_middleware.cache import TokenCache
 from jwt_audit_middleware.keys import build_keyring
 from jwt_audit_middleware.policy import Gate
 from jwt_audit_middleware.testing import SigningKey
@@ -22,9 +23,15 @@ class Clock:
         return self.now
 
 
-def gate_for(key: SigningKey, clock: Clock, **options: Any) -> Gate:
+def gate_for(
+    key: SigningKey, clock: Clock, monotonic: Clock | None = None, **options: Any
+) -> Gate:
+    """A gate whose verifier reads ``clock`` and whose cache ages by ``monotonic``."""
     settings = Settings(**key.options(**options))
-    return Gate(settings, Verifier(settings, clock=clock))
+    gate = Gate(settings, Verifier(settings, clock=clock))
+    if gate.cache is not None:
+        gate.cache = TokenCache(settings.cache_size, monotonic=monotonic or Clock(0.0))
+    return gate
 
 
 def bearer(token: str) -> list[str]:
@@ -55,19 +62,51 @@ def test_token_expiring_while_cached_is_denied(rsa_key: SigningKey) -> None:
     clock.now = 1_000_015.0  # exp + leeway reached
     late = gate.evaluate("/", bearer(token))
     assert (late.allow, late.reason) == (False, "expired")
-    assert late.claims is not None
-    assert late.claims["sub"] == "alice"
+    assert late.event_base["subject"] == "alice"  # verified claims still reach the event
 
 
 def test_ttl_bounds_tokens_without_exp(rsa_key: SigningKey) -> None:
-    clock = Clock(1_000_000.0)
-    gate = gate_for(rsa_key, clock, required_claims=[])
+    clock, monotonic = Clock(1_000_000.0), Clock(50.0)
+    gate = gate_for(rsa_key, clock, monotonic, required_claims=[])
     token = rsa_key.token({"iat": 999_990}, expires_in=None)
     gate.evaluate("/", bearer(token))
     assert gate.cache is not None
-    clock.now += gate.cache.ttl + 1
+    monotonic.now += gate.cache.ttl + 1
     assert gate.evaluate("/", bearer(token)).allow
     assert gate.cache.misses == 2  # re-verified after the TTL, not served stale
+
+
+def test_a_clock_stepping_back_does_not_serve_a_token_not_yet_valid(
+    rsa_key: SigningKey,
+) -> None:
+    # cached at 1_000_000 with nbf 999_990; then the wall clock steps back an hour
+    clock = Clock(1_000_000.0)
+    gate = gate_for(rsa_key, clock)
+    token = rsa_key.token({"nbf": 999_990, "iat": 999_990, "exp": 1_000_300})
+    assert gate.evaluate("/", bearer(token)).allow
+    clock.now -= 3600
+    again = gate.evaluate("/", bearer(token))
+    assert (again.allow, again.reason) == (False, "not_yet_valid")  # as an uncached check says
+    assert gate.cache is not None
+    assert gate.cache.hits == 0
+
+
+def test_the_wall_clock_running_ahead_does_not_stretch_an_entrys_life(
+    rsa_key: SigningKey,
+) -> None:
+    # an entry made while the clock ran a day ahead lives ttl seconds, not a day more
+    clock, monotonic = Clock(1_000_000.0 + 86_400), Clock(50.0)
+    gate = gate_for(rsa_key, clock, monotonic, required_claims=[])
+    token = rsa_key.token({"iat": 999_990}, expires_in=None)
+    assert gate.evaluate("/", bearer(token)).allow
+    clock.now -= 86_400  # corrected by NTP
+    assert gate.cache is not None
+    monotonic.now += gate.cache.ttl - 1
+    assert gate.evaluate("/", bearer(token)).allow
+    assert gate.cache.hits == 1
+    monotonic.now += 2
+    assert gate.evaluate("/", bearer(token)).allow
+    assert (gate.cache.hits, gate.cache.misses) == (1, 2)
 
 
 @pytest.mark.anyio

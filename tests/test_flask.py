@@ -115,7 +115,7 @@ def test_valid_token_reaches_the_view(
     client = make_app(key).test_client()
     token = good_token(key, sub=f"flask-{alg}", scope="read")
 
-    response = client.get("/me?page=3", headers=bearer(token), buffered=True)
+    response = client.get("/me?page=3", headers=bearer(token))
 
     assert response.status_code == 200
     claims = jwt.decode(token, options={"verify_signature": False})
@@ -139,7 +139,7 @@ def test_valid_token_reaches_the_view(
 
 
 def test_missing_token(rsa_key: SigningKey, events: CapturedEvents) -> None:
-    response = make_app(rsa_key).test_client().get("/me", buffered=True)
+    response = make_app(rsa_key).test_client().get("/me")
     event = assert_challenge(response, events, "missing_token", "/me")
     assert event["subject"] is None
     assert event["token_fingerprint"] is None
@@ -147,7 +147,7 @@ def test_missing_token(rsa_key: SigningKey, events: CapturedEvents) -> None:
 
 def test_expired_token(rsa_key: SigningKey, events: CapturedEvents) -> None:
     token = good_token(rsa_key, exp=int(time.time()) - 120)
-    response = make_app(rsa_key).test_client().get("/me", headers=bearer(token), buffered=True)
+    response = make_app(rsa_key).test_client().get("/me", headers=bearer(token))
     event = assert_challenge(response, events, "expired", "/me")
     assert event["subject"] == "alice"  # the signature verified; only the time is wrong
     leak_check(response, events, token, rsa_key)
@@ -157,7 +157,7 @@ def test_forged_token(
     rsa_key: SigningKey, other_rsa_key: SigningKey, events: CapturedEvents
 ) -> None:
     forged = good_token(other_rsa_key, sub="mallory")
-    response = make_app(rsa_key).test_client().get("/me", headers=bearer(forged), buffered=True)
+    response = make_app(rsa_key).test_client().get("/me", headers=bearer(forged))
     event = assert_challenge(response, events, "bad_signature", "/me")
     assert event["subject"] is None
     assert event["issuer"] is None
@@ -171,7 +171,7 @@ def test_insufficient_scope(rsa_key: SigningKey, events: CapturedEvents) -> None
     client = app.test_client()
     token = good_token(rsa_key, scope="profile")
 
-    response = client.get("/admin/report", headers=bearer(token), buffered=True)
+    response = client.get("/admin/report", headers=bearer(token))
     event = assert_challenge(
         response, events, "insufficient_scope", "/admin/report", scope="reports:read"
     )
@@ -181,7 +181,7 @@ def test_insufficient_scope(rsa_key: SigningKey, events: CapturedEvents) -> None
 
     events.clear()
     allowed = good_token(rsa_key, scope="profile reports:read")
-    response = client.get("/admin/report", headers=bearer(allowed), buffered=True)
+    response = client.get("/admin/report", headers=bearer(allowed))
     assert response.status_code == 200
     assert response.get_json()["report"] == "ok"
     assert events.only()["status"] == 200
@@ -189,7 +189,7 @@ def test_insufficient_scope(rsa_key: SigningKey, events: CapturedEvents) -> None
 
 def test_exempt_path(rsa_key: SigningKey, events: CapturedEvents) -> None:
     client = make_app(rsa_key, exempt_paths=["/health"]).test_client()
-    response = client.get("/health", buffered=True)
+    response = client.get("/health")
     assert response.status_code == 200
     assert response.get_data() == b"up"
     event = events.only()
@@ -200,8 +200,10 @@ def test_unknown_route_is_still_audited_with_its_status(
     rsa_key: SigningKey, events: CapturedEvents
 ) -> None:
     token = good_token(rsa_key)
-    response = make_app(rsa_key).test_client().get("/nope", headers=bearer(token), buffered=True)
+    response = make_app(rsa_key).test_client().get("/nope", headers=bearer(token))
     assert response.status_code == 404
+    assert events == []  # the body is not read yet
+    assert b"Not Found" in response.get_data()
     event = events.only()
     assert (event["event"], event["status"], event["subject"]) == ("access", 404, "alice")
 
@@ -212,9 +214,10 @@ def test_view_that_raises_is_one_access_event_with_500(
     app = make_app(rsa_key)
     token = good_token(rsa_key)
 
-    response = app.test_client().get("/boom", headers=bearer(token), buffered=True)
+    response = app.test_client().get("/boom", headers=bearer(token))
 
     assert response.status_code == 500
+    response.get_data()
     assert len(events) == 1
     event = events.only()
     assert event["event"] == "access"
@@ -237,7 +240,7 @@ def test_view_exception_propagated_in_testing_mode(
     assert (event["event"], event["status"], event["subject"]) == ("access", 500, "alice")
 
 
-def test_streaming_response_event_after_close(rsa_key: SigningKey, events: CapturedEvents) -> None:
+def test_streaming_response_event_once_sent(rsa_key: SigningKey, events: CapturedEvents) -> None:
     app = make_app(rsa_key)
     token = good_token(rsa_key, sub="streamer")
 
@@ -247,7 +250,7 @@ def test_streaming_response_event_after_close(rsa_key: SigningKey, events: Captu
 
     assert response.get_data() == b"onetwothree"
     assert app.config["streamed"] == ["one", "two", "three"]
-    assert events == []  # sent, but the server has not closed the iterable
+    assert len(events) == 1  # sent in full: the event is out, before the server's close()
 
     response.close()
     event = events.only()
@@ -261,7 +264,7 @@ def test_report_only(rsa_key: SigningKey, events: CapturedEvents) -> None:
     client = make_app(rsa_key, mode="report-only").test_client()
     token = good_token(rsa_key, exp=int(time.time()) - 5)
 
-    response = client.get("/me", headers=bearer(token), buffered=True)
+    response = client.get("/me", headers=bearer(token))
 
     assert response.status_code == 200
     assert "WWW-Authenticate" not in response.headers
@@ -275,7 +278,7 @@ def test_report_only(rsa_key: SigningKey, events: CapturedEvents) -> None:
     leak_check(response, events, token, rsa_key)
 
     events.clear()
-    response = client.get("/me", buffered=True)
+    response = client.get("/me")
     assert response.status_code == 200
     event = events.only()
     assert (event["outcome"], event["reason"], event["status"]) == (
@@ -286,7 +289,7 @@ def test_report_only(rsa_key: SigningKey, events: CapturedEvents) -> None:
 
     events.clear()
     fresh = good_token(rsa_key, sub="erin")
-    response = client.get("/me", headers=bearer(fresh), buffered=True)
+    response = client.get("/me", headers=bearer(fresh))
     assert response.get_json()["remote_user"] == "erin"
     event = events.only()
     assert (event["event"], event["outcome"], event["status"]) == ("access", "allowed", 200)

@@ -57,8 +57,8 @@ def test_issued_tokens_verify_and_are_audited_without_the_token(
     token = issuer.issue("alice", scope=["orders:read"], client_ip="192.0.2.1", request_id="r-1")
     verdict = Gate(Settings(**issuer.verify_options())).evaluate("/", ["Bearer " + token])
     assert verdict.reason is None
-    assert verdict.claims is not None
-    claims = dict(verdict.claims)
+    assert verdict.token is not None
+    claims = dict(verdict.token.claims)
     assert claims["sub"] == "alice"
     assert claims["iss"] == "https://me/"
     assert claims["aud"] == "api"

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from jwt_audit_middleware import Settings, get_claims
-from jwt_audit_middleware.request import SCOPE_KEY, RequestReader, _RequestIds
+from jwt_audit_middleware.events import _RequestIds
+from jwt_audit_middleware.request import SCOPE_KEY, RequestReader
 from jwt_audit_middleware.verifier import VerifiedToken
 
 SECRET = b"r" * 32

@@ -690,7 +690,7 @@ def test_verified_claims_are_read_only_but_serialise_like_a_dict(rsa_key: Signin
     private["sub"] = "mine"
     assert claims["sub"] == "alice"
     # the logged claims were fixed when the token verified
-    assert verified.identity["claims"] == {"tenant": "acme"}
+    assert verified.event_fields["claims"] == {"tenant": "acme"}
 
 
 def test_out_of_range_numbers_are_malformed(rsa_key: SigningKey) -> None:
@@ -975,7 +975,7 @@ def test_fast_verified_token_equals_the_dataclass_constructor(rsa_key: SigningKe
     )
     assert rebuilt == verified
     assert repr(rebuilt) == repr(verified)
-    assert rebuilt.identity == verified.identity
+    assert rebuilt.event_fields == verified.event_fields
     with pytest.raises(dataclasses.FrozenInstanceError):
         verified.subject = "admin"  # type: ignore[misc]
     assert not hasattr(verified, "__dict__")  # slots, like the dataclass's own
@@ -1002,7 +1002,7 @@ def test_scopes_and_their_event_field_match_the_general_rule(
         token = rsa_key.token(**extra)
         verified = verifier.verify(token, fingerprint(token))
         assert verified.scopes == verifier.scopes(verified.claims)
-        assert verified.identity["scopes"] == scope_fields(verified.scopes)
+        assert verified.event_fields["scopes"] == scope_fields(verified.scopes)
 
 
 def test_tokens_sharing_a_scope_claim_do_not_share_their_identity_lists(
@@ -1011,9 +1011,9 @@ def test_tokens_sharing_a_scope_claim_do_not_share_their_identity_lists(
     verifier = Verifier(Settings(**rsa_key.options()))
     first_token, second_token = rsa_key.token(scope="a b"), rsa_key.token(scope="a b")
     first = verifier.verify(first_token, fingerprint(first_token))
-    first.identity["scopes"].append("admin")
+    first.event_fields["scopes"].append("admin")
     second = verifier.verify(second_token, fingerprint(second_token))
-    assert second.identity["scopes"] == ["a", "b"]
+    assert second.event_fields["scopes"] == ["a", "b"]
     assert second.scopes == frozenset({"a", "b"})
 
 

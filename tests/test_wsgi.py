@@ -543,9 +543,11 @@ def test_valid_token(alg: str, keys: dict[str, SigningKey], events: CapturedEven
     recorder = Recorder()
 
     iterable = middleware(environ, recorder)
+    assert events == []  # the access event waits for the body
     body = b"".join(iterable)
-    assert events == []  # the access event waits for close()
+    assert len(events) == 1  # exhausted: emitted, before the server's close()
     iterable.close()
+    assert len(events) == 1
 
     assert recorder.status == "200 OK"
     seen = json.loads(body)
@@ -639,7 +641,7 @@ def authorized_environ(rsa_key: SigningKey, path: str = "/api/items") -> dict[st
     return make_environ(path, authorization=f"Bearer {rsa_key.token(iss=ISSUER, aud=AUDIENCE)}")
 
 
-def test_access_event_on_close_with_the_apps_status(
+def test_access_event_when_exhausted_with_the_apps_status(
     rsa_key: SigningKey, events: CapturedEvents
 ) -> None:
     body = TrackedBody([b"a", b"b"])
@@ -652,18 +654,34 @@ def test_access_event_on_close_with_the_apps_status(
     recorder = Recorder()
     iterable = middleware(authorized_environ(rsa_key), recorder)
     assert recorder.status == "201 Created"
-    assert list(iterable) == [b"a", b"b"]
     assert events == []
+    assert list(iterable) == [b"a", b"b"]
+    event = events.only()  # exhausted first: emitted then
+    assert event["status"] == 201
+    assert event["event"] == "access"
     assert body.closed == 0
 
     iterable.close()
     assert body.closed == 1
-    event = events.only()
-    assert event["status"] == 201
-    assert event["event"] == "access"
-
-    iterable.close()  # a second close emits nothing more
+    iterable.close()  # neither close emits anything more
     assert len(events) == 1
+
+
+def test_access_event_when_closed_early(rsa_key: SigningKey, events: CapturedEvents) -> None:
+    body = TrackedBody([b"a", b"b", b"c"])
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> TrackedBody:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return body
+
+    middleware = JWTAuditWSGIMiddleware(app, **rsa_options(rsa_key))
+    iterable = middleware(authorized_environ(rsa_key), Recorder())
+    chunks = iter(iterable)
+    assert next(chunks) == b"a"  # the client went away after one chunk
+    assert events == []
+    iterable.close()
+    assert body.closed == 1
+    assert events.only()["status"] == 200
 
 
 def test_inner_close_called_even_when_iteration_raised(

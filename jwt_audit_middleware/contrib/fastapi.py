@@ -25,8 +25,8 @@ from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
 from fastapi.security.base import SecurityBase
 from starlette.requests import HTTPConnection
 
-from jwt_audit_middleware.request import SCOPE_KEY, deny_request, get_claims
-from jwt_audit_middleware.verifier import VerifiedToken
+from jwt_audit_middleware.model import SCOPE_KEY, VerifiedToken
+from jwt_audit_middleware.request import deny_request, get_claims
 
 __all__ = [
     "Claims",

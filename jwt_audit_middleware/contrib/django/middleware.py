@@ -1,14 +1,15 @@
 """``JWTAuditMiddleware`` for Django's ``MIDDLEWARE``, sync and async.
 
-It translates a Django request into the same ``Gate`` calls as the ASGI and
-WSGI middlewares and their answer back into Django: an ``HttpResponse`` with
-the RFC 6750 challenge, or the view's response with ``request.jwt_claims`` and
-``request.jwt_audit`` set.  One audit event per request: a denial when the
-challenge is returned, an access when the response comes back up the chain
-(a 500 when an exception does).
+It translates a Django request around the one lifecycle (``lifecycle.py``)
+and its answer back into Django: an ``HttpResponse`` with the RFC 6750
+challenge, or the view's response with ``request.jwt_claims`` and
+``request.jwt_audit`` set and ``META["REMOTE_USER"]`` the verified identity
+(or absent).  One audit event per request: a denial when the challenge is
+returned, an access when the response comes back up the chain (a 500 when an
+exception does).
 
-Django builds the middleware chain once: under ASGI it passes an async
-``get_response`` and gets the async flavour, under WSGI the sync one, so no
+``__call__`` and ``__acall__`` share every step but the awaits: Django builds
+the chain once, and under ASGI it passes an async ``get_response``, so no
 request is ever adapted between the two.
 """
 
@@ -22,11 +23,9 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpResponse
 
-from jwt_audit_middleware._config import Components
 from jwt_audit_middleware.errors import ConfigurationError
-from jwt_audit_middleware.events import WOULD_DENY
-from jwt_audit_middleware.policy import EXEMPT, Verdict
-from jwt_audit_middleware.request import LATE_DENIAL_KEY, RequestInfo
+from jwt_audit_middleware.lifecycle import Exchange, Lifecycle
+from jwt_audit_middleware.model import Challenge, Verdict
 
 from .conf import read_settings
 
@@ -41,125 +40,91 @@ class JWTAuditMiddleware:
 
     Configured by ``settings.JWT_AUDIT`` (a dict of options, keys in either
     case).  A bad configuration raises ``ImproperlyConfigured`` when Django
-    loads its middleware, i.e. at start-up.
+    loads its middleware, i.e. at start-up.  Rules are matched against
+    ``request.path_info`` (never the ``SCRIPT_NAME`` mount prefix); the event
+    records ``request.path``.
     """
 
     sync_capable = True
     async_capable = True
 
-    def __new__(cls, get_response: SyncGetResponse | AsyncGetResponse) -> JWTAuditMiddleware:
-        if cls is JWTAuditMiddleware and iscoroutinefunction(get_response):
-            cls = AsyncJWTAuditMiddleware  # noqa: PLW0642 - pick the flavour once
-        return super().__new__(cls)
-
-    def __init__(self, get_response: Any) -> None:
+    def __init__(self, get_response: SyncGetResponse | AsyncGetResponse) -> None:
         self.get_response = get_response
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
         try:
-            parts = Components(read_settings(), {})
+            self._lifecycle = Lifecycle(read_settings(), {})
         except ConfigurationError as exc:
             raise ImproperlyConfigured(f"JWT_AUDIT: {exc}") from None
-        self.settings = parts.settings
-        self._gate = parts.gate
-        self._reader = parts.reader
-        self._audit = parts.audit
+        self.settings = self._lifecycle.settings
+        self._gate = self._lifecycle.gate
 
     def __call__(self, request: Request) -> Response:
-        info, verdict, headers = self._evaluate(request)
-        if verdict.pending_keys is not None:  # an unknown kid of a jwks_url: refetch once
-            try:
-                verdict = self._gate.refresh_sync(verdict, request.path, headers)
-            except Exception:  # noqa: BLE001 - a bug of ours must not reach the server
-                verdict = self._gate.internal_error("contrib.django.JWTAuditMiddleware")
-        if verdict.pending_revocation:
-            verdict = self._gate.resolve_sync(verdict)
-        if not verdict.allow:
-            return self._deny(verdict, info)
-        self._attach(request, verdict)
-        if verdict.outcome == WOULD_DENY:
-            self._audit.request_event(verdict, info, verdict.status)
-            return self.get_response(request)
+        if self.async_mode:
+            return self.__acall__(request)
+        exchange = self._begin(request, self._gate.decide_sync(request.path_info, _bearer(request)))
+        if exchange.denied:
+            return self._challenge(exchange)
         try:
             response = self.get_response(request)
         except BaseException:
-            self._audit.request_event(verdict, info, 500)
+            exchange.finish(500)
             raise
-        return self._finish(request, verdict, info, response)
+        return self._end(request, exchange, response)
 
-    # -- the translation, shared by both flavours ---------------------------
-
-    def _evaluate(self, request: Request) -> tuple[RequestInfo, Verdict, list[str]]:
-        started = time.perf_counter()
-        meta = request.META
-        path: str = request.path
-        info = self._reader.info_from_environ(meta, path, started)
-        authorization = meta.get("HTTP_AUTHORIZATION")
-        headers = [] if authorization is None else [authorization]
-        try:
-            verdict = self._gate.evaluate(path, headers)
-        except Exception:  # noqa: BLE001 - a bug of ours must not reach the server
-            verdict = self._gate.internal_error("contrib.django.JWTAuditMiddleware")
-        return info, verdict, headers
-
-    def _challenge(self, verdict: Verdict) -> HttpResponse:
-        challenge = self._gate.challenge(verdict)
-        response = HttpResponse(challenge.body, status=challenge.status)
-        for name, value in challenge.headers:
-            response[name.decode("latin-1")] = value.decode("latin-1")
-        return response
-
-    def _deny(self, verdict: Verdict, info: RequestInfo) -> HttpResponse:
-        response = self._challenge(verdict)
-        self._audit.request_event(verdict, info, response.status_code)
-        return response
-
-    @staticmethod
-    def _attach(request: Request, verdict: Verdict) -> None:
-        token = None if verdict.path_kind == EXEMPT else verdict.token
-        request.jwt_audit = token
-        request.jwt_claims = None if token is None else token.claims
-        if token is not None and token.subject is not None:
-            request.META["REMOTE_USER"] = token.subject  # as under WSGI: RemoteUserMiddleware
-
-    def _finish(
-        self, request: Request, verdict: Verdict, info: RequestInfo, response: Response
-    ) -> Response:
-        """Answer a view's ``deny_request()``; emit the access (or late denial) event."""
-        scope = getattr(request, "scope", None)  # ASGIRequest; a WSGIRequest's environ is META
-        carrier = scope if isinstance(scope, dict) else request.META
-        late = carrier.get(LATE_DENIAL_KEY)
-        if late is not None:
-            verdict = self._gate.late_denial(verdict, late) or verdict
-            if not verdict.allow:
-                response = self._challenge(verdict)
-        self._audit.request_event(verdict, info, response.status_code)
-        return response
-
-
-class AsyncJWTAuditMiddleware(JWTAuditMiddleware):
-    """The flavour Django builds under ASGI (an async ``get_response``)."""
-
-    def __init__(self, get_response: Any) -> None:
-        super().__init__(get_response)
-        markcoroutinefunction(self)
-
-    async def __call__(self, request: Request) -> Response:
-        info, verdict, headers = self._evaluate(request)
-        if verdict.pending_keys is not None:  # an unknown kid of a jwks_url: refetch once
-            try:
-                verdict = await self._gate.refresh_async(verdict, request.path, headers)
-            except Exception:  # noqa: BLE001 - a bug of ours must not reach the server
-                verdict = self._gate.internal_error("contrib.django.JWTAuditMiddleware")
-        if verdict.pending_revocation:
-            verdict = await self._gate.resolve_async(verdict)
-        if not verdict.allow:
-            return self._deny(verdict, info)
-        self._attach(request, verdict)
-        if verdict.outcome == WOULD_DENY:
-            self._audit.request_event(verdict, info, verdict.status)
-            return await self.get_response(request)
+    async def __acall__(self, request: Request) -> Response:
+        """The flavour Django calls under ASGI (an async ``get_response``)."""
+        verdict = await self._gate.decide_async(request.path_info, _bearer(request))
+        exchange = self._begin(request, verdict)
+        if exchange.denied:
+            return self._challenge(exchange)
         try:
             response = await self.get_response(request)
         except BaseException:
-            self._audit.request_event(verdict, info, 500)
+            exchange.finish(500)
             raise
-        return self._finish(request, verdict, info, response)
+        return self._end(request, exchange, response)
+
+    # -- the translation, shared by both flavours ---------------------------
+
+    def _begin(self, request: Request, verdict: Verdict) -> Exchange:
+        """The request's exchange; unless denied, the token attached to the request."""
+        lifecycle = self._lifecycle
+        info = lifecycle.reader.info_from_environ(request.META, request.path, time.perf_counter())
+        exchange = lifecycle.begin(verdict, info)
+        if exchange.denied:
+            return exchange
+        # Django's async RemoteUserMiddleware reads META["HTTP_REMOTE_USER"] (5.x)
+        token = lifecycle.attach_environ(request.META, verdict, header_too=True)
+        lifecycle.attach(_carrier(request), verdict)  # where deny_request() looks
+        request.jwt_audit = token
+        request.jwt_claims = None if token is None else token.claims
+        return exchange
+
+    def _challenge(self, exchange: Exchange, challenge: Challenge | None = None) -> HttpResponse:
+        challenge = challenge or exchange.challenge()
+        response = HttpResponse(challenge.body, status=challenge.status)
+        for name, value in challenge.headers:
+            response[name.decode("latin-1")] = value.decode("latin-1")
+        exchange.finish(challenge.status)
+        return response
+
+    def _end(self, request: Request, exchange: Exchange, response: Response) -> Response:
+        """Answer a view's ``deny_request()``; emit the access (or late denial) event."""
+        challenge = exchange.late_challenge(_carrier(request))
+        if challenge is not None:
+            return self._challenge(exchange, challenge)
+        exchange.finish(response.status_code)
+        return response
+
+
+def _bearer(request: Request) -> list[str]:
+    authorization = request.META.get("HTTP_AUTHORIZATION")
+    return [] if authorization is None else [authorization]
+
+
+def _carrier(request: Request) -> Any:
+    """Where ``deny_request()`` leaves its denial: the ASGI scope, else ``META`` (the environ)."""
+    scope = getattr(request, "scope", None)
+    return scope if isinstance(scope, dict) else request.META
