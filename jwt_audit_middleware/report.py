@@ -11,6 +11,7 @@ hourly histogram.  "Refused" means any outcome other than ``allowed``:
 from __future__ import annotations
 
 import datetime
+import heapq
 import json
 import os
 import re
@@ -22,6 +23,10 @@ from typing import Any, TextIO
 _SINCE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 HOUR_FORMAT = "%Y-%m-%dT%H"
+
+#: Distinct values a ``TopK`` counts.  Below it, counts are exact; past it, they
+#: are Space-Saving estimates (upper bounds).
+COUNTER_CAPACITY = 1000
 
 
 def parse_since(text: str | None, now: datetime.datetime | None = None) -> datetime.datetime | None:
@@ -97,6 +102,67 @@ def _fill_hours(counts: dict[str, tuple[int, int]]) -> list[tuple[str, int, int]
         rows.append((key, *counts.get(key, (0, 0))))
         hour += datetime.timedelta(hours=1)
     return rows
+
+
+# -- bounded counting --------------------------------------------------------------
+
+
+class TopK:
+    """The most frequent values of a stream, counted in bounded memory.
+
+    Space-Saving (Metwally, Agrawal and El Abbadi, 2005): at most ``capacity``
+    counters.  While no more distinct values than that have been seen, every
+    count is exact.  Past it, a new value takes over the counter of a least
+    counted one and adds one to it (``overflowed`` turns true): a count is then
+    an upper bound, too high by at most N / capacity (N values added), and any
+    value seen more than N / capacity times is still held.  Each ``add`` is
+    O(1): counters are grouped by count, and the least count is tracked.
+    """
+
+    def __init__(self, capacity: int = COUNTER_CAPACITY) -> None:
+        if capacity < 1:
+            raise ValueError("a TopK needs a capacity of at least 1")
+        self.capacity = capacity
+        self.overflowed = False
+        self._counts: dict[str, int] = {}
+        self._by_count: dict[int, dict[str, None]] = {}  # count -> its values, oldest first
+        self._least = 0
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+    def add(self, value: str) -> None:
+        """Count ``value`` once."""
+        old = self._counts.get(value)
+        if old is None:
+            old = self._make_room()
+        else:
+            self._unlink(value, old)
+        new = old + 1
+        self._counts[value] = new
+        self._by_count.setdefault(new, {})[value] = None
+        if new == 1 or (old == self._least and old not in self._by_count):
+            self._least = new
+
+    def most_common(self, limit: int) -> list[tuple[str, int]]:
+        """The ``limit`` highest counts, ties by value."""
+        return heapq.nsmallest(limit, self._counts.items(), key=lambda item: (-item[1], item[0]))
+
+    def _make_room(self) -> int:
+        """0 for a new value, or the count it inherits from the value it evicts."""
+        if len(self._counts) < self.capacity:
+            return 0
+        self.overflowed = True
+        victim = next(iter(self._by_count[self._least]))
+        self._unlink(victim, self._least)
+        del self._counts[victim]
+        return self._least
+
+    def _unlink(self, value: str, count: int) -> None:
+        values = self._by_count[count]
+        del values[value]
+        if not values:
+            del self._by_count[count]
 
 
 # -- JSON-lines files --------------------------------------------------------------

@@ -17,6 +17,7 @@ from conftest import assert_no_secret
 from test_sinks_jsonl import LOGGER, hello
 
 from jwt_audit_middleware import AuditLogger, JWTAuditMiddleware
+from jwt_audit_middleware.report import TopK
 from jwt_audit_middleware.sinks import JSONLinesHandler, SQLAuditHandler
 from jwt_audit_middleware.testing import SigningKey
 
@@ -256,3 +257,27 @@ def test_report_refuses_what_is_not_a_store(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "not a database URL" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# -- bounded counting (issue 18) -----------------------------------------------------
+
+
+def test_top_k_keeps_at_most_its_capacity_and_finds_the_heavy_hitters() -> None:
+    counter = TopK(capacity=1000)
+    for i in range(200_000):
+        counter.add(f"/unique/{i}")
+        if i % 10 == 0:
+            counter.add("/heavy")
+    assert len(counter) == 1000
+    assert counter.overflowed
+    (value, count), *_ = counter.most_common(1)
+    assert value == "/heavy"
+    assert 20_000 <= count <= 20_000 + 220_000 // 1000  # an upper bound, off by at most N/k
+
+
+def test_top_k_is_exact_below_its_capacity() -> None:
+    counter = TopK(capacity=4)
+    for value in "abacabad":
+        counter.add(value)
+    assert not counter.overflowed
+    assert counter.most_common(10) == [("a", 4), ("b", 2), ("c", 1), ("d", 1)]
