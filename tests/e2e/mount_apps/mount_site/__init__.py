@@ -1,0 +1,1 @@
+"""A Django project served by gunicorn under ``SCRIPT_NAME=/api`` (case 5)."""
