@@ -9,12 +9,16 @@ starts one, when it returns or raises).
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from time import perf_counter
 from typing import Any
 
 from starlette.authentication import AuthCredentials, BaseUser, UnauthenticatedUser
 
+from .errors import ConfigurationError, Denied
 from .lifecycle import Exchange, Lifecycle
 from .model import EXEMPT, LATE_DENIAL_KEY, Challenge, Verdict, VerifiedToken
 from .settings import Settings
@@ -24,6 +28,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+internal_logger = logging.getLogger("jwt_audit.internal")
 
 
 class JWTUser(BaseUser):
@@ -88,7 +93,21 @@ class JWTAuditMiddleware:
 
     def __init__(self, app: ASGIApp, settings: Settings | None = None, **options: Any) -> None:
         self.app = app
-        self._lifecycle = lifecycle = Lifecycle(settings, options)
+        self._startup_error: ConfigurationError | None = None
+        try:
+            lifecycle = Lifecycle(settings, options)
+        except ConfigurationError as exc:
+            if not _in_event_loop():
+                raise  # built at import or start-up: fail right here
+            # Built lazily, inside the server's first ASGI call (Starlette and
+            # FastAPI build their middleware then): raising now would read as
+            # "lifespan unsupported" and leave a server answering 500.  Fail the
+            # lifespan startup instead, so the server stops with this message.
+            self._startup_error = exc
+            internal_logger.error("jwt_audit: invalid configuration: %s", exc)
+            # a stand-in for the challenge and the audit event; every request is refused
+            lifecycle = Lifecycle(Settings(algorithms=["HS256"], secret=os.urandom(32)), {})
+        self._lifecycle = lifecycle
         self.settings = lifecycle.settings
         self._gate = lifecycle.gate
         self._reader = lifecycle.reader
@@ -99,11 +118,8 @@ class JWTAuditMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         protocol = scope["type"]
-        if protocol not in ("http", "websocket"):
-            if protocol == "lifespan":
-                await self.app(scope, receive, self._lifespan_send(send))
-            # any other (future) scope type would reach the app unauthenticated:
-            # fail closed and let the server refuse it
+        if protocol not in ("http", "websocket") or self._startup_error is not None:
+            await self._not_a_request(scope, receive, send)
             return
         started = perf_counter()
         authorization: list[str] = []
@@ -201,6 +217,34 @@ class JWTAuditMiddleware:
         """Stop background work (``jwks_url`` refresh threads); also done at lifespan shutdown."""
         self._lifecycle.close()
 
+    async def _not_a_request(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``lifespan`` passes through; any other (future) scope type is refused.
+
+        With a configuration error deferred from a lazy build, the lifespan
+        startup fails with its message (the server exits) and every request
+        is denied ``internal_error`` (a server run without lifespan events).
+        """
+        protocol = scope["type"]
+        error = self._startup_error
+        if protocol == "lifespan":
+            if error is None:
+                await self.app(scope, receive, self._lifespan_send(send))
+            elif (await receive())["type"] == "lifespan.startup":
+                message = f"jwt_audit: invalid configuration: {error}"
+                await send({"type": "lifespan.startup.failed", "message": message})
+        elif error is not None and protocol in ("http", "websocket"):
+            denied = self._gate.deny(Denied("internal_error", "invalid configuration"), None)
+            _, full_path = route_path(scope)
+            client = scope.get("client")
+            info = self._reader.info(
+                scope.get("method", "GET"), full_path, protocol,
+                client[0] if client else None, None, None, perf_counter(),
+            )  # fmt: skip
+            exchange = self._lifecycle.begin(denied, info)
+            await self._deny(scope, receive, send, exchange, exchange.challenge())
+        # any other (future) scope type would reach the app unauthenticated:
+        # fail closed and let the server refuse it
+
     def _lifespan_send(self, send: Send) -> Send:
         async def lifespan_send(message: Message) -> None:
             await send(message)
@@ -248,6 +292,14 @@ class JWTAuditMiddleware:
                 status = None  # the client left before the handshake: nothing was sent
         finally:
             exchange.finish(status)
+
+
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _attach(scope: Scope, token: VerifiedToken | None, verdict: Verdict) -> None:

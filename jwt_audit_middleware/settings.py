@@ -454,7 +454,9 @@ class Settings:
         rules: dict[str, tuple[str, ...]] = {}
         for prefix, scopes in self.path_scopes.items():
             (path,) = _paths("path_scopes", prefix)
-            rules[path] = _scope_list("path_scopes", scopes)
+            # an empty list carves a prefix out of a shorter rule ("/" covers every path)
+            empty = isinstance(scopes, (list, tuple, str)) and not scopes
+            rules[path] = () if empty else _scope_list("path_scopes", scopes)
         return MappingProxyType(rules)
 
     def _trusted_proxies(self) -> tuple[str, ...]:
