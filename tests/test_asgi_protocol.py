@@ -15,7 +15,7 @@ from starlette.routing import WebSocketRoute
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from jwt_audit_middleware import JWTAuditMiddleware
+from jwt_audit_middleware import ConfigurationError, JWTAuditMiddleware
 from jwt_audit_middleware.request import deny_request
 from jwt_audit_middleware.testing import CapturedEvents, SigningKey, asgi_request
 
@@ -285,3 +285,54 @@ async def test_a_send_the_app_never_awaits_still_gives_one_event(
     await asgi_request(middleware, "/", headers={"Authorization": f"Bearer {rsa_key.token()}"})
     (event,) = events
     assert (event["event"], event["status"]) == ("access", None)  # nothing was sent
+
+
+# -- a bad option in a lazily built middleware stops the server -------------------
+
+
+async def test_lazy_build_with_a_bad_option_fails_the_lifespan_startup(
+    rsa_key: SigningKey, events: CapturedEvents
+) -> None:
+    app = Starlette()
+    app.add_middleware(JWTAuditMiddleware, algoritms=["RS256"], public_key=rsa_key.public_pem)
+    sent = await run(
+        app, {"type": "lifespan", "asgi": {"version": "3.0"}}, [{"type": "lifespan.startup"}]
+    )
+    assert [m["type"] for m in sent] == ["lifespan.startup.failed"]
+    assert "algoritms" in sent[0]["message"]
+    assert "did you mean 'algorithms'" in sent[0]["message"]
+    # a server run without lifespan events: every request is refused and audited
+    response = await asgi_request(app, "/")
+    assert response.status == 500
+    assert events.only()["reason"] == "internal_error"
+
+
+def test_a_bad_option_fails_at_construction_outside_a_server(rsa_key: SigningKey) -> None:
+    with pytest.raises(ConfigurationError, match="algoritms"):
+        JWTAuditMiddleware(echo_app, algoritms=["RS256"], public_key=rsa_key.public_pem)
+
+
+# -- the verified identity is the only one the app can read -------------------------
+
+
+async def test_client_identity_headers_are_removed(rsa_key: SigningKey) -> None:
+    seen: list[list[tuple[bytes, bytes]]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(list(scope["headers"]))
+        await echo_app(scope, receive, send)
+
+    middleware = JWTAuditMiddleware(
+        app, **rsa_key.options(optional_paths=["/public"], identity_headers=["X-Auth-User"])
+    )
+    claimed = {"Remote-User": "admin", "X-Auth-User": "admin", "X-Trace": "kept"}
+    await asgi_request(
+        middleware, "/", headers={**claimed, "Authorization": "Bearer " + rsa_key.token()}
+    )
+    await asgi_request(middleware, "/public", headers=claimed)
+    for headers in seen:
+        names = [name for name, _ in headers]
+        assert b"remote-user" not in names
+        assert b"x-auth-user" not in names
+        assert (b"x-trace", b"kept") in headers
+    assert len(seen) == 2

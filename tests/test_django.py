@@ -7,10 +7,12 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import django
+import jwt
 import pytest
 from asgiref.sync import iscoroutinefunction
 from conftest import assert_no_secret
@@ -55,6 +57,11 @@ def me(request: HttpRequest) -> JsonResponse:
             "get_claims": get_claims(request),
             "fingerprint_of_token": None if token is None else token.fingerprint,
             "remote_user": request.META.get("REMOTE_USER"),
+            "headers": {
+                key: value
+                for key, value in request.META.items()
+                if key in ("HTTP_REMOTE_USER", "HTTP_X_REMOTE_USER", "HTTP_X_FORWARDED_USER")
+            },
         }
     )
 
@@ -68,8 +75,9 @@ def boom(request: HttpRequest) -> HttpResponse:
 
 
 def needs_write(request: HttpRequest) -> HttpResponse:
-    deny_request(request, "insufficient_scope", required_scopes=("orders:write",))
-    return HttpResponse("should be replaced")
+    if deny_request(request, "insufficient_scope", required_scopes=("orders:write",)):
+        return HttpResponse("should be replaced")
+    return HttpResponse("would be replaced, returned False")
 
 
 async def needs_write_async(request: HttpRequest) -> HttpResponse:
@@ -230,6 +238,66 @@ def test_report_only(events: CapturedEvents) -> None:
     assert [(e["outcome"], e["reason"], e["status"]) for e in events] == [
         ("would_deny", "expired", 401)
     ]
+
+
+@override_settings(JWT_AUDIT={**JWT_AUDIT, "MODE": "report-only"})
+def test_report_only_view_denial_lets_the_view_answer(events: CapturedEvents) -> None:
+    # was: deny_request() said "denied" and the challenge replaced nothing, or the reverse
+    response = Client().get("/write/", headers=auth(good(sub="bo", scope="orders:read")))
+    assert response.status_code == 200
+    assert response.content == b"would be replaced, returned False"
+    assert [(e["outcome"], e["reason"], e["status"]) for e in events] == [
+        ("would_deny", "insufficient_scope", 403)
+    ]
+
+
+def test_rules_follow_path_info_not_the_script_name_prefix(events: CapturedEvents) -> None:
+    # mounted at /api (SCRIPT_NAME): /api/admin/ is the app's /admin/, scoped admin
+    token = good(sub="bo", scope="orders:read")
+    admin = Client(SCRIPT_NAME="/api").get("/admin/", headers=auth(token))
+    health = Client(SCRIPT_NAME="/api").get("/health/")
+    assert admin.status_code == 403
+    assert health.status_code == 200
+    assert [(e["path"], e["status"], e["reason"]) for e in events] == [
+        ("/api/admin/", 403, "insufficient_scope"),  # the event keeps the full path
+        ("/api/health/", 200, None),
+    ]
+
+
+CLIENT_IDENTITY = {"Remote-User": "admin", "X-Forwarded-User": "admin", "X-Remote-User": "admin"}
+
+
+def test_client_identity_headers_never_reach_the_view(events: CapturedEvents) -> None:
+    named = Client().get("/me/", headers={**auth(good(sub="alice")), **CLIENT_IDENTITY})
+    anonymous = Client().get("/public/", headers=CLIENT_IDENTITY)
+    assert named.json()["remote_user"] == "alice"
+    assert named.json()["headers"] == {"HTTP_REMOTE_USER": "alice"}  # the verified one
+    assert anonymous.json()["remote_user"] is None
+    assert anonymous.json()["headers"] == {}
+
+
+@pytest.mark.anyio
+async def test_client_identity_headers_never_reach_an_async_view() -> None:
+    named = await AsyncClient().get(
+        "/async/me/", headers={**auth(good(sub="alice")), **CLIENT_IDENTITY}
+    )
+    anonymous = await AsyncClient().get("/public/", headers=CLIENT_IDENTITY)
+    assert named.json()["remote_user"] == "alice"
+    assert named.json()["headers"] == {"HTTP_REMOTE_USER": "alice"}
+    assert anonymous.json()["remote_user"] is None
+    assert anonymous.json()["headers"] == {}
+
+
+def test_an_upstream_remote_user_does_not_survive() -> None:
+    # mod_wsgi or an outer auth layer set REMOTE_USER; we own it once installed
+    without_sub = jwt.encode(
+        {"aud": AUDIENCE, "exp": int(time.time()) + 60}, KEY.private, "ES256", {"kid": KEY.kid}
+    )
+    no_sub = Client(REMOTE_USER="admin").get("/me/", headers=auth(without_sub))
+    assert no_sub.status_code == 200
+    anonymous = Client(REMOTE_USER="admin").get("/public/")
+    assert no_sub.json()["remote_user"] is None
+    assert anonymous.json()["remote_user"] is None
 
 
 def test_revocation_hook_sync() -> None:

@@ -1202,3 +1202,74 @@ def test_header_beyond_latin1_is_invalid_request_not_a_crash(
     result = serve(wrapped, make_environ(authorization="Bearer \u20ac\u4e2d.a.b"))
     assert result.status.startswith("400")
     assert events.only()["reason"] == "invalid_request"
+
+
+# -- the path the app routes on, and the identity it may read ------------------------
+
+
+def test_rules_follow_path_info_never_script_name(
+    rsa_key: SigningKey, events: CapturedEvents
+) -> None:
+    # gunicorn takes SCRIPT_NAME from a request header (forwarded_allow_ips): a client
+    # sending "SCRIPT_NAME: /health" for /health/admin must not reach /admin as exempt
+    middleware = JWTAuditWSGIMiddleware(
+        echo_app,
+        **rsa_options(rsa_key, exempt_paths=["/health"], path_scopes={"/admin": ["admin"]}),
+    )
+    forged = make_environ("/admin")
+    forged["SCRIPT_NAME"] = "/health"
+    mounted = make_environ("/health")
+    mounted["SCRIPT_NAME"] = "/api"  # DispatcherMiddleware, mod_wsgi: a real mount
+    assert serve(middleware, forged).status.startswith("401")
+    assert serve(middleware, mounted).status == "200 OK"
+    assert [(e["path"], e["reason"]) for e in events] == [
+        ("/health/admin", "missing_token"),  # the event keeps the full path asked for
+        ("/api/health", None),
+    ]
+
+
+CLIENT_IDENTITY = {"Remote-User": "admin", "X-Forwarded-User": "admin"}
+
+
+def identity_seen(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    keys = ("REMOTE_USER", "HTTP_REMOTE_USER", "HTTP_X_FORWARDED_USER")
+    body = json.dumps({key: environ.get(key) for key in keys}).encode()
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [body]
+
+
+@pytest.mark.parametrize(
+    ("case", "options", "token_claims", "path"),
+    [
+        ("anonymous", {"optional_paths": ["/public"]}, None, "/public"),
+        ("exempt", {"exempt_paths": ["/health"]}, None, "/health"),
+        ("no sub", {"required_claims": ["exp"]}, {"sub": None}, "/api/items"),
+        ("report-only", {"mode": "report-only"}, None, "/api/items"),
+    ],
+)
+def test_an_upstream_remote_user_and_client_identity_headers_never_survive(
+    rsa_key: SigningKey,
+    case: str,
+    options: dict[str, Any],
+    token_claims: dict[str, Any] | None,
+    path: str,
+) -> None:
+    middleware = JWTAuditWSGIMiddleware(identity_seen, **rsa_options(rsa_key, **options))
+    authorization = None
+    if token_claims is not None:
+        claims = {"iss": ISSUER, "aud": AUDIENCE, "exp": int(time.time()) + 60}
+        authorization = "Bearer " + jwt.encode(
+            claims, rsa_key.private, "RS256", headers={"kid": rsa_key.kid}
+        )
+    environ = make_environ(path, authorization=authorization, headers=CLIENT_IDENTITY)
+    environ["REMOTE_USER"] = "admin"  # mod_wsgi's Basic auth, an outer layer
+    seen = serve(middleware, environ).json()
+    assert seen == {"REMOTE_USER": None, "HTTP_REMOTE_USER": None, "HTTP_X_FORWARDED_USER": None}
+
+
+def test_remote_user_is_the_verified_identity(rsa_key: SigningKey) -> None:
+    middleware = JWTAuditWSGIMiddleware(identity_seen, **rsa_options(rsa_key))
+    environ = authorized_environ(rsa_key)
+    environ.update({"REMOTE_USER": "admin", "HTTP_REMOTE_USER": "admin"})
+    seen = serve(middleware, environ).json()
+    assert seen == {"REMOTE_USER": "alice", "HTTP_REMOTE_USER": None, "HTTP_X_FORWARDED_USER": None}
