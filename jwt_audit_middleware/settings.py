@@ -35,6 +35,7 @@ IdentityFunction = Callable[[Mapping[str, Any]], "str | None"]
 ALWAYS_STRIPPED_HEADERS = ("remote-user",)
 DEFAULT_IDENTITY_HEADERS = ("x-remote-user", "x-forwarded-user", "x-auth-request-user")
 Mode = Literal["enforce", "report-only"]
+WebsocketExpiry = Literal["ignore", "close"]
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _SECRET_OPTIONS = frozenset({"secret", "jwks"})
@@ -58,6 +59,15 @@ def _strings(option: str, value: object, *, allow_empty: bool = True) -> tuple[s
     if not items and not allow_empty:
         raise _fail(option, "must not be empty")
     return tuple(dict.fromkeys(items))  # type: ignore[arg-type,unused-ignore]
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(text)
 
 
 def _optional_strings(option: str, value: object) -> tuple[str, ...] | None:
@@ -167,6 +177,8 @@ class Settings:
     identity: str | IdentityFunction = "{sub}"
     identity_headers: Sequence[str] = DEFAULT_IDENTITY_HEADERS
     max_leeway: float | datetime.timedelta = 300.0
+    websocket_expiry: WebsocketExpiry = "ignore"
+    websocket_disconnect_events: bool = False
 
     keyring: KeyRing = field(init=False, repr=False, compare=False)
     """The prepared keys, parsed once from ``secret``/``public_key``/``jwks``.
@@ -187,6 +199,7 @@ class Settings:
         "identity_headers": "list",
         "leeway": "float",
         "max_leeway": "float",
+        "websocket_disconnect_events": "bool",
         "jwks_timeout": "float",
         "jwks_cache_seconds": "float",
         "jwks_min_refresh_seconds": "float",
@@ -285,6 +298,8 @@ class Settings:
                 return float(text)
             if kind == "int":
                 return int(text)
+            if kind == "bool":
+                return _boolean(text)
             if kind == "json":
                 return json.loads(text)
         except ValueError:
@@ -402,6 +417,10 @@ class Settings:
             not isinstance(self.scopes_claim, str) or not self.scopes_claim
         ):
             raise _fail("scopes_claim", "expected a claim name")
+        if self.websocket_expiry not in ("ignore", "close"):
+            raise _fail("websocket_expiry", "expected 'ignore' or 'close'")
+        if not isinstance(self.websocket_disconnect_events, bool):
+            raise _fail("websocket_disconnect_events", "expected true or false")
         if self.mode not in ("enforce", "report-only"):
             raise _fail("mode", f"expected 'enforce' or 'report-only', got {self.mode!r}")
         set_(self, "revocation_check", _import_callable("revocation_check", self.revocation_check))
