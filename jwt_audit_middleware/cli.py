@@ -29,7 +29,13 @@ from .audit import JSONFormatter
 from .errors import ConfigurationError, Denied
 from .events import REASONS, clean, fingerprint, rfc3339
 from .policy import Gate
-from .report import parse_since, render, report_from_database, report_from_files
+from .report import (
+    COUNTER_CAPACITY,
+    parse_since,
+    render,
+    report_from_database,
+    report_from_files,
+)
 from .request import get_claims
 from .settings import Settings
 from .testing import SigningKey, asgi_request, capture_events
@@ -281,8 +287,15 @@ def explain(args: argparse.Namespace, out: TextIO, stdin: TextIO) -> int:
 
 
 def report(args: argparse.Namespace, out: TextIO) -> int:
-    """Print the report of a SQL store or JSON-lines files."""
+    """Print the report of a SQL store or JSON-lines files.
+
+    Bad records are skipped and counted in the report; a bad ``--since`` or
+    ``--top``, or a source that cannot be read, is a ``ValueError`` or
+    ``OSError`` that ``main`` turns into one line and exit status 2.
+    """
     since = parse_since(args.since)
+    if not 1 <= args.top <= COUNTER_CAPACITY:
+        raise ValueError(f"--top {args.top}: give a number of rows from 1 to {COUNTER_CAPACITY}")
     if args.db:
         result = report_from_database(args.db, since, args.top, args.table)
     else:

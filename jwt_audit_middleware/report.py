@@ -6,6 +6,16 @@ a spill file; counted in Python): totals by outcome and event, what was not
 allowed by reason, client IP and subject, the paths most often refused, and an
 hourly histogram.  "Refused" means any outcome other than ``allowed``:
 ``denied``, ``would_deny`` (report-only mode) and failed logins.
+
+The input is not trusted: any unauthenticated client chooses the path of its
+401s, and a store or file may be damaged or forged.  So a bad record (a line
+that is not JSON, nested too deep or longer than ``MAX_LINE``; an event or a
+row without a valid time) is skipped and counted, never fatal; everything
+printed that came from the data is escaped and capped at ``MAX_SHOWN``
+characters; and memory stays bounded whatever the number of distinct values:
+files are read line by line, each dimension is counted by a ``TopK`` of fixed
+capacity, the histogram keeps the latest ``HOUR_CAPACITY`` hours, and every SQL
+query has a ``LIMIT``.
 """
 
 from __future__ import annotations
@@ -15,29 +25,58 @@ import heapq
 import json
 import os
 import re
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
+from .events import clean
+
+#: Distinct values counted per dimension (path, client IP, subject, ...).  Below
+#: it, counts are exact; past it, they are Space-Saving estimates (upper bounds).
+COUNTER_CAPACITY = 1000
+#: Hours of the histogram kept (the latest); events in older hours are only counted.
+HOUR_CAPACITY = 24 * 92
+#: Longest line of a JSON-lines file that is parsed; a longer one is a bad record.
+MAX_LINE = 64 * 1024
+#: Longest value printed (paths, IPs, subjects, reasons); longer ones end with "…".
+MAX_SHOWN = 256
+#: Rows of the outcome and event totals.
+MAX_TOTALS = 100
+
 _SINCE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-HOUR_FORMAT = "%Y-%m-%dT%H"
-
-#: Distinct values a ``TopK`` counts.  Below it, counts are exact; past it, they
-#: are Space-Saving estimates (upper bounds).
-COUNTER_CAPACITY = 1000
+_HOUR_TEXT = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2})$")
+_HOUR = datetime.timedelta(hours=1)
+_TABLES = (
+    "refused_by_reason",
+    "refused_by_client_ip",
+    "refused_by_subject",
+    "refused_paths",
+    "top_client_ips",
+    "top_subjects",
+)
 
 
 def parse_since(text: str | None, now: datetime.datetime | None = None) -> datetime.datetime | None:
-    """``"24h"``, ``"30m"``, ``"7d"``, ``"2w"`` → a naive UTC datetime; ``"all"``/None → None."""
+    """``"24h"``, ``"30m"``, ``"7d"``, ``"2w"`` → a naive UTC datetime; ``"all"``/None → None.
+
+    A value that cannot be read, or reaches back before the year 1, is a
+    ``ValueError`` whose message is one line for the user.
+    """
     if text is None or text.strip().lower() in ("", "all"):
         return None
     match = _SINCE.match(text)
     if match is None:
-        raise ValueError(f"cannot read {text!r}: use a number and s, m, h, d or w (e.g. 24h)")
+        raise ValueError(
+            f"--since {clean(text, 64)!r}: use a number and s, m, h, d or w (e.g. 24h), or all"
+        )
     seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()]
-    return (now or utcnow()) - datetime.timedelta(seconds=seconds)
+    try:
+        return (now or utcnow()) - datetime.timedelta(seconds=seconds)
+    except OverflowError:
+        raise ValueError(
+            f"--since {clean(text.strip(), 64)} reaches back before the year 1: use --since all"
+        ) from None
 
 
 def utcnow() -> datetime.datetime:
@@ -45,9 +84,21 @@ def utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
 
 
+def shown(value: str) -> str:
+    """A value from the data as it may be printed: control characters escaped, capped."""
+    return clean(value, MAX_SHOWN)
+
+
 @dataclass
 class Report:
-    """The figures of one report; ``to_dict()`` is what ``--json`` prints."""
+    """The figures of one report; ``to_dict()`` is what ``--json`` prints.
+
+    Values are kept as read (capped to ``MAX_SHOWN + 1`` characters); ``render``
+    and ``to_dict`` escape them.  ``approximate`` names the tables whose counts
+    are upper bounds, because more distinct values than ``COUNTER_CAPACITY``
+    were seen.  ``events_before_histogram`` counts the events of hours older
+    than the ``HOUR_CAPACITY`` hours drawn.
+    """
 
     source: str
     since: str | None
@@ -61,20 +112,18 @@ class Report:
     top_client_ips: list[tuple[str, int]] = field(default_factory=list)
     top_subjects: list[tuple[str, int]] = field(default_factory=list)
     hourly: list[tuple[str, int, int]] = field(default_factory=list)
-    unreadable_lines: int = 0
+    events_before_histogram: int = 0
+    skipped_records: int = 0
+    approximate: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready data."""
+        """Plain JSON-ready data, every value from the data escaped and capped."""
         data = asdict(self)
-        for key in (
-            "refused_by_reason",
-            "refused_by_client_ip",
-            "refused_by_subject",
-            "refused_paths",
-            "top_client_ips",
-            "top_subjects",
-        ):
-            data[key] = [{"value": value, "count": count} for value, count in data[key]]
+        data["source"] = shown(self.source)
+        data["by_outcome"] = _shown_totals(self.by_outcome)
+        data["by_event"] = _shown_totals(self.by_event)
+        for key in _TABLES:
+            data[key] = [{"value": shown(value), "count": count} for value, count in data[key]]
         data["hourly"] = [
             {"hour": hour, "events": total, "refused": refused}
             for hour, total, refused in self.hourly
@@ -82,25 +131,41 @@ class Report:
         return data
 
 
-def _top(counter: Counter[str], limit: int) -> list[tuple[str, int]]:
-    return sorted(counter.items(), key=lambda item: (-item[1], item[0]))[:limit]
+def _shown_totals(totals: Mapping[str, int]) -> dict[str, int]:
+    """Totals keyed by their printed value (two values may print alike: add them)."""
+    result: dict[str, int] = {}
+    for value, count in totals.items():
+        key = shown(value)
+        result[key] = result.get(key, 0) + count
+    return result
 
 
-def _fill_hours(counts: dict[str, tuple[int, int]]) -> list[tuple[str, int, int]]:
-    """Every hour from the first to the last with events, empty ones included."""
+def _key(value: object) -> str:
+    """A value as counted: text, no longer than needed to show it (and that it was cut)."""
+    text = value if isinstance(value, str) else str(value)
+    return text[: MAX_SHOWN + 1]
+
+
+def _hour_key(hour: datetime.datetime) -> str:
+    # not strftime("%Y"): it gives "1", not "0001", for the year 1 on glibc
+    return f"{hour.year:04d}-{hour.month:02d}-{hour.day:02d}T{hour.hour:02d}"
+
+
+def _fill_hours(counts: Mapping[datetime.datetime, Sequence[int]]) -> list[tuple[str, int, int]]:
+    """Every hour from the first to the last with events, empty ones included.
+
+    Over more than 31 days (or the ends of the calendar), only the hours with events.
+    """
     if not counts:
         return []
     hours = sorted(counts)
-    first = datetime.datetime.strptime(hours[0], HOUR_FORMAT)
-    last = datetime.datetime.strptime(hours[-1], HOUR_FORMAT)
-    if (last - first) > datetime.timedelta(days=31):  # sparse: only the hours with events
-        return [(h, *counts[h]) for h in hours]
+    first, last = hours[0], hours[-1]
+    if last - first <= datetime.timedelta(days=31):
+        hours = [first + i * _HOUR for i in range((last - first) // _HOUR + 1)]
     rows = []
-    hour = first
-    while hour <= last:
-        key = hour.strftime(HOUR_FORMAT)
-        rows.append((key, *counts.get(key, (0, 0))))
-        hour += datetime.timedelta(hours=1)
+    for hour in hours:
+        total, refused = counts.get(hour, (0, 0))
+        rows.append((_hour_key(hour), total, refused))
     return rows
 
 
@@ -165,98 +230,193 @@ class TopK:
             del self._by_count[count]
 
 
+class _Hours:
+    """Events and refusals per hour, for the latest ``capacity`` hours seen."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.counts: dict[datetime.datetime, list[int]] = {}
+        self.earlier = 0  # events of hours dropped, or older than those dropped
+        self._heap: list[datetime.datetime] = []
+        self._floor: datetime.datetime | None = None  # the latest hour dropped
+
+    def add(self, when: datetime.datetime, refused: bool) -> None:
+        hour = when.replace(minute=0, second=0, microsecond=0)
+        if hour not in self.counts and not self._admit(hour):
+            self.earlier += 1
+            return
+        counts = self.counts[hour]
+        counts[0] += 1
+        counts[1] += refused
+
+    def _admit(self, hour: datetime.datetime) -> bool:
+        """Make a row for a new hour, dropping the oldest past the capacity."""
+        if self._floor is not None and hour <= self._floor:
+            return False
+        self.counts[hour] = [0, 0]
+        heapq.heappush(self._heap, hour)
+        if len(self.counts) <= self.capacity:
+            return True
+        oldest = heapq.heappop(self._heap)
+        self.earlier += self.counts.pop(oldest)[0]
+        self._floor = oldest
+        return oldest != hour
+
+
 # -- JSON-lines files --------------------------------------------------------------
 
 
-def _event_time(text: object) -> datetime.datetime | None:
+class _BadRecordError(Exception):
+    """A line or row the report skips and counts."""
+
+
+def _event_time(text: object) -> datetime.datetime:
+    """The naive UTC time of an event's ``time`` (RFC 3339, ``Z`` suffix)."""
     if not isinstance(text, str) or not text.endswith("Z"):
+        raise _BadRecordError
+    try:
+        when = datetime.datetime.fromisoformat(text[:-1])
+    except ValueError:
+        raise _BadRecordError from None
+    if when.tzinfo is not None:  # "...+01:00Z": an offset and Z at once
+        raise _BadRecordError
+    return when
+
+
+def _parse(line: str | None) -> tuple[dict[str, Any], datetime.datetime] | None:
+    """An audit event and its time; None for a blank line or another program's JSON.
+
+    ``None`` as the line stands for one longer than ``MAX_LINE`` (not read).
+    """
+    if line is None or len(line) > MAX_LINE:
+        raise _BadRecordError
+    if not line.strip():
         return None
     try:
-        return datetime.datetime.fromisoformat(text[:-1])
-    except ValueError:
+        event = json.loads(line)
+    except (ValueError, RecursionError):  # RecursionError: nested too deep
+        raise _BadRecordError from None
+    if not isinstance(event, dict) or "outcome" not in event or "event" not in event:
         return None
+    if not isinstance(event["outcome"], str) or not isinstance(event["event"], str):
+        raise _BadRecordError
+    return event, _event_time(event.get("time"))
+
+
+class Tally:
+    """The counts of a report of JSON lines, one event at a time, in bounded memory.
+
+    Each dimension is a ``TopK`` of ``capacity`` counters; the histogram keeps
+    the latest ``hour_capacity`` hours.  ``feed()`` takes lines; ``report()``
+    gives the ``Report``.
+    """
+
+    def __init__(
+        self,
+        since: datetime.datetime | None = None,
+        capacity: int = COUNTER_CAPACITY,
+        hour_capacity: int = HOUR_CAPACITY,
+    ) -> None:
+        self.since = since
+        self.total = 0
+        self.skipped = 0
+        names = ("by_outcome", "by_event", *_TABLES)
+        self.counters: dict[str, TopK] = {name: TopK(capacity) for name in names}
+        self.hours = _Hours(hour_capacity)
+
+    def feed(self, lines: Iterable[str | None]) -> Tally:
+        """Count every line (``None``: a line too long to read); returns ``self``."""
+        for line in lines:
+            try:
+                parsed = _parse(line)
+            except _BadRecordError:
+                self.skipped += 1
+                continue
+            if parsed is not None:
+                self.add(*parsed)
+        return self
+
+    def add(self, event: Mapping[str, Any], when: datetime.datetime) -> None:
+        """Count one audit event that happened at ``when`` (naive UTC)."""
+        if self.since is not None and when < self.since:
+            return
+        refused = event["outcome"] != "allowed"
+        self.total += 1
+        self.hours.add(when, refused)
+        counters = self.counters
+        counters["by_outcome"].add(_key(event["outcome"]))
+        counters["by_event"].add(_key(event["event"]))
+        ip, subject, path = event.get("client_ip"), event.get("subject"), event.get("path")
+        for value, everyone, refusals in (
+            (ip, "top_client_ips", "refused_by_client_ip"),
+            (subject, "top_subjects", "refused_by_subject"),
+            (path, None, "refused_paths"),
+        ):
+            if not value:
+                continue
+            if everyone:
+                counters[everyone].add(_key(value))
+            if refused:
+                counters[refusals].add(_key(value))
+        if refused:
+            counters["refused_by_reason"].add(_key(event.get("reason")))
+
+    def report(self, source: str, limit: int = 10) -> Report:
+        """The ``Report`` of what was counted, ``limit`` rows per table."""
+        counters = self.counters
+        report = Report(source=source, since=_iso(self.since), total=self.total)
+        report.by_outcome = dict(counters["by_outcome"].most_common(MAX_TOTALS))
+        report.by_event = dict(counters["by_event"].most_common(MAX_TOTALS))
+        for name in _TABLES:
+            setattr(report, name, counters[name].most_common(limit))
+        report.hourly = _fill_hours(self.hours.counts)
+        report.events_before_histogram = self.hours.earlier
+        report.skipped_records = self.skipped
+        report.approximate = [name for name, c in counters.items() if c.overflowed]
+        return report
 
 
 def report_from_lines(
-    lines: Iterable[str],
+    lines: Iterable[str | None],
     source: str,
     since: datetime.datetime | None = None,
     limit: int = 10,
 ) -> Report:
     """The report of JSON lines (non-audit lines are skipped, bad ones counted)."""
-    report = Report(source=source, since=_iso(since))
-    outcomes: Counter[str] = Counter()
-    events: Counter[str] = Counter()
-    reasons: Counter[str] = Counter()
-    refused_ips: Counter[str] = Counter()
-    refused_subjects: Counter[str] = Counter()
-    refused_paths: Counter[str] = Counter()
-    ips: Counter[str] = Counter()
-    subjects: Counter[str] = Counter()
-    hours: dict[str, tuple[int, int]] = {}
-    for line in lines:
-        if not line.strip():
-            continue
-        try:
-            event = json.loads(line)
-        except ValueError:
-            report.unreadable_lines += 1
-            continue
-        if not isinstance(event, dict) or "outcome" not in event or "event" not in event:
-            continue
-        when = _event_time(event.get("time"))
-        if when is None:
-            report.unreadable_lines += 1
-            continue
-        if since is not None and when < since:
-            continue
-        outcome = str(event["outcome"])
-        refused = outcome != "allowed"
-        report.total += 1
-        outcomes[outcome] += 1
-        events[str(event["event"])] += 1
-        ip, subject = event.get("client_ip"), event.get("subject")
-        if ip:
-            ips[str(ip)] += 1
-        if subject:
-            subjects[str(subject)] += 1
-        if refused:
-            reasons[str(event.get("reason"))] += 1
-            if ip:
-                refused_ips[str(ip)] += 1
-            if subject:
-                refused_subjects[str(subject)] += 1
-            if event.get("path"):
-                refused_paths[str(event["path"])] += 1
-        hour = when.strftime(HOUR_FORMAT)
-        total, denied = hours.get(hour, (0, 0))
-        hours[hour] = (total + 1, denied + refused)
-    report.by_outcome = dict(_top(outcomes, 100))
-    report.by_event = dict(_top(events, 100))
-    report.refused_by_reason = _top(reasons, limit)
-    report.refused_by_client_ip = _top(refused_ips, limit)
-    report.refused_by_subject = _top(refused_subjects, limit)
-    report.refused_paths = _top(refused_paths, limit)
-    report.top_client_ips = _top(ips, limit)
-    report.top_subjects = _top(subjects, limit)
-    report.hourly = _fill_hours(hours)
-    return report
+    return Tally(since).feed(lines).report(source, limit)
+
+
+def read_lines(path: str, limit: int = MAX_LINE) -> Iterator[str | None]:
+    """The lines of a file, decoded leniently; ``None`` for each longer than ``limit`` bytes.
+
+    An over-long line is skipped in ``limit``-byte steps, never held whole.
+    """
+    with open(path, "rb") as handle:
+        while line := handle.readline(limit + 1):
+            if len(line) > limit and not line.endswith(b"\n"):
+                while (rest := handle.readline(limit)) and not rest.endswith(b"\n"):
+                    pass
+                yield None
+                continue
+            yield line.decode("utf-8", errors="replace")
 
 
 def report_from_files(
     paths: Sequence[str], since: datetime.datetime | None = None, limit: int = 10
 ) -> Report:
-    """The report of one or more JSON-lines files, read in order."""
+    """The report of one or more JSON-lines files, read in order, line by line."""
 
-    def lines() -> Iterable[str]:
+    def lines() -> Iterator[str | None]:
         for path in paths:
-            with open(path, encoding="utf-8", errors="replace") as handle:
-                yield from handle
+            yield from read_lines(path)
 
     return report_from_lines(lines(), ", ".join(paths), since, limit)
 
 
 # -- SQL ---------------------------------------------------------------------------------
+
+#: The columns the report reads.
+_COLUMNS = ("time", "event", "outcome", "reason", "client_ip", "subject", "path")
 
 
 def report_from_database(
@@ -265,126 +425,247 @@ def report_from_database(
     limit: int = 10,
     table: str | None = None,
 ) -> Report:
-    """The report of a ``SQLAuditHandler`` table, grouped by the database."""
+    """The report of a ``SQLAuditHandler`` table, grouped by the database.
+
+    A bad URL, a missing SQLite file, a file that is not a database, a missing
+    table or column, or a failing database is a ``ValueError`` (or
+    ``FileNotFoundError``) with a one-line message.  Rows without a valid time
+    are skipped and counted; every query has a ``LIMIT``.
+    """
     import sqlalchemy as sa  # noqa: PLC0415 - only the SQL report needs it
-    from sqlalchemy.engine import make_url  # noqa: PLC0415
 
     from .sinks.sql import DEFAULT_TABLE, create_audit_engine, event_tables  # noqa: PLC0415
+
+    parsed = _database_url(url)
+    source = parsed.render_as_string(hide_password=True)
+    _, events, _ = event_tables(table or DEFAULT_TABLE)
+    try:
+        engine = create_audit_engine(parsed)
+    except sa.exc.SQLAlchemyError as exc:
+        raise ValueError(f"{shown(source)}: {_database_error(exc)}") from None
+    try:
+        source = engine.url.render_as_string(hide_password=True)
+        with engine.connect() as db:
+            _check_table(db, events.name, source)
+            report = Report(source=source, since=_iso(since))
+            return _count_rows(db, events, since, limit, report)
+    except sa.exc.SQLAlchemyError as exc:
+        raise ValueError(f"{shown(source)}: cannot read it: {_database_error(exc)}") from None
+    finally:
+        engine.dispose()
+
+
+def _database_url(url: str) -> Any:
+    """The parsed URL; a SQLite file must exist (a typo must not create an empty store)."""
+    import sqlalchemy as sa  # noqa: PLC0415
+    from sqlalchemy.engine import make_url  # noqa: PLC0415
 
     try:
         parsed = make_url(url)
     except sa.exc.ArgumentError:
         raise ValueError(
-            f"not a database URL: {url!r} (e.g. sqlite:///audit.db or postgresql://host/db)"
+            f"not a database URL: {shown(url)!r} (e.g. sqlite:///audit.db or postgresql://host/db)"
         ) from None
     database = parsed.database or ""
     sqlite_file = parsed.get_backend_name() == "sqlite" and database not in ("", ":memory:")
     if sqlite_file and not os.path.exists(database):
         # a typo must not report "0 events", nor create an empty store
-        raise FileNotFoundError(f"no such database file: {database}")
-    engine = create_audit_engine(parsed)
+        raise FileNotFoundError(f"no such database file: {shown(database)}")
+    return parsed
+
+
+def _database_error(exc: Exception) -> str:
+    """The first line of the driver's message (not SQLAlchemy's statement and link)."""
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).strip().splitlines()
+    return shown(lines[0] if lines else type(cause).__name__)
+
+
+def _check_table(db: Any, name: str, source: str) -> None:
+    """A ``ValueError`` unless the table exists with every column the report reads."""
+    import sqlalchemy as sa  # noqa: PLC0415
+
+    inspector = sa.inspect(db)
+    if not inspector.has_table(name):
+        raise ValueError(f"{shown(source)} has no table {name!r}: is it a jwt-audit store?")
+    present = {str(column["name"]).lower() for column in inspector.get_columns(name)}
+    missing = [column for column in _COLUMNS if column not in present]
+    if missing:
+        raise ValueError(
+            f"{shown(source)}: the table {name!r} has no column {', '.join(missing)}:"
+            " is it a jwt-audit store?"
+        )
+
+
+def _time_checks(dialect: str, time: Any, window: Sequence[Any]) -> tuple[Any, Any, Any]:
+    """The hour of a row, "its time is valid", and "it is a bad row", as SQL.
+
+    A valid time lies within the years 1 to 9999 (not a MariaDB zero date nor a
+    PostgreSQL infinity) and, in SQLite, where a column holds any type, is text
+    SQLite reads as a date (an integer sorts before any text, a blob after).
+    Bad rows are counted across the table, as a time that cannot be read cannot
+    be placed in the window; only SQLite's unreadable texts are counted within
+    it, so that the count too can use the index on ``time``.
+    """
+    import sqlalchemy as sa  # noqa: PLC0415
+
+    low, high = datetime.datetime.min, datetime.datetime.max
+    in_range = sa.and_(time >= low, time <= high)
+    out_of_range = sa.or_(time.is_(None), time < low, time > high)
+    if dialect == "postgresql":
+        return sa.func.to_char(time, 'YYYY-MM-DD"T"HH24'), in_range, out_of_range
+    if dialect in ("mysql", "mariadb"):
+        return sa.func.date_format(time, "%Y-%m-%dT%H"), in_range, out_of_range
+    hour = sa.func.strftime("%Y-%m-%dT%H", time)
+    unreadable = sa.and_(*window, in_range, hour.is_(None))
+    return hour, sa.and_(in_range, hour.is_not(None)), sa.or_(out_of_range, unreadable)
+
+
+def _count_rows(
+    db: Any, events: Any, since: datetime.datetime | None, limit: int, report: Report
+) -> Report:
+    """Fill ``report`` from the valid rows of the window."""
+    import sqlalchemy as sa  # noqa: PLC0415
+
+    c = events.c
+    window = [c.time >= since] if since is not None else []
+    hour, valid, bad = _time_checks(db.dialect.name, c.time, window)
+    rows = [*window, valid]
+    refused = c.outcome != "allowed"
+    count = sa.select(sa.func.count()).select_from(events)
+    report.skipped_records = int(db.scalar(count.where(bad)) or 0)
+    report.total = int(db.scalar(count.where(*rows)) or 0)
+    report.by_outcome = dict(_top_values(db, c.outcome, rows, MAX_TOTALS))
+    report.by_event = dict(_top_values(db, c.event, rows, MAX_TOTALS))
+    for name, column, where in (
+        ("refused_by_reason", c.reason, [refused]),
+        ("refused_by_client_ip", c.client_ip, [refused, c.client_ip.is_not(None)]),
+        ("refused_by_subject", c.subject, [refused, c.subject.is_not(None)]),
+        ("refused_paths", c.path, [refused, c.path.is_not(None)]),
+        ("top_client_ips", c.client_ip, [c.client_ip.is_not(None)]),
+        ("top_subjects", c.subject, [c.subject.is_not(None)]),
+    ):
+        setattr(report, name, _top_values(db, column, [*rows, *where], limit))
+    _hourly(db, hour, refused, rows, report)
+    return report
+
+
+def _top_values(db: Any, column: Any, where: Sequence[Any], limit: int) -> list[tuple[str, int]]:
+    """The ``limit`` most frequent values of ``column``, each cut to what can be shown."""
+    import sqlalchemy as sa  # noqa: PLC0415
+
+    count = sa.func.count()
+    query = (
+        sa.select(sa.func.substr(column, 1, MAX_SHOWN + 1), count)
+        .where(*where)
+        .group_by(column)
+        .order_by(count.desc(), column)
+        .limit(limit)
+    )
+    return [(_key(value), int(n)) for value, n in db.execute(query)]
+
+
+def _hourly(db: Any, hour: Any, refused: Any, where: Sequence[Any], report: Report) -> None:
+    """The histogram of the latest ``HOUR_CAPACITY`` hours with events."""
+    import sqlalchemy as sa  # noqa: PLC0415
+
+    query = (
+        sa.select(hour, sa.func.count(), sa.func.sum(sa.case((refused, 1), else_=0)))
+        .where(*where)
+        .group_by(hour)
+        .order_by(hour.desc())
+        .limit(HOUR_CAPACITY)
+    )
+    counts: dict[datetime.datetime, tuple[int, int]] = {}
+    for text, n, refusals in db.execute(query):
+        moment = _parse_hour(text)
+        if moment is None:  # the time checks should leave none: skip, never fail
+            report.skipped_records += int(n)
+            report.total -= int(n)
+            continue
+        counts[moment] = (int(n), int(refusals or 0))
+    report.hourly = _fill_hours(counts)
+    report.events_before_histogram = report.total - sum(n for n, _ in counts.values())
+
+
+def _parse_hour(text: object) -> datetime.datetime | None:
+    match = _HOUR_TEXT.match(text) if isinstance(text, str) else None
+    if match is None:
+        return None
+    year, month, day, hour = (int(part) for part in match.groups())
     try:
-        _, events, _ = event_tables(table or DEFAULT_TABLE)
-        source = engine.url.render_as_string(hide_password=True)
-        report = Report(source=source, since=_iso(since))
-        if not sa.inspect(engine).has_table(events.name):
-            raise ValueError(f"{source} has no table {events.name!r}: is it a jwt-audit store?")
-        c = events.c
-        window = [c.time >= since] if since is not None else []
-        refused = c.outcome != "allowed"
-        count = sa.func.count()
-        dialect = engine.dialect.name
-        if dialect == "postgresql":
-            hour: Any = sa.func.to_char(c.time, 'YYYY-MM-DD"T"HH24')
-        elif dialect in ("mysql", "mariadb"):
-            hour = sa.func.date_format(c.time, "%Y-%m-%dT%H")
-        else:
-            hour = sa.func.strftime("%Y-%m-%dT%H", c.time)
-
-        with engine.connect() as db:
-
-            def top(column: Any, *where: Any) -> list[tuple[str, int]]:
-                query = (
-                    sa.select(column, count)
-                    .where(*window, *where)
-                    .group_by(column)
-                    .order_by(count.desc(), column)
-                    .limit(limit)
-                )
-                return [(str(value), int(n)) for value, n in db.execute(query)]
-
-            def totals(column: Any) -> dict[str, int]:
-                query = sa.select(column, count).where(*window).group_by(column)
-                rows = sorted(db.execute(query), key=lambda row: (-row[1], str(row[0])))
-                return {str(value): int(n) for value, n in rows}
-
-            report.by_outcome = totals(c.outcome)
-            report.by_event = totals(c.event)
-            report.total = sum(report.by_outcome.values())
-            report.refused_by_reason = top(c.reason, refused)
-            report.refused_by_client_ip = top(c.client_ip, refused, c.client_ip.is_not(None))
-            report.refused_by_subject = top(c.subject, refused, c.subject.is_not(None))
-            report.refused_paths = top(c.path, refused, c.path.is_not(None))
-            report.top_client_ips = top(c.client_ip, c.client_ip.is_not(None))
-            report.top_subjects = top(c.subject, c.subject.is_not(None))
-            hourly = (
-                sa.select(hour, count, sa.func.sum(sa.case((refused, 1), else_=0)))
-                .where(*window)
-                .group_by(hour)
-            )
-            report.hourly = _fill_hours(
-                {str(h): (int(n), int(d or 0)) for h, n, d in db.execute(hourly)}
-            )
-        return report
-    finally:
-        engine.dispose()
+        return datetime.datetime(year, month, day, hour)
+    except ValueError:
+        return None
 
 
 def _iso(moment: datetime.datetime | None) -> str | None:
-    return None if moment is None else moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return None if moment is None else f"{_hour_key(moment)}:{moment:%M:%S}Z"
 
 
 # -- drawing ---------------------------------------------------------------------------------
 
 
 def render(report: Report, out: TextIO, width: int = 40) -> None:
-    """The report as text for a terminal."""
+    """The report as text for a terminal; every value from the data escaped and capped."""
     since = f" since {report.since}" if report.since else ""
-    out.write(f"Audit report: {report.source}{since}\n")
+    out.write(f"Audit report: {shown(report.source)}{since}\n")
     out.write(f"{report.total} events")
     if report.by_outcome:
-        out.write(": " + ", ".join(f"{n} {outcome}" for outcome, n in report.by_outcome.items()))
+        out.write(": " + _joined(report.by_outcome))
     out.write("\n")
-    if report.unreadable_lines:
-        out.write(f"({report.unreadable_lines} unreadable lines skipped)\n")
+    if report.skipped_records:
+        plural = "" if report.skipped_records == 1 else "s"
+        out.write(
+            f"({report.skipped_records} bad record{plural} skipped: unreadable, too long,"
+            " or without a valid time)\n"
+        )
     if report.by_event:
-        out.write("by event: " + ", ".join(f"{n} {e}" for e, n in report.by_event.items()) + "\n")
-    sections = [
-        ("Refused, by reason", report.refused_by_reason),
-        ("Refused, by client IP", report.refused_by_client_ip),
-        ("Refused, by subject", report.refused_by_subject),
-        ("Most refused paths", report.refused_paths),
-        ("Top client IPs (all events)", report.top_client_ips),
-        ("Top subjects (all events)", report.top_subjects),
-    ]
-    for title, rows in sections:
+        out.write("by event: " + _joined(report.by_event) + "\n")
+    _render_tables(report, out)
+    _render_hours(report, out, width)
+
+
+def _joined(totals: Mapping[str, int]) -> str:
+    return ", ".join(f"{n} {value}" for value, n in _shown_totals(totals).items())
+
+
+def _render_tables(report: Report, out: TextIO) -> None:
+    titles = {
+        "refused_by_reason": "Refused, by reason",
+        "refused_by_client_ip": "Refused, by client IP",
+        "refused_by_subject": "Refused, by subject",
+        "refused_paths": "Most refused paths",
+        "top_client_ips": "Top client IPs (all events)",
+        "top_subjects": "Top subjects (all events)",
+    }
+    for name, title in titles.items():
+        rows: list[tuple[str, int]] = getattr(report, name)
         if not rows:
             continue
-        out.write(f"\n{title}\n")
+        note = ""
+        if name in report.approximate:
+            note = f" (over {COUNTER_CAPACITY} distinct values: counts are upper bounds)"
+        out.write(f"\n{title}{note}\n")
         for value, n in rows:
-            out.write(f"  {n:>8}  {value}\n")
-    if report.hourly:
-        peak = max(total for _, total, _ in report.hourly) or 1
-        out.write(f"\nEvents per hour (UTC)   {'█'} allowed  {'░'} refused\n")
-        for hour, total, refused in report.hourly:
-            cells = round(width * total / peak)
-            shaded = round(width * refused / peak) if refused else 0
-            if refused and not shaded:
-                shaded = 1
-            cells = max(cells, shaded)
-            bar = "█" * (cells - shaded) + "░" * shaded
-            label = hour.replace("T", " ") + ":00"
-            out.write(
-                f"  {label}  {bar:<{width}}  {total}"
-                + (f" ({refused} refused)\n" if refused else "\n")
-            )
+            out.write(f"  {n:>8}  {shown(value)}\n")
+
+
+def _render_hours(report: Report, out: TextIO, width: int) -> None:
+    if not report.hourly:
+        return
+    peak = max(total for _, total, _ in report.hourly) or 1
+    out.write(f"\nEvents per hour (UTC)   {'█'} allowed  {'░'} refused\n")
+    if report.events_before_histogram:
+        out.write(f"  ({report.events_before_histogram} events in earlier hours not drawn)\n")
+    for hour, total, refused in report.hourly:
+        cells = round(width * total / peak)
+        shaded = round(width * refused / peak) if refused else 0
+        if refused and not shaded:
+            shaded = 1
+        cells = max(cells, shaded)
+        bar = "█" * (cells - shaded) + "░" * shaded
+        label = hour.replace("T", " ") + ":00"
+        out.write(
+            f"  {label}  {bar:<{width}}  {total}" + (f" ({refused} refused)\n" if refused else "\n")
+        )

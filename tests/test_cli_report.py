@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import io
 import json
 import os
 import sqlite3
@@ -17,7 +19,7 @@ from conftest import assert_no_secret
 from test_sinks_jsonl import LOGGER, hello
 
 from jwt_audit_middleware import AuditLogger, JWTAuditMiddleware
-from jwt_audit_middleware.report import TopK
+from jwt_audit_middleware.report import Tally, TopK, render
 from jwt_audit_middleware.sinks import JSONLinesHandler, SQLAuditHandler
 from jwt_audit_middleware.testing import SigningKey
 
@@ -144,7 +146,7 @@ def test_report_since_excludes_old_events(tmp_path: Path) -> None:
         jwt_audit("report", "--file", str(path), "--since", "all", "--json").stdout
     )
     assert everything["total"] == 2
-    assert everything["unreadable_lines"] == 1
+    assert everything["skipped_records"] == 1
     assert len(everything["hourly"]) == 6  # the empty hours between are drawn too
     bad = jwt_audit("report", "--file", str(path), "--since", "yesterday")
     assert bad.returncode == 2
@@ -259,7 +261,259 @@ def test_report_refuses_what_is_not_a_store(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-# -- bounded counting (issue 18) -----------------------------------------------------
+# -- hostile or huge input (issue 18) ------------------------------------------------
+
+RECENT = "{:%Y-%m-%dT%H:%M:%S}.000Z"
+
+
+def recent_time() -> str:
+    return RECENT.format(datetime.datetime.now(datetime.timezone.utc))
+
+
+def denial(**fields: Any) -> str:
+    """One JSON line of a refused request, recent unless ``time`` is given."""
+    event = {
+        "schema": "jwt-audit/1",
+        "event": "denial",
+        "outcome": "denied",
+        "reason": "missing_token",
+        "time": recent_time(),
+        "client_ip": "10.0.0.1",
+        "path": "/orders",
+        **fields,
+    }
+    return json.dumps(event, ensure_ascii=False)
+
+
+def write_lines(path: Path, *lines: str) -> str:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return str(path)
+
+
+def report_json(*args: str) -> dict[str, Any]:
+    result = jwt_audit("report", *args, "--json")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
+
+
+def one_line_error(result: Any) -> str:
+    """A usage error: exit status 2 and one line on stderr, never a traceback."""
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("jwt-audit: ")
+    text: str = lines[0]
+    return text
+
+
+def test_a_time_with_an_offset_and_z_is_skipped_and_counted(tmp_path: Path) -> None:
+    shifted = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S+01:00Z")
+    path = write_lines(tmp_path / "offset.jsonl", denial(time=shifted), denial())
+    data = report_json("--file", path)  # the default --since 24h compares the times
+    assert data["total"] == 1
+    assert data["skipped_records"] == 1
+    text = jwt_audit("report", "--file", path)
+    assert text.returncode == 0, text.stderr
+    assert "1 bad record skipped" in text.stdout
+
+
+@pytest.mark.parametrize("opening", ["[", '{"a": '])
+def test_deeply_nested_json_is_a_bad_record(tmp_path: Path, opening: str) -> None:
+    deep = opening * 20_000 + "1" + ("]" if opening == "[" else "}") * 20_000
+    path = write_lines(tmp_path / "deep.jsonl", deep, denial(), deep)
+    data = report_json("--file", path, "--since", "all")
+    assert data["total"] == 1
+    assert data["skipped_records"] == 2
+
+
+@pytest.mark.parametrize(
+    ("when", "hour"),
+    [
+        ("0001-01-01T00:00:00.000Z", "0001-01-01T00"),
+        ("9999-12-31T23:59:59.999Z", "9999-12-31T23"),
+    ],
+)
+def test_times_at_the_ends_of_the_calendar_are_reported(
+    tmp_path: Path, when: str, hour: str
+) -> None:
+    path = write_lines(tmp_path / "far.jsonl", denial(time=when), denial())
+    data = report_json("--file", path, "--since", "all")
+    assert data["total"] == 2
+    assert data["skipped_records"] == 0
+    hours = [row["hour"] for row in data["hourly"]]
+    assert hour in hours
+    assert len(hours) == 2  # years apart: only the hours with events are drawn
+    text = jwt_audit("report", "--file", path, "--since", "all")
+    assert text.returncode == 0, text.stderr
+    assert hour.replace("T", " ") + ":00" in text.stdout
+
+
+def test_adjacent_last_hours_of_the_calendar_are_filled_without_overflow(tmp_path: Path) -> None:
+    path = write_lines(
+        tmp_path / "end.jsonl",
+        denial(time="9999-12-31T21:00:00.000Z"),
+        denial(time="9999-12-31T23:00:00.000Z"),
+    )
+    data = report_json("--file", path, "--since", "all")
+    assert [row["hour"] for row in data["hourly"]] == [
+        "9999-12-31T21",
+        "9999-12-31T22",
+        "9999-12-31T23",
+    ]
+
+
+@pytest.mark.parametrize("since", ["99999999999w", "1000000w", "9" * 400 + "s"])
+def test_a_since_beyond_the_calendar_is_a_usage_error(tmp_path: Path, since: str) -> None:
+    path = write_lines(tmp_path / "one.jsonl", denial())
+    message = one_line_error(jwt_audit("report", "--file", path, "--since", since))
+    assert "--since" in message
+    assert "all" in message  # says what to use instead
+
+
+def small_store(directory: Path) -> Path:
+    """A SQLite store with two failed logins from one client."""
+    url = f"sqlite:///{directory / 'audit.db'}"
+    handler = SQLAuditHandler(url)
+    LOGGER.addHandler(handler)
+    try:
+        AuditLogger().login_failed("mallory", "bad_password", "10.0.0.9", path="/login")
+        AuditLogger().login_failed("mallory", "bad_password", "10.0.0.9", path="/login")
+    finally:
+        LOGGER.removeHandler(handler)
+        handler.close()
+    return directory / "audit.db"
+
+
+def sql(database: Path, *statements: str) -> None:
+    db = sqlite3.connect(database)
+    try:
+        for statement in statements:
+            db.execute(statement)
+        db.commit()
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("since", ["all", "24h"])
+@pytest.mark.parametrize("bad_time", ["5", "1.5", "'2026-13-45 99:00:00'", "x'00'"])
+def test_sqlite_rows_without_a_valid_time_are_skipped_and_counted(
+    tmp_path: Path, since: str, bad_time: str
+) -> None:
+    database = small_store(tmp_path)
+    sql(database, f"UPDATE jwt_audit_events SET time = {bad_time} WHERE id = 1")
+    data = report_json("--db", f"sqlite:///{database}", "--since", since)
+    assert data["total"] == 1
+    assert data["skipped_records"] == 1
+    assert sum(row["events"] for row in data["hourly"]) == 1
+    text = jwt_audit("report", "--db", f"sqlite:///{database}", "--since", since)
+    assert "1 bad record skipped" in text.stdout
+
+
+@pytest.mark.parametrize("column", ["subject", "time", "outcome"])
+def test_a_table_without_a_report_column_is_a_one_line_error(tmp_path: Path, column: str) -> None:
+    database = small_store(tmp_path)
+    sql(
+        database,
+        "DROP INDEX IF EXISTS ix_jwt_audit_events_time",
+        "DROP INDEX IF EXISTS ix_jwt_audit_events_outcome_time",
+        f"ALTER TABLE jwt_audit_events DROP COLUMN {column}",
+    )
+    message = one_line_error(jwt_audit("report", "--db", f"sqlite:///{database}"))
+    assert column in message
+    assert "jwt_audit_events" in message
+
+
+@pytest.mark.parametrize("content", [b"not a database\n" * 100, b"\x00" * 4096])
+def test_a_file_that_is_not_a_database_is_a_one_line_error(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "notes.db"
+    path.write_bytes(content)
+    message = one_line_error(jwt_audit("report", "--db", f"sqlite:///{path}"))
+    assert "not a database" in message
+    assert "sqlalche.me" not in message
+
+
+HOSTILE = "\x1b[2J\x1b]0;owned\x07\u202eevil\u2066\u2028\x85\x9b\x7f\r\n\x00"
+
+
+def assert_nothing_raw(text: str) -> None:
+    for ch in HOSTILE:
+        if not ch.isprintable():
+            assert ch not in text.replace("\n", ""), repr(ch)
+    assert "\r" not in text
+
+
+def test_control_and_bidi_characters_are_printed_escaped(tmp_path: Path) -> None:
+    path = write_lines(
+        tmp_path / "hostile.jsonl",
+        denial(
+            path="/a" + HOSTILE,
+            client_ip="ip" + HOSTILE,
+            subject="sub" + HOSTILE,
+            reason="why" + HOSTILE,
+            outcome="denied" + HOSTILE,
+            event="denial" + HOSTILE,
+        ),
+    )
+    text = jwt_audit("report", "--file", path)
+    assert text.returncode == 0, text.stderr
+    assert_nothing_raw(text.stdout)
+    assert "/a\\x1b[2J" in text.stdout
+    assert "\\u202eevil\\u2066\\u2028\\x85\\x9b\\x7f" in text.stdout
+    for name in ("ip", "sub", "why"):
+        assert f"{name}\\x1b[2J" in text.stdout
+    as_json = jwt_audit("report", "--file", path, "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    assert_nothing_raw(as_json.stdout)
+    assert "\\u202e" not in as_json.stdout.replace("\\\\u202e", "")  # escaped text, not JSON
+    data = json.loads(as_json.stdout)
+    assert data["refused_paths"][0]["value"].startswith("/a\\x1b[2J")
+
+
+def test_hostile_values_from_a_database_are_printed_escaped(tmp_path: Path) -> None:
+    database = small_store(tmp_path)
+    sql(database, "UPDATE jwt_audit_events SET path = '/p' || char(27) || '[2J' || char(8238)")
+    text = jwt_audit("report", "--db", f"sqlite:///{database}", "--since", "all")
+    assert text.returncode == 0, text.stderr
+    assert "\x1b" not in text.stdout
+    assert "\u202e" not in text.stdout
+    assert "/p\\x1b[2J\\u202e" in text.stdout
+
+
+def longest_line(text: str) -> int:
+    return max(len(line) for line in text.splitlines())
+
+
+def test_a_huge_path_is_capped_and_a_huge_line_skipped(tmp_path: Path) -> None:
+    path = write_lines(
+        tmp_path / "huge.jsonl",
+        denial(path="/" + "a" * 40_000, subject="s" * 10_000, client_ip="1" * 10_000),
+        '{"event": "denial", "outcome": "denied", "path": "/' + "b" * 2_000_000 + '"}',
+        denial(),
+    )
+    text = jwt_audit("report", "--file", path, "--since", "all")
+    assert text.returncode == 0, text.stderr
+    assert longest_line(text.stdout) < 400
+    assert "/aaaa" in text.stdout
+    assert "…" in text.stdout
+    assert "1 bad record skipped" in text.stdout  # the 2 MB line
+    data = report_json("--file", path, "--since", "all")
+    assert data["total"] == 2
+    assert data["skipped_records"] == 1
+    assert max(len(row["value"]) for row in data["refused_paths"]) < 400
+    assert max(len(row["value"]) for row in data["top_subjects"]) < 400
+
+
+def test_a_huge_path_in_a_database_is_capped(tmp_path: Path) -> None:
+    database = small_store(tmp_path)
+    sql(database, "UPDATE jwt_audit_events SET path = '/' || hex(zeroblob(500000))")
+    text = jwt_audit("report", "--db", f"sqlite:///{database}", "--since", "all")
+    assert text.returncode == 0, text.stderr
+    assert longest_line(text.stdout) < 400
+    assert "/0000" in text.stdout
 
 
 def test_top_k_keeps_at_most_its_capacity_and_finds_the_heavy_hitters() -> None:
@@ -281,3 +535,38 @@ def test_top_k_is_exact_below_its_capacity() -> None:
         counter.add(value)
     assert not counter.overflowed
     assert counter.most_common(10) == [("a", 4), ("b", 2), ("c", 1), ("d", 1)]
+
+
+def test_a_file_of_200000_unique_paths_is_counted_in_bounded_memory(tmp_path: Path) -> None:
+    now = recent_time()
+    lines = (
+        denial(path=f"/probe/{i}", client_ip=f"10.{i >> 16}.{i >> 8 & 255}.{i & 255}", time=now)
+        for i in range(200_000)
+    )
+    tally = Tally(capacity=1000).feed(lines)
+    sizes = {name: len(counter) for name, counter in tally.counters.items()}
+    assert sizes["refused_paths"] == 1000
+    assert sizes["top_client_ips"] == 1000
+    assert all(size <= 1000 for size in sizes.values())
+    result = tally.report("test", limit=5)
+    assert result.total == 200_000
+    assert set(result.approximate) >= {"refused_paths", "refused_by_client_ip", "top_client_ips"}
+    assert "refused_by_reason" not in result.approximate  # one reason: exact
+    assert result.refused_by_reason == [("missing_token", 200_000)]
+    shown = io.StringIO()
+    render(result, shown)
+    assert "upper bounds" in shown.getvalue()
+
+
+def test_the_hourly_histogram_keeps_a_bounded_number_of_hours() -> None:
+    start = datetime.datetime(2020, 1, 1)
+    lines = (
+        denial(time=f"{start + datetime.timedelta(hours=i):%Y-%m-%dT%H:%M:%S}.000Z")
+        for i in range(5000)
+    )
+    tally = Tally(hour_capacity=100).feed(lines)
+    result = tally.report("test")
+    assert result.total == 5000
+    assert len(result.hourly) == 100
+    assert result.hourly[-1][0] == f"{start + datetime.timedelta(hours=4999):%Y-%m-%dT%H}"
+    assert result.events_before_histogram == 4900
