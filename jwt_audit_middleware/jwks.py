@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
-import ipaddress
 import itertools
 import json
 import logging
@@ -36,6 +35,7 @@ from typing import Any
 
 from .events import app_event
 from .keys import KeyRing, VerificationKey, parse_jwks
+from .urls import check_url, is_loopback, safe_location  # the URL checks moved; names kept here
 
 EmitEvent = Callable[[dict[str, Any], int], None]
 
@@ -50,7 +50,6 @@ DEFAULT_MAX_BYTES = 256 * 1024
 DEFAULT_MAX_KEYS = 100
 _MAX_UNKNOWN_KIDS = 4096
 _CHUNK = 16 * 1024
-_LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
 _VERSIONS = itertools.count(1)  # shared, so the highest version marks the latest swap anywhere
 
 internal_logger = logging.getLogger("jwt_audit.internal")
@@ -64,45 +63,6 @@ class FetchError(Exception):
         super().__init__(code)
         self.code = code
         self.detail = detail
-
-
-def check_url(url: object) -> str | None:
-    """Why ``url`` cannot be a JWKS URL (a message), or ``None`` if it can."""
-    if not isinstance(url, str) or not url:
-        return "expected an https:// URL"
-    try:
-        parts = urllib.parse.urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return "is not a valid URL"
-    del port
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        return "expected an https:// URL"
-    if parts.username is not None or parts.password is not None:
-        return "credentials in the URL are not supported"
-    if parts.fragment:
-        return "a URL with a #fragment is not supported"
-    if parts.scheme == "http" and not is_loopback(parts.hostname):
-        return "plain http:// is allowed only for loopback hosts; use https://"
-    if any(ch.isspace() or not ch.isprintable() for ch in url):
-        return "contains whitespace or control characters"
-    return None
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost``, ``127.0.0.0/8`` and ``::1``."""
-    if host.lower() in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def safe_location(url: str) -> str:
-    """``scheme://host[:port]/path`` of ``url``: no query string, for messages."""
-    parts = urllib.parse.urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path or '/'}"[:200]
 
 
 def fetch(url: str, *, timeout: float, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:

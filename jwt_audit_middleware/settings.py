@@ -24,8 +24,8 @@ from types import MappingProxyType
 from typing import Any, ClassVar, Literal, cast
 
 from .errors import ConfigurationError
-from .jwks import check_url
 from .keys import KeyRing, build_keyring, check_algorithms, is_hmac
+from .urls import check_url
 
 RevocationCheck = Callable[[Mapping[str, Any]], "bool | Awaitable[bool]"]
 IdentityFunction = Callable[[Mapping[str, Any]], "str | None"]

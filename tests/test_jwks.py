@@ -8,6 +8,7 @@ import pickle
 import secrets
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,9 +20,12 @@ from jwt_audit_middleware import (
     JWTAuditMiddleware,
     JWTAuditWSGIMiddleware,
     Settings,
+    jwks,
+    urls,
 )
-from jwt_audit_middleware.jwks import FetchError, RemoteKeySet, check_url, fetch
+from jwt_audit_middleware.jwks import FetchError, RemoteKeySet, fetch
 from jwt_audit_middleware.testing import CapturedEvents, SigningKey, asgi_request, jwks_document
+from jwt_audit_middleware.urls import check_url, is_loopback, safe_location
 
 pytestmark = pytest.mark.usefixtures("no_leaked_jwks_threads")
 
@@ -344,6 +348,39 @@ def test_accepted_urls(url: str) -> None:
 def test_refused_urls(url: str, message: str) -> None:
     with pytest.raises(ConfigurationError, match=f"^jwks_url: .*{message}"):
         Settings(algorithms=["RS256"], jwks_url=url)
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("localhost", True),
+        ("LOCALHOST.", True),
+        ("127.0.0.2", True),
+        ("[::1]", True),
+        ("10.0.0.1", False),
+        ("localhost.example.com", False),
+    ],
+)
+def test_is_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+def test_safe_location_drops_the_query_and_credentials_stay_out_of_messages() -> None:
+    assert safe_location("https://idp.example.com/jwks?tenant=t&sig=abc") == (
+        "https://idp.example.com/jwks"
+    )
+    assert safe_location("https://idp.example.com:8443") == "https://idp.example.com:8443/"
+    assert len(safe_location("https://idp.example.com/" + "a" * 500)) == 200
+
+
+def test_url_checks_are_a_leaf_and_still_importable_from_jwks() -> None:
+    assert (jwks.check_url, jwks.is_loopback, jwks.safe_location) == (
+        urls.check_url,
+        urls.is_loopback,
+        urls.safe_location,
+    )
+    source = Path(urls.__file__).read_text(encoding="utf-8")
+    assert "from ." not in source  # the standard library only
 
 
 def test_jwks_url_configuration_errors(rsa_key: SigningKey) -> None:
