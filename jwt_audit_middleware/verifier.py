@@ -1,7 +1,7 @@
 """Token verification: Authorization header values in, ``VerifiedToken`` out.
 
-It is sans-I/O and synchronous: it parses the compact JWS strictly itself
-(exactly three unpadded base64url segments, a canonical signature, UTF-8 JSON
+It is sans-I/O and synchronous: it reads the compact JWS strictly (``jws``:
+exactly three unpadded base64url segments, a canonical signature, UTF-8 JSON
 objects without duplicate members or non-finite numbers), checks the header
 against the policy, verifies the signature with the checks each key bound at
 start-up (``keys.bind_check``: PyJWT's algorithms, cryptography's maths), and
@@ -18,10 +18,7 @@ from __future__ import annotations
 import datetime
 import functools
 import itertools
-import json
-import math
 import time
-from binascii import a2b_base64
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -29,6 +26,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from jwt import exceptions as jwt_errors
 
+from . import jws
 from .errors import Denied
 from .events import copy_claims, scope_fields, verified_identity
 from .jwks import EmitEvent, RemoteKeySet, on_event_loop
@@ -36,10 +34,16 @@ from .keys import MAX_KID_LENGTH, KeyRing
 from .model import Claims, VerifiedToken
 from .settings import IdentityFunction, Settings, identity_resolver, normalise_media_type
 
+#: the parsing's names from before it moved to jws.py (issue 11), still importable here
+extract_token = jws.extract_token
+_b64decode = jws.b64decode
+_signature_bytes = jws.signature_bytes
+_decode_json = jws.decode_json
+_json_object = jws.json_object
+
 # Versions of static key rings: negative, so they never meet a RemoteKeySet's, and
 # never reused (an id() of a freed ring can be, letting a cached verdict outlive its key).
 _STATIC_VERSIONS = itertools.count(-1, -1)
-_TOKEN_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_."
 _MAX_ALG_LENGTH = 32
 #: decoded headers kept (Verifier._remember_header), and the longest header text kept
 _MAX_HEADERS = 64
@@ -123,123 +127,6 @@ class _NewVerifiedToken:
 
 
 assert _NewVerifiedToken.__slots__ == tuple(f.name for f in fields(VerifiedToken))
-
-
-def extract_token(values: Sequence[str], max_bytes: int) -> str:
-    """The bearer token of an ``Authorization`` header (RFC 6750 §2.1).
-
-    ``values`` are every ``Authorization`` header of the request.
-    """
-    if not values:
-        raise Denied("missing_token", "no Authorization header")
-    if len(values) > 1:
-        raise Denied("invalid_request", "several Authorization headers")
-    value = values[0]
-    if len(value) > max_bytes + 64:
-        raise Denied("token_too_large", "the Authorization header exceeds max_token_bytes")
-    value = value.strip(" \t")
-    if not value:
-        raise Denied("invalid_request", "empty Authorization header")
-    if value[:6].lower() != "bearer":
-        raise Denied("unsupported_scheme", "the Authorization scheme is not Bearer")
-    rest = value[6:]
-    if not rest:
-        raise Denied("invalid_request", "empty bearer token")
-    if rest[0] != " ":
-        if " " in rest:  # a longer scheme name such as "Bearers x"
-            raise Denied("unsupported_scheme", "the Authorization scheme is not Bearer")
-        raise Denied("invalid_request", "the scheme must be followed by one space")
-    token = rest.lstrip(" ")
-    if not token:
-        raise Denied("invalid_request", "empty bearer token")
-    if len(token) > max_bytes:
-        raise Denied("token_too_large", "the token exceeds max_token_bytes")
-    # only base64url and "." (what is left once those are deleted is empty)
-    if not token.isascii() or token.encode("ascii").translate(None, _TOKEN_CHARS):
-        raise Denied("invalid_request", "the token has characters outside base64url and '.'")
-    return token
-
-
-#: "=" padding for an unpadded base64 text of length n, by n % 4 (1 is never valid)
-_PAD = ("", "===", "==", "=")
-#: for a text of length n: the last characters whose unused low bits are zero, by
-#: n % 4 (2: 4 unused bits, values 0, 16, 32, 48; 3: 2 bits, multiples of 4)
-_CANONICAL_LAST = ("", "", "AQgw", "AEIMQUYcgkosw048")
-
-
-def _b64decode(segment: str) -> bytes:
-    """Unpadded base64url text to bytes, exactly as ``base64.urlsafe_b64decode`` does.
-
-    Like it, characters outside the alphabet are skipped (a token from
-    ``extract_token`` has none); a text that is not ASCII is a ``ValueError``,
-    a bad length a ``binascii.Error`` (also a ``ValueError``).
-    """
-    return a2b_base64((segment + _PAD[len(segment) & 3]).replace("-", "+").replace("_", "/"))
-
-
-def _signature_bytes(segment: str) -> bytes | None:
-    """A signature's bytes; ``None`` unless ``segment`` is canonical unpadded base64url.
-
-    Canonical: base64url characters only, no padding, a length that is not
-    1 more than a multiple of 4, and the last character's unused low bits zero
-    (so a signature has exactly one text, the one ``urlsafe_b64encode`` gives).
-    A text that is not ASCII is a ``ValueError``.
-    """
-    size = len(segment) & 3
-    if size == 1 or "+" in segment or "/" in segment or "=" in segment:
-        return None
-    if size and segment[-1] not in _CANONICAL_LAST[size]:
-        return None
-    signature = a2b_base64(segment.replace("-", "+").replace("_", "/") + _PAD[size])
-    # a2b_base64 skips characters outside the alphabet; every one of them costs
-    # at least one byte of output (6 bits less, and n % 4 == 1 is refused above)
-    return signature if len(signature) == len(segment) * 3 // 4 else None
-
-
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        raise ValueError("duplicate member")
-    return result
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError("NaN and Infinity are not JSON")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):  # 1e999: no JSON line may carry "Infinity" later
-        raise ValueError("number out of range")
-    return value
-
-
-_DECODER = json.JSONDecoder(
-    object_pairs_hook=_reject_duplicates,
-    parse_constant=_reject_constant,
-    parse_float=_finite_float,
-)
-_decode_json = _DECODER.decode
-#: what _decode_json runs once leading whitespace is skipped: (value, end), or
-#: StopIteration where no value starts (typeshed does not list the attribute)
-_scan_json: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
-_JSON_SPACE = " \t\n\r"  # json.decoder.WHITESPACE
-
-
-def _json_object(segment: str, what: str) -> dict[str, Any]:
-    try:
-        text = _b64decode(segment).decode("utf-8")
-        if text[:1] == "{":  # what _decode_json does, without its calls around the scanner
-            value, end = _scan_json(text, 0)
-            if end != len(text) and text[end:].strip(_JSON_SPACE):
-                raise ValueError("extra data")
-        else:  # leading whitespace, or not an object
-            value = _decode_json(text)
-    except (ValueError, RecursionError, StopIteration):  # binascii.Error is a ValueError
-        raise Denied("malformed_token", f"the {what} is not base64url-encoded JSON") from None
-    if not isinstance(value, dict):
-        raise Denied("malformed_token", f"the {what} is not a JSON object")
-    return value
 
 
 _MAX_TIME = 2**63
@@ -422,13 +309,10 @@ class Verifier:
         """
         if not self._remotes:
             return None
-        parts = token.split(".")
-        if len(parts) != 3:
-            return None
         try:
-            header = _json_object(parts[0], "header")
-            alg, kid = self._header_fields(header)
-            trust = self._default or self._select(_json_object(parts[1], "payload"), alg, kid)
+            header_b64, payload_b64, _ = jws.split(token)
+            alg, kid = self._header_fields(jws.json_object(header_b64, "header"))
+            trust = self._default or self._select(jws.json_object(payload_b64, "payload"), alg, kid)
         except Denied:
             return None
         remote = trust.remote
@@ -449,20 +333,10 @@ class Verifier:
         """Verify ``token`` (already extracted); raise ``Denied`` on any doubt."""
         if len(token) > self._max_bytes:
             raise Denied("token_too_large", "the token exceeds max_token_bytes")
-        # three non-empty segments: two dots, neither at an end, not side by side
-        first = token.find(".")
-        last = token.rfind(".")
-        if (
-            not 0 < first < last - 1
-            or last == len(token) - 1
-            or token.find(".", first + 1, last) >= 0
-        ):
-            raise Denied("malformed_token", "a JWS has three non-empty segments")
-        header_b64 = token[:first]
-        payload_b64 = token[first + 1 : last]
+        header_b64, payload_b64, signature_b64 = jws.split(token)
         cached = self._headers.get(header_b64)
         if cached is None:
-            header = _json_object(header_b64, "header")
+            header = jws.json_object(header_b64, "header")
             alg, kid = self._header_fields(header)
             self._remember_header(header_b64, header, alg, kid)
         else:  # the text decoded to this before; checked against the policy as ever below
@@ -470,7 +344,7 @@ class Verifier:
         trust = self._default
         claims: dict[str, Any] | None = None
         if trust is None:  # providers: the unverified iss picks whose keys and policy apply
-            claims = _json_object(payload_b64, "payload")
+            claims = jws.json_object(payload_b64, "payload")
             trust = self._select(claims, alg, kid)
         if alg not in trust.algorithms:
             raise Denied(
@@ -501,15 +375,15 @@ class Verifier:
         if not checks:
             raise Denied("unknown_key", "no key matches the token's kid", alg=alg, kid=kid)
         try:
-            signature = _signature_bytes(token[last + 1 :])
+            signature = jws.signature_bytes(signature_b64)
         except ValueError:
             signature = None
         if signature is None:
             raise Denied(
                 "malformed_token", "the signature is not canonical base64url", alg=alg, kid=kid
             )
-        try:
-            signing_input = token[:last].encode("ascii")
+        try:  # the signing input: header "." payload, all before the signature's dot
+            signing_input = token[: len(token) - len(signature_b64) - 1].encode("ascii")
         except UnicodeEncodeError:  # the header decoded: it is the payload
             raise Denied(
                 "malformed_token", "the payload is not base64url", alg=alg, kid=kid
@@ -524,7 +398,7 @@ class Verifier:
         else:
             raise Denied("bad_signature", "the signature does not verify", alg=alg, kid=kid)
         if claims is None:
-            claims = _json_object(payload_b64, "payload")
+            claims = jws.json_object(payload_b64, "payload")
         return self._check_claims(claims, header, alg, kid, fingerprint, trust=trust)
 
     def _remember_header(
