@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import hmac
 import json
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -293,6 +294,132 @@ def build_keyring(
     return ring
 
 
+#: Key files are a few kilobytes; a larger one is the wrong file (or a device).
+MAX_KEY_FILE_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class LoadedKeys:
+    """What ``load_keyring`` made of one key source: the prepared keys and the options.
+
+    The options come back normalised, as the configuration keeps them: the
+    HMAC ``secret`` as bytes, ``public_key`` as a PEM string (or bytes) or a
+    tuple of them, ``jwks`` as a dict copy of a mapping or as JSON text.  What
+    was read from ``secret_file`` or ``jwks_file`` is in ``secret``/``jwks``,
+    so the configuration can be rebuilt without the file (a pickled copy).
+    """
+
+    keyring: KeyRing
+    secret: bytes | None = None
+    public_key: str | bytes | tuple[str | bytes, ...] | None = None
+    jwks: dict[str, Any] | str | None = None
+
+    def __repr__(self) -> str:  # never show key material
+        return f"LoadedKeys({self.keyring!r})"
+
+
+def load_keyring(
+    where: str,
+    algorithms: Sequence[str],
+    *,
+    secret: object = None,
+    secret_file: object = None,
+    public_key: object = None,
+    jwks: object = None,
+    jwks_file: object = None,
+    algorithms_option: str = "algorithms",
+) -> LoadedKeys:
+    """Read, normalise and prepare the static keys of the top-level options or of a provider.
+
+    The one place where ``secret_file`` and ``jwks_file`` are read: a secret
+    file loses one trailing line ending (LF or CR LF, as editors and
+    ``echo`` add; a binary secret keeps its other bytes), a JWKS file must be
+    UTF-8 JSON.  A ``str`` secret becomes its UTF-8 bytes.  ``where`` prefixes
+    the option names of errors (``""`` for the top level, ``"providers[1]"``
+    for a provider), so ``ConfigurationError`` names the option as the user
+    wrote it: ``secret_file`` rather than ``secret`` when the secret came from
+    the file, ``providers[1].jwks_file``.  Errors about ``algorithms`` (no key
+    can verify one of them) name ``algorithms_option``.  Messages never
+    contain key material.
+    """
+
+    def name(option: str) -> str:
+        return f"{where}.{option}" if where else option
+
+    if secret_file is not None:
+        if secret is not None:
+            raise ConfigurationError(
+                name("secret_file"), "give either secret or secret_file, not both"
+            )
+        secret = _strip_line_ending(read_key_file(name("secret_file"), secret_file))
+    secret = _secret_bytes(name("secret"), secret)
+    if jwks_file is not None:
+        if jwks is not None:
+            raise ConfigurationError(name("jwks_file"), "give either jwks or jwks_file, not both")
+        jwks = read_key_file(name("jwks_file"), jwks_file)
+    document = _jwks_document(name("jwks_file" if jwks_file is not None else "jwks"), jwks)
+    try:
+        keyring = build_keyring(algorithms, secret=secret, public_keys=public_key, jwks=document)
+    except ConfigurationError as exc:
+        option = {
+            "algorithms": algorithms_option,
+            "secret": "secret" if secret_file is None else "secret_file",
+            "jwks": "jwks" if jwks_file is None else "jwks_file",
+        }.get(exc.option, exc.option)
+        raise ConfigurationError(name(option), str(exc)[len(exc.option) + 2 :]) from None
+    if public_key is not None and not isinstance(public_key, (str, bytes)):
+        # build_keyring has checked it: a sequence of PEM strings
+        public_key = tuple(cast("Sequence[str | bytes]", public_key))
+    return LoadedKeys(keyring, secret, public_key, document)
+
+
+def read_key_file(option: str, path: object) -> bytes:
+    """The content of a key file (at most ``MAX_KEY_FILE_BYTES``), or ``ConfigurationError``."""
+    if not isinstance(path, (str, bytes, os.PathLike)):  # an int would open a file descriptor
+        raise ConfigurationError(option, f"expected a file path, got {type(path).__name__}")
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_KEY_FILE_BYTES + 1)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigurationError(option, f"cannot read the file ({reason})") from None
+    if len(data) > MAX_KEY_FILE_BYTES:
+        raise ConfigurationError(
+            option, f"the file is larger than {MAX_KEY_FILE_BYTES // 1024} KiB: not a key file"
+        )
+    return data
+
+
+def _strip_line_ending(data: bytes) -> bytes:
+    if data.endswith(b"\r\n"):
+        return data[:-2]
+    return data[:-1] if data.endswith(b"\n") else data
+
+
+def _secret_bytes(option: str, secret: object) -> bytes | None:
+    if isinstance(secret, str):
+        try:
+            return secret.encode()
+        except UnicodeEncodeError:  # lone surrogates, e.g. undecodable bytes in os.environ
+            raise ConfigurationError(option, "is not valid Unicode text") from None
+    if secret is not None and not isinstance(secret, bytes):
+        raise ConfigurationError(option, "expected str or bytes")
+    return secret
+
+
+def _jwks_document(option: str, jwks: object) -> dict[str, Any] | str | None:
+    if jwks is None or isinstance(jwks, str):
+        return jwks
+    if isinstance(jwks, Mapping):
+        return dict(jwks)
+    if isinstance(jwks, bytes):
+        try:
+            return jwks.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigurationError(option, "is not UTF-8 text") from None
+    raise ConfigurationError(option, 'expected a JWKS document: {"keys": [...]}')
+
+
 def check_algorithms(algorithms: Iterable[str], option: str = "algorithms") -> None:
     """Refuse ``none`` and algorithms PyJWT does not implement."""
     for alg in algorithms:
@@ -327,7 +454,7 @@ def _secret_key(secret: bytes, algorithms: Sequence[str]) -> VerificationKey:
 
 
 def _pem_blocks(value: object) -> list[bytes]:
-    items: Sequence[object] = [value] if isinstance(value, (str, bytes)) else value  # type: ignore[assignment]
+    items: object = [value] if isinstance(value, (str, bytes)) else value
     if not isinstance(items, Sequence) or not items:
         raise ConfigurationError("public_key", "expected a PEM string or a list of PEM strings")
     blocks: list[bytes] = []

@@ -3,7 +3,8 @@
 Every option of the contract is a keyword-only field.  Validation runs once, at
 construction; afterwards the object is frozen and the verifier only reads it.
 Values are normalised on the way in (lists become tuples, paths are checked,
-``secret_file`` is read), so nothing downstream has to guess their shape.
+``secret_file`` and ``jwks_file`` are read into ``secret`` and ``jwks``), so
+nothing downstream has to guess their shape.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar, Literal, cast
 
 from .errors import ConfigurationError
-from .keys import KeyRing, build_keyring, check_algorithms, is_hmac
+from .keys import KeyRing, check_algorithms, is_hmac, load_keyring
 from .urls import check_url
 
 RevocationCheck = Callable[[Mapping[str, Any]], "bool | Awaitable[bool]"]
@@ -334,56 +335,24 @@ class Settings:
             check_remote_algorithms("jwks_url", algorithms)
             return self._post_init_rest(KeyRing((), algorithms))
 
-        secret = self.secret
-        if self.secret_file is not None:
-            if secret is not None:
-                raise _fail("secret_file", "give either secret or secret_file, not both")
-            try:
-                with open(self.secret_file, "rb") as handle:
-                    secret = handle.read()
-                # one line ending, as editors and `echo` add; a binary secret keeps its bytes
-                if secret.endswith(b"\n"):
-                    secret = secret[:-2] if secret.endswith(b"\r\n") else secret[:-1]
-            except OSError as exc:
-                raise _fail("secret_file", f"cannot read the file ({exc.strerror})") from None
-        if isinstance(secret, str):
-            secret = secret.encode()
-        if secret is not None and not isinstance(secret, bytes):
-            raise _fail("secret", "expected str or bytes")
-        set_(self, "secret", secret)
-
-        if self.jwks is not None and self.jwks_file is not None:
-            raise _fail("jwks_file", "give either jwks or jwks_file, not both")
-        jwks: object = self.jwks
-        if self.jwks_file is not None:
-            try:
-                with open(self.jwks_file, "rb") as handle:
-                    jwks = handle.read().decode("utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise _fail("jwks_file", f"cannot read the file ({type(exc).__name__})") from None
-        if isinstance(jwks, Mapping):
-            set_(self, "jwks", MappingProxyType(dict(jwks)))
-
-        try:
-            keyring = build_keyring(
-                algorithms,
-                secret=secret,
-                public_keys=self.public_key,
-                jwks=jwks,
-                jwks_option="jwks_file" if self.jwks_file is not None else "jwks",
-            )
-        except ConfigurationError as exc:
-            if exc.option != "secret" or self.secret_file is None:
-                raise
-            # the secret came from the file: name the option the user wrote
-            raise _fail("secret_file", str(exc)[len("secret: ") :]) from None
-        return self._post_init_rest(keyring)
+        loaded = load_keyring(
+            "",
+            algorithms,
+            secret=self.secret,
+            secret_file=self.secret_file,
+            public_key=self.public_key,
+            jwks=self.jwks,
+            jwks_file=self.jwks_file,
+        )
+        set_(self, "secret", loaded.secret)
+        set_(self, "public_key", loaded.public_key)
+        jwks = loaded.jwks
+        set_(self, "jwks", MappingProxyType(jwks) if isinstance(jwks, dict) else jwks)
+        return self._post_init_rest(loaded.keyring)
 
     def _post_init_rest(self, keyring: KeyRing) -> None:
         set_ = object.__setattr__
         set_(self, "keyring", keyring)
-        if self.public_key is not None and not isinstance(self.public_key, (str, bytes)):
-            set_(self, "public_key", tuple(self.public_key))
         set_(self, "issuer", _optional_strings("issuer", self.issuer))
         set_(self, "audience", _optional_strings("audience", self.audience))
         max_leeway = float(_number("max_leeway", self.max_leeway, minimum=0))
@@ -633,31 +602,19 @@ def _provider(
         return Provider(
             issuer, algorithms, audience, KeyRing((), algorithms), url, options, identity
         )
-    secret = options.get("secret")
-    jwks = options.get("jwks")
-    if source == "jwks_file":
-        try:
-            with open(options.pop("jwks_file"), "rb") as handle:
-                jwks = options["jwks"] = handle.read().decode("utf-8")
-        except (OSError, UnicodeDecodeError, TypeError) as exc:
-            raise _fail(
-                f"{where}.jwks_file", f"cannot read the file ({type(exc).__name__})"
-            ) from None
-    if isinstance(secret, str):
-        secret = secret.encode()
-    if secret is not None and not isinstance(secret, bytes):
-        raise _fail(f"{where}.secret", "expected str or bytes")
-    if isinstance(jwks, Mapping):
-        jwks = options["jwks"] = dict(jwks)
-    try:
-        keyring = build_keyring(
-            algorithms, secret=secret, public_keys=options.get("public_key"), jwks=jwks
-        )
-    except ConfigurationError as exc:
-        message = str(exc)[len(exc.option) + 2 :]
-        option = source if exc.option in ("algorithms", "jwks") else exc.option
-        raise _fail(f"{where}.{option}", message) from None
-    return Provider(issuer, algorithms, audience, keyring, None, options, identity)
+    loaded = load_keyring(
+        where,
+        algorithms,
+        secret=options.get("secret"),
+        public_key=options.get("public_key"),
+        jwks=options.get("jwks"),
+        jwks_file=options.pop("jwks_file", None),
+        algorithms_option=source,
+    )
+    normalised = {"secret": loaded.secret, "public_key": loaded.public_key, "jwks": loaded.jwks}
+    # what a pickled copy rebuilds from: a jwks_file's content travels as jwks
+    options.update((name, value) for name, value in normalised.items() if value is not None)
+    return Provider(issuer, algorithms, audience, loaded.keyring, None, options, identity)
 
 
 _IDENTITY_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_:.-]{0,63}")

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import base64
 import datetime
+import json
+import os
+from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import jwt
@@ -20,6 +24,7 @@ from jwt_audit_middleware.keys import (
     VerificationKey,
     bind_check,
     build_keyring,
+    load_keyring,
     parse_jwks,
 )
 from jwt_audit_middleware.testing import SigningKey, jwks_document
@@ -478,3 +483,126 @@ def test_an_algorithm_pyjwt_adds_later_is_verified_through_its_own_verify(
     assert check(b"good", b"a.b") is True
     assert check(b"bad", b"a.b") is False
     assert calls == [(b"a.b", b"k" * 32, b"good"), (b"a.b", b"k" * 32, b"bad")]
+
+
+# -- load_keyring: the one reader of key options and key files --------------
+
+SECRET = b"0123456789abcdef0123456789abcdef"
+
+
+def load_error(where: str, **options: Any) -> ConfigurationError:
+    algorithms = options.pop("algorithms", ["HS256"])
+    with pytest.raises(ConfigurationError) as raised:
+        load_keyring(where, algorithms, **options)
+    return raised.value
+
+
+@pytest.mark.parametrize(
+    ("ending", "kept"),
+    [(b"\n", b""), (b"\r\n", b""), (b"\r", b"\r"), (b"\n\n", b"\n"), (b"", b"")],
+)
+def test_a_secret_file_loses_one_line_ending(tmp_path: Path, ending: bytes, kept: bytes) -> None:
+    path = tmp_path / "secret"
+    path.write_bytes(SECRET + ending)
+    loaded = load_keyring("", ["HS256"], secret_file=path)
+    assert loaded.secret == SECRET + kept
+    assert loaded.keyring.usable_algorithms() == frozenset({"HS256"})
+
+
+def test_a_str_secret_becomes_bytes_and_a_mapping_a_dict_copy(rsa_key: SigningKey) -> None:
+    document = MappingProxyType(jwks_document(rsa_key))
+    loaded = load_keyring("", ["HS256", "RS256"], secret=SECRET.decode(), jwks=document)
+    assert loaded.secret == SECRET
+    assert type(loaded.jwks) is dict
+    assert loaded.jwks == dict(document)
+
+
+def test_a_jwks_file_is_kept_as_its_text(tmp_path: Path, rsa_key: SigningKey) -> None:
+    text = json.dumps(jwks_document(rsa_key))
+    path = tmp_path / "jwks.json"
+    path.write_text(text, encoding="utf-8")
+    loaded = load_keyring("providers[1]", ["RS256"], jwks_file=str(path))
+    assert loaded.jwks == text
+    assert kids(loaded.keyring) == {"rs256-1"}
+
+
+def test_a_public_key_list_becomes_a_tuple(keys: dict[str, SigningKey]) -> None:
+    pems = [keys["RS256"].public_pem, keys["ES256"].public_pem]
+    loaded = load_keyring("", ["RS256", "ES256"], public_key=pems)
+    assert loaded.public_key == tuple(pems)
+    single = load_keyring("", ["RS256"], public_key=keys["RS256"].public_pem)
+    assert single.public_key == keys["RS256"].public_pem
+
+
+@pytest.mark.parametrize(
+    ("where", "options", "option", "message"),
+    [
+        ("", {"secret": SECRET, "secret_file": "x"}, "secret_file", "either secret or"),
+        ("", {"secret_file": "/nonexistent/secret"}, "secret_file", "cannot read the file"),
+        ("providers[1]", {"secret_file": 0}, "providers[1].secret_file", "file path, got int"),
+        ("providers[1]", {"jwks_file": "/nonexistent"}, "providers[1].jwks_file", "cannot read"),
+        ("providers[1]", {"jwks_file": ["a"]}, "providers[1].jwks_file", "file path"),
+        ("", {"jwks": {"keys": []}, "jwks_file": "x"}, "jwks_file", "either jwks or"),
+        ("providers[0]", {"secret": 12345}, "providers[0].secret", "expected str or bytes"),
+        ("", {"secret": "\udcff" * 40}, "secret", "not valid Unicode"),
+        ("", {"jwks": 5}, "jwks", "JWKS document"),
+        ("", {"jwks": b"\xff{}"}, "jwks", "not UTF-8"),
+        ("providers[2]", {"secret": b"short"}, "providers[2].secret", "needs at least"),
+        ("", {}, "algorithms", "no key configured"),
+    ],
+)
+def test_load_keyring_names_the_option_as_written(
+    where: str, options: dict[str, Any], option: str, message: str
+) -> None:
+    error = load_error(where, **options)
+    assert error.option == option
+    assert str(error).startswith(f"{option}: ")
+    assert message in str(error)
+
+
+def test_errors_about_a_files_content_name_the_file_option(tmp_path: Path) -> None:
+    short = tmp_path / "short"
+    short.write_bytes(b"too-short-secret\n")
+    error = load_error("providers[0]", secret_file=short)
+    assert error.option == "providers[0].secret_file"
+    assert "too-short-secret" not in str(error)
+    not_json = tmp_path / "jwks.json"
+    not_json.write_text("{not json", encoding="utf-8")
+    assert load_error("", algorithms=["RS256"], jwks_file=not_json).option == "jwks_file"
+    latin = tmp_path / "latin.json"
+    latin.write_bytes(b"\xe9")
+    error = load_error("", algorithms=["RS256"], jwks_file=latin)
+    assert (error.option, str(error)) == ("jwks_file", "jwks_file: is not UTF-8 text")
+
+
+def test_an_uncovered_algorithm_names_algorithms_option(rsa_key: SigningKey) -> None:
+    pem = rsa_key.public_pem
+    error = load_error("", algorithms=["RS256", "ES256"], public_key=pem)
+    assert error.option == "algorithms"
+    error = load_error(
+        "providers[3]",
+        algorithms=["RS256", "ES256"],
+        public_key=pem,
+        algorithms_option="public_key",
+    )
+    assert error.option == "providers[3].public_key"
+    assert "ES256" in str(error)
+
+
+def test_a_file_too_large_to_be_a_key_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "huge"
+    with path.open("wb") as handle:
+        handle.truncate(keys_module.MAX_KEY_FILE_BYTES + 1)  # sparse: no disk used
+    error = load_error("", secret_file=path)
+    assert error.option == "secret_file"
+    assert "not a key file" in str(error)
+
+
+def test_loaded_keys_repr_shows_no_material(tmp_path: Path) -> None:
+    secret = os.urandom(32).hex().encode()
+    path = tmp_path / "secret"
+    path.write_bytes(secret + b"\n")
+    loaded = load_keyring("", ["HS256"], secret_file=path)
+    assert loaded.secret == secret
+    assert secret.decode() not in repr(loaded)
+    assert repr(loaded).startswith("LoadedKeys(KeyRing(1 keys")

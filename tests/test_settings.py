@@ -6,6 +6,7 @@ import dataclasses
 import datetime
 import json
 import os.path
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -319,6 +320,41 @@ def test_jwks_and_jwks_file_both(tmp_path: Path, rsa_key: SigningKey) -> None:
     config_error(
         "jwks_file", algorithms=["RS256"], jwks=jwks_document(rsa_key), jwks_file=str(path)
     )
+
+
+def test_a_jwks_file_travels_in_a_pickled_copy(tmp_path: Path, rsa_key: SigningKey) -> None:
+    path = tmp_path / "jwks.json"
+    text = json.dumps(jwks_document(rsa_key))
+    path.write_text(text, encoding="utf-8")
+    settings = Settings(algorithms=["RS256"], jwks_file=path)
+    assert settings.jwks == text  # read once, like secret_file into secret
+    path.unlink()
+    copy = pickle.loads(pickle.dumps(settings))
+    token = rsa_key.token(sub="erin")
+    assert Verifier(copy).verify(token, fingerprint(token)).subject == "erin"
+
+
+@pytest.mark.parametrize("option", ["secret_file", "jwks_file"])
+def test_a_file_descriptor_is_not_a_key_file(option: str) -> None:
+    exc = config_error(option, algorithms=["HS256", "RS256"], **{option: 0})
+    assert "expected a file path" in str(exc)
+
+
+def test_top_level_and_provider_keys_are_loaded_alike(tmp_path: Path) -> None:
+    path = tmp_path / "jwks.json"
+    path.write_bytes(b"\xff")
+    top = config_error("jwks_file", algorithms=["RS256"], jwks_file=path)
+    provider = config_error(
+        "providers[0].jwks_file",
+        algorithms=["RS256"],
+        providers=[{"issuer": "https://a.example", "jwks_file": path}],
+    )
+    assert str(top) == "jwks_file: is not UTF-8 text"
+    assert str(provider) == "providers[0].jwks_file: is not UTF-8 text"
+    settings = Settings(
+        algorithms=["HS256"], providers=[{"issuer": "https://a.example", "secret": SECRET.decode()}]
+    )
+    assert settings.trusted_providers[0].options["secret"] == SECRET
 
 
 def test_jwks_with_private_key_is_refused(rsa_key: SigningKey) -> None:
