@@ -54,12 +54,14 @@ def _strings(option: str, value: object, *, allow_empty: bool = True) -> tuple[s
         items = tuple(value)
     else:
         raise _fail(option, f"expected a string or a list of strings, got {type(value).__name__}")
+    strings: list[str] = []
     for item in items:
         if not isinstance(item, str) or not item:
             raise _fail(option, "every entry must be a non-empty string")
-    if not items and not allow_empty:
+        strings.append(item)
+    if not strings and not allow_empty:
         raise _fail(option, "must not be empty")
-    return tuple(dict.fromkeys(items))  # type: ignore[arg-type,unused-ignore]
+    return tuple(dict.fromkeys(strings))
 
 
 def _boolean(text: str) -> bool:
@@ -187,6 +189,9 @@ class Settings:
     Empty when the keys come from ``jwks_url`` (the verifier fetches them) or
     from ``providers`` (each ``Provider`` has its own).
     """
+
+    leeway_seconds: float = field(init=False, repr=False, compare=False)
+    """``leeway`` in seconds, as a float (``leeway`` keeps the number given)."""
 
     _ENV_KINDS: ClassVar[Mapping[str, str]] = {
         "algorithms": "list",
@@ -365,6 +370,7 @@ class Settings:
                 " large accepts long-expired tokens; raise max_leeway to mean it",
             )
         set_(self, "leeway", leeway)
+        set_(self, "leeway_seconds", float(leeway))
         identity_resolver("identity", self.identity)  # refuses a bad template now
         set_(self, "identity_headers", self._identity_headers())
         set_(self, "required_claims", _strings("required_claims", self.required_claims))

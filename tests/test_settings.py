@@ -83,6 +83,7 @@ def test_construction_from_kwargs_normalises_values(rsa_key: SigningKey) -> None
     assert settings.issuer == ("https://issuer.example",)
     assert settings.audience == ("api", "admin")
     assert settings.leeway == 30.0
+    assert settings.leeway_seconds == 30.0
     assert settings.required_claims == ("exp", "sub")
     assert settings.token_type == "at+jwt"
     assert settings.exempt_paths == ("/health",)
@@ -123,6 +124,20 @@ def test_settings_are_immutable() -> None:
         settings.path_scopes["/x"] = ("y",)  # type: ignore[index]
     assert settings.leeway == 0
     assert settings.algorithms == ("HS256",)
+
+
+@pytest.mark.parametrize(
+    ("leeway", "seconds"), [(0, 0.0), (5, 5.0), (2.5, 2.5), (datetime.timedelta(minutes=1), 60.0)]
+)
+def test_leeway_seconds_is_a_float(leeway: object, seconds: float) -> None:
+    settings = Settings(**hs256(leeway=leeway))
+    assert type(settings.leeway_seconds) is float
+    assert settings.leeway_seconds == seconds
+    assert "leeway_seconds" not in Settings.option_names()
+    assert "leeway_seconds" not in repr(settings)
+    copy = pickle.loads(pickle.dumps(settings))
+    assert copy.leeway_seconds == seconds
+    assert copy == settings
 
 
 # -- unknown options -------------------------------------------------------
