@@ -148,7 +148,9 @@ class JWTAuditMiddleware:
                     )
         if claimed_identity:  # the verified identity is the only one the app may read
             scope["headers"] = [h for h in scope["headers"] if h[0] not in identity_headers]
-        path, full_path = route_path(scope)
+        path = full_path = scope.get("path", "")
+        if scope.get("root_path"):  # mounted: rules see the path the app routes on
+            path, full_path = route_path(scope)
         client = scope.get("client")
         info = self._reader.info(
             scope.get("method", "GET"),
@@ -162,11 +164,20 @@ class JWTAuditMiddleware:
             x_forwarded_for,
         )
         lifecycle = self._lifecycle
-        exchange = lifecycle.begin(await self._gate.decide_async(path, authorization), info)
+        gate = self._gate
+        verdict = gate.decide(path, authorization)
+        if verdict.unsettled:  # a key refetch or the revocation hook, off the loop
+            verdict = await gate.settle_async(verdict, path, authorization)
+        exchange = lifecycle.begin(verdict, info)
         if exchange.denied:
             await self._deny(scope, receive, send, exchange, exchange.challenge())
             return
-        _attach(scope, lifecycle.attach(scope, exchange.verdict), exchange.verdict)
+        token = lifecycle.attach(scope, verdict)
+        if token is not None:  # Starlette's request.user / request.auth
+            scope["user"] = JWTUser(token)
+            scope["auth"] = AuthCredentials(verdict.auth_scopes)
+        else:
+            _no_user(scope, verdict)
         if exchange.done:  # a report-only would-deny, audited already
             await self.app(scope, receive, send)
             return
@@ -211,7 +222,8 @@ class JWTAuditMiddleware:
         except BaseException:
             exchange.finish(500)
             raise
-        exchange.finish(None)
+        if not exchange.done:  # the app sent no response at all
+            exchange.finish(None)
 
     def close(self) -> None:
         """Stop background work (``jwks_url`` refresh threads); also done at lifespan shutdown."""
@@ -302,17 +314,14 @@ def _in_event_loop() -> bool:
     return True
 
 
-def _attach(scope: Scope, token: VerifiedToken | None, verdict: Verdict) -> None:
-    """Starlette's ``request.user`` / ``request.auth`` for the verdict."""
+def _no_user(scope: Scope, verdict: Verdict) -> None:
+    """Starlette's unauthenticated ``request.user`` / ``request.auth``."""
     if verdict.path_kind == EXEMPT:  # an outer AuthenticationMiddleware's, if any
         scope.setdefault("user", UnauthenticatedUser())
         scope.setdefault("auth", AuthCredentials())
-    elif token is None:  # anonymous, on an optional path
+    else:  # anonymous, on an optional path
         scope["user"] = UnauthenticatedUser()
         scope["auth"] = AuthCredentials()
-    else:
-        scope["user"] = JWTUser(token)
-        scope["auth"] = AuthCredentials(verdict.auth_scopes)
 
 
 _RESPONSE_STARTS = frozenset(("http.response.start", "websocket.http.response.start"))

@@ -21,7 +21,8 @@ answer changes nothing about it.
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+import functools
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from .audit import AuditLogger
@@ -100,7 +101,9 @@ class Lifecycle:
 
     __slots__ = (
         "_environ_identity_keys",
+        "_report_only",
         "audit",
+        "begin",
         "gate",
         "identity_headers",
         "reader",
@@ -120,6 +123,11 @@ class Lifecycle:
         self.audit = AuditLogger()
         self.gate = Gate(settings, Verifier(settings, key_events=self.audit.emit))
         self.reader = RequestReader(settings)
+        self._report_only = self.gate.report_only
+        #: ``begin(verdict, info)``: the request's ``Exchange``, the one event still to emit
+        self.begin: Callable[[Verdict, RequestInfo], Exchange] = functools.partial(
+            Exchange, self.gate, self.audit
+        )
         names = settings.identity_headers  # lower-case header names, Remote-User first
         #: ASGI header names (bytes, lower case) a client may not send: removed
         self.identity_headers = frozenset(name.encode("latin-1") for name in names)
@@ -127,17 +135,13 @@ class Lifecycle:
             "HTTP_" + name.upper().replace("-", "_") for name in names
         )
 
-    def begin(self, verdict: Verdict, info: RequestInfo) -> Exchange:
-        """The request's ``Exchange``: the verdict and the one event still to emit."""
-        return Exchange(self.gate, self.audit, verdict, info)
-
     def attach(self, carrier: MutableMapping[str, Any], verdict: Verdict) -> VerifiedToken | None:
         """Leave the verdict where ``get_claims()`` and ``deny_request()`` find it.
 
         Returns the verified token (``None`` on an exempt path or for an
         anonymous request on an optional one).
         """
-        if self.gate.report_only:
+        if self._report_only:
             carrier[MODE_KEY] = "report-only"
         if verdict.path_kind == EXEMPT:
             carrier.setdefault(SCOPE_KEY, None)

@@ -187,8 +187,12 @@ class Verdict:
     event_base: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     auth_scopes: tuple[str, ...] = field(default=(), repr=False, compare=False)
     """The token's scopes, sorted (Starlette's ``AuthCredentials``)."""
+    unsettled: bool = field(init=False, repr=False, compare=False)
+    """A key refetch or the revocation hook is still to run (``Gate.settle_*``)."""
 
     def __post_init__(self) -> None:
+        unsettled = self.refresh_keys is not None or self.pending_revocation
+        object.__setattr__(self, "unsettled", unsettled)
         token = self.token
         if not self.event_base:
             fields = _NO_IDENTITY if token is None else token.event_fields

@@ -1,6 +1,7 @@
 """Request policy: which paths need a token, which scopes, and the verdict.
 
-``Gate.decide_sync()`` / ``Gate.decide_async()`` are the one decision every
+``Gate.decide()`` (then ``settle_sync()`` / ``settle_async()`` for an
+``unsettled`` verdict, or ``decide_sync()`` for both) is the one decision every
 adapter (ASGI, WSGI, Django, Flask) asks for: the path the app routes on and
 the ``Authorization`` values in, a frozen ``Verdict`` out.  Challenges
 (status, headers, body) are built here once per reason at start-up.
@@ -120,11 +121,12 @@ class PathPolicy:
 class Gate:
     """The single decision every adapter asks for: path and headers in, a ``Verdict`` out.
 
-    ``decide_sync()`` and ``decide_async()`` are the whole decision: path
-    rules, the token (from the cache or verified), a refetch of a JWKS URL
-    for an unknown key, the revocation hook, and a bug of ours turned into an
-    ``internal_error`` denial.  They differ only in how the two steps that may
-    block run: in the caller's thread, or in a worker thread off the loop.
+    ``decide()`` and ``settle_sync()`` / ``settle_async()`` are the whole
+    decision: path rules, the token (from the cache or verified), a refetch
+    of a JWKS URL for an unknown key, the revocation hook, and a bug of ours
+    turned into an ``internal_error`` denial.  The two settle flavours differ
+    only in how the steps that may block run: in the caller's thread, or in a
+    worker thread off the loop.
     """
 
     def __init__(self, settings: Settings, verifier: Verifier | None = None) -> None:
@@ -143,50 +145,79 @@ class Gate:
 
     # -- the decision --------------------------------------------------------
 
-    def decide_sync(self, path: str, authorization: list[str]) -> Verdict:
-        """The verdict, running a key refetch and the revocation hook in this thread."""
+    def decide(self, path: str, authorization: list[str]) -> Verdict:
+        """The verdict as far as it goes without I/O; a bug of ours is ``internal_error``.
+
+        Path rules, then the token: a cache hit, or a first-seen token verified.
+        An ``unsettled`` verdict still needs ``settle_sync()`` or ``settle_async()``:
+        a refetch of a JWKS URL for an unknown key, or the revocation hook.
+        """
         try:
-            verdict = self.evaluate(path, authorization)
-            if verdict.refresh_keys is not None:
-                verdict.refresh_keys()
-                verdict = self._evaluate_again(path, authorization)
-            return self.resolve_sync(verdict)
+            paths = self.paths
+            kind, required = paths.rule(path) if paths.has_rules else _REQUIRED_RULE
+            if kind == EXEMPT:
+                return self._exempt
+            cache = self.cache
+            if cache is not None and len(authorization) == 1:
+                # Fast path: a token seen before.  Only verified tokens are cached, so
+                # a hit has passed every syntax check already; anything unusual
+                # (other casing, extra spaces) simply misses and takes the full path.
+                value = authorization[0]
+                if value.startswith(_BEARER):
+                    # utf-8 never fails (a server may decode headers beyond latin-1); a
+                    # non-ASCII value simply misses and is refused on the full path
+                    digest = _sha256(value[7:].encode("utf-8", "surrogatepass")).digest()
+                    verifier = self.verifier
+                    cached = cache.get(digest, verifier.clock(), verifier.keys_version)
+                    if cached is not None:
+                        if kind == REQUIRED and not required:
+                            return cached  # what _allowed() returns without path rules
+                        return self._allowed(cached, kind, required)
+            return self._first_seen(authorization, kind, required)
         except Exception:  # noqa: BLE001 - a bug of ours must not reach the server
             return self.internal_error("decide")
 
+    def decide_sync(self, path: str, authorization: list[str]) -> Verdict:
+        """The whole verdict, the blocking steps in this thread (WSGI, Django sync)."""
+        verdict = self.decide(path, authorization)
+        return self.settle_sync(verdict, path, authorization) if verdict.unsettled else verdict
+
     async def decide_async(self, path: str, authorization: list[str]) -> Verdict:
-        """The verdict from an event loop: a key refetch runs in a worker thread."""
+        """The whole verdict from an event loop (``decide()`` then ``settle_async()``).
+
+        The adapters on the hot path call the two halves themselves, so that a
+        settled verdict (a cached token) costs no coroutine.
+        """
+        verdict = self.decide(path, authorization)
+        if verdict.unsettled:
+            verdict = await self.settle_async(verdict, path, authorization)
+        return verdict
+
+    def settle_sync(self, verdict: Verdict, path: str, authorization: list[str]) -> Verdict:
+        """Run an unsettled verdict's key refetch and revocation hook in this thread."""
         try:
-            verdict = self.evaluate(path, authorization)
+            if verdict.refresh_keys is not None:
+                verdict.refresh_keys()  # blocks up to jwks_timeout; one fetch for all waiting
+                verdict = self._evaluate_again(path, authorization)
+            return self.resolve_sync(verdict)
+        except Exception:  # noqa: BLE001 - a bug of ours must not reach the server
+            return self.internal_error("settle")
+
+    async def settle_async(self, verdict: Verdict, path: str, authorization: list[str]) -> Verdict:
+        """``settle_sync()`` from an event loop: blocking calls run in a worker thread."""
+        try:
             if verdict.refresh_keys is not None:
                 await anyio.to_thread.run_sync(verdict.refresh_keys)
                 verdict = self._evaluate_again(path, authorization)
             return await self.resolve_async(verdict)
         except Exception:  # noqa: BLE001 - a bug of ours must not reach the server
-            return self.internal_error("decide")
+            return self.internal_error("settle")
 
-    def evaluate(self, path: str, authorization: list[str]) -> Verdict:
-        """Everything but the steps that may block: path rules, token, claims, scopes."""
-        paths = self.paths
-        kind, required = paths.rule(path) if paths.has_rules else _REQUIRED_RULE
-        if kind == EXEMPT:
-            return self._exempt
+    def _first_seen(
+        self, authorization: list[str], kind: str, required: tuple[str, ...]
+    ) -> Verdict:
+        """A token not in the cache: extracted, verified, cached, checked against the path."""
         cache = self.cache
-        if cache is not None and len(authorization) == 1:
-            # Fast path: a token seen before.  Only verified tokens are cached, so
-            # a hit has passed every syntax check already; anything unusual
-            # (other casing, extra spaces) simply misses and takes the full path.
-            value = authorization[0]
-            if value.startswith(_BEARER):
-                # utf-8 never fails (a server may decode headers beyond latin-1); a
-                # non-ASCII value simply misses and is refused on the full path
-                digest = _sha256(value[7:].encode("utf-8", "surrogatepass")).digest()
-                verifier = self.verifier
-                cached = cache.get(digest, verifier.clock(), verifier.keys_version)
-                if cached is not None:
-                    if kind == REQUIRED and not required:
-                        return cached  # what _allowed() returns without path rules
-                    return self._allowed(cached, kind, required)
         try:
             token_text = self.verifier.token_from_headers(authorization)
         except Denied as denied:
@@ -289,7 +320,7 @@ class Gate:
         return self.deny(Denied("internal_error", "internal error"), None)
 
     def _evaluate_again(self, path: str, authorization: list[str]) -> Verdict:
-        verdict = self.evaluate(path, authorization)
+        verdict = self.decide(path, authorization)
         if verdict.refresh_keys is not None:  # one refresh per request
             verdict = replace(verdict, refresh_keys=None)
         return verdict

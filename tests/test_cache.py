@@ -23,9 +23,7 @@ class Clock:
         return self.now
 
 
-def gate_for(
-    key: SigningKey, clock: Clock, monotonic: Clock | None = None, **options: Any
-) -> Gate:
+def gate_for(key: SigningKey, clock: Clock, monotonic: Clock | None = None, **options: Any) -> Gate:
     """A gate whose verifier reads ``clock`` and whose cache ages by ``monotonic``."""
     settings = Settings(**key.options(**options))
     gate = Gate(settings, Verifier(settings, clock=clock))
@@ -42,8 +40,8 @@ def test_repeated_token_is_a_hit(rsa_key: SigningKey) -> None:
     clock = Clock(1_000_000.0)
     gate = gate_for(rsa_key, clock)
     token = rsa_key.token({"iat": 999_990, "exp": 1_000_300})
-    first = gate.evaluate("/", bearer(token))
-    second = gate.evaluate("/", bearer(token))
+    first = gate.decide("/", bearer(token))
+    second = gate.decide("/", bearer(token))
     assert first.allow
     assert second.allow
     assert second.token is first.token
@@ -56,11 +54,11 @@ def test_token_expiring_while_cached_is_denied(rsa_key: SigningKey) -> None:
     clock = Clock(1_000_000.0)
     gate = gate_for(rsa_key, clock, leeway=5)
     token = rsa_key.token({"iat": 999_990, "exp": 1_000_010})
-    assert gate.evaluate("/", bearer(token)).allow
+    assert gate.decide("/", bearer(token)).allow
     clock.now = 1_000_014.0  # past exp, within leeway: still served from the cache
-    assert gate.evaluate("/", bearer(token)).allow
+    assert gate.decide("/", bearer(token)).allow
     clock.now = 1_000_015.0  # exp + leeway reached
-    late = gate.evaluate("/", bearer(token))
+    late = gate.decide("/", bearer(token))
     assert (late.allow, late.reason) == (False, "expired")
     assert late.event_base["subject"] == "alice"  # verified claims still reach the event
 
@@ -69,10 +67,10 @@ def test_ttl_bounds_tokens_without_exp(rsa_key: SigningKey) -> None:
     clock, monotonic = Clock(1_000_000.0), Clock(50.0)
     gate = gate_for(rsa_key, clock, monotonic, required_claims=[])
     token = rsa_key.token({"iat": 999_990}, expires_in=None)
-    gate.evaluate("/", bearer(token))
+    gate.decide("/", bearer(token))
     assert gate.cache is not None
     monotonic.now += gate.cache.ttl + 1
-    assert gate.evaluate("/", bearer(token)).allow
+    assert gate.decide("/", bearer(token)).allow
     assert gate.cache.misses == 2  # re-verified after the TTL, not served stale
 
 
@@ -83,9 +81,9 @@ def test_a_clock_stepping_back_does_not_serve_a_token_not_yet_valid(
     clock = Clock(1_000_000.0)
     gate = gate_for(rsa_key, clock)
     token = rsa_key.token({"nbf": 999_990, "iat": 999_990, "exp": 1_000_300})
-    assert gate.evaluate("/", bearer(token)).allow
+    assert gate.decide("/", bearer(token)).allow
     clock.now -= 3600
-    again = gate.evaluate("/", bearer(token))
+    again = gate.decide("/", bearer(token))
     assert (again.allow, again.reason) == (False, "not_yet_valid")  # as an uncached check says
     assert gate.cache is not None
     assert gate.cache.hits == 0
@@ -98,14 +96,14 @@ def test_the_wall_clock_running_ahead_does_not_stretch_an_entrys_life(
     clock, monotonic = Clock(1_000_000.0 + 86_400), Clock(50.0)
     gate = gate_for(rsa_key, clock, monotonic, required_claims=[])
     token = rsa_key.token({"iat": 999_990}, expires_in=None)
-    assert gate.evaluate("/", bearer(token)).allow
+    assert gate.decide("/", bearer(token)).allow
     clock.now -= 86_400  # corrected by NTP
     assert gate.cache is not None
     monotonic.now += gate.cache.ttl - 1
-    assert gate.evaluate("/", bearer(token)).allow
+    assert gate.decide("/", bearer(token)).allow
     assert gate.cache.hits == 1
     monotonic.now += 2
-    assert gate.evaluate("/", bearer(token)).allow
+    assert gate.decide("/", bearer(token)).allow
     assert (gate.cache.hits, gate.cache.misses) == (1, 2)
 
 
@@ -115,20 +113,20 @@ async def test_revocation_still_checked_on_hits(rsa_key: SigningKey) -> None:
     clock = Clock(1_000_000.0)
     gate = gate_for(rsa_key, clock, revocation_check=lambda claims: claims["jti"] in revoked)
     token = rsa_key.token({"iat": 999_990, "exp": 1_000_300, "jti": "j1"})
-    assert (await gate.resolve_async(gate.evaluate("/", bearer(token)))).allow
+    assert (await gate.resolve_async(gate.decide("/", bearer(token)))).allow
     revoked.add("j1")
-    verdict = await gate.resolve_async(gate.evaluate("/", bearer(token)))
+    verdict = await gate.resolve_async(gate.decide("/", bearer(token)))
     assert gate.cache is not None
     assert gate.cache.hits == 1
     assert (verdict.allow, verdict.reason) == (False, "revoked")
-    assert gate.resolve_sync(gate.evaluate("/", bearer(token))).reason == "revoked"
+    assert gate.resolve_sync(gate.decide("/", bearer(token))).reason == "revoked"
 
 
 def test_path_scopes_still_checked_on_hits(rsa_key: SigningKey) -> None:
     gate = gate_for(rsa_key, Clock(1_000_000.0), path_scopes={"/admin": ["admin"]})
     token = rsa_key.token({"iat": 999_990, "exp": 1_000_300, "scope": "read"})
-    assert gate.evaluate("/orders", bearer(token)).allow
-    assert gate.evaluate("/admin", bearer(token)).reason == "insufficient_scope"
+    assert gate.decide("/orders", bearer(token)).allow
+    assert gate.decide("/admin", bearer(token)).reason == "insufficient_scope"
 
 
 def test_key_rotation_invalidates_entries(keys: dict[str, SigningKey]) -> None:
@@ -140,10 +138,10 @@ def test_key_rotation_invalidates_entries(keys: dict[str, SigningKey]) -> None:
     verifier = Verifier(settings, clock=clock)
     gate = Gate(settings, verifier)
     token = old.token({"iat": 999_990, "exp": 1_000_300})
-    assert gate.evaluate("/", bearer(token)).allow
+    assert gate.decide("/", bearer(token)).allow
     # the old key is retired: a new ring without it replaces the verifier's ring
     verifier.keyring = build_keyring(["ES256"], public_keys=[new.public_pem])
-    retired = gate.evaluate("/", bearer(token))
+    retired = gate.decide("/", bearer(token))
     assert (retired.allow, retired.reason) == (False, "unknown_key")
 
 
@@ -152,7 +150,7 @@ def test_denials_are_never_cached(rsa_key: SigningKey, other_rsa_key: SigningKey
     forged = other_rsa_key.token({"iat": 999_990, "exp": 1_000_300})
     expired = rsa_key.token({"iat": 1, "exp": 2})
     for token in (forged, expired, forged):
-        assert not gate.evaluate("/", bearer(token)).allow
+        assert not gate.decide("/", bearer(token)).allow
     assert gate.cache is not None
     assert len(gate.cache) == 0
 
@@ -161,7 +159,7 @@ def test_cache_size_zero_disables(rsa_key: SigningKey) -> None:
     gate = gate_for(rsa_key, Clock(1_000_000.0), cache_size=0)
     assert gate.cache is None
     token = rsa_key.token({"iat": 999_990, "exp": 1_000_300})
-    assert gate.evaluate("/", bearer(token)).allow
+    assert gate.decide("/", bearer(token)).allow
 
 
 def test_bounded_least_recently_used(keys: dict[str, SigningKey]) -> None:
@@ -169,15 +167,15 @@ def test_bounded_least_recently_used(keys: dict[str, SigningKey]) -> None:
     gate = gate_for(key, Clock(1_000_000.0), cache_size=3)
     tokens = [key.token({"iat": 999_990, "exp": 1_000_300, "n": n}) for n in range(4)]
     for token in tokens[:3]:
-        gate.evaluate("/", bearer(token))
-    gate.evaluate("/", bearer(tokens[0]))  # 0 becomes the most recently used
-    gate.evaluate("/", bearer(tokens[3]))  # evicts 1, the least recently used
+        gate.decide("/", bearer(token))
+    gate.decide("/", bearer(tokens[0]))  # 0 becomes the most recently used
+    gate.decide("/", bearer(tokens[3]))  # evicts 1, the least recently used
     assert gate.cache is not None
     assert len(gate.cache) == 3
     misses = gate.cache.misses
-    gate.evaluate("/", bearer(tokens[0]))
+    gate.decide("/", bearer(tokens[0]))
     assert gate.cache.misses == misses
-    gate.evaluate("/", bearer(tokens[1]))
+    gate.decide("/", bearer(tokens[1]))
     assert gate.cache.misses == misses + 1
 
 
@@ -191,11 +189,11 @@ def test_concurrent_threads_get_correct_answers(keys: dict[str, SigningKey]) -> 
     def worker(offset: int) -> None:
         for i in range(400):
             n = (i + offset) % len(good)
-            verdict = gate.evaluate("/", bearer(good[n]))
+            verdict = gate.decide("/", bearer(good[n]))
             if not verdict.allow or verdict.token is None or verdict.token.subject != f"user{n}":
                 errors.append(f"good {n}: {verdict.reason}")
             if i % 7 == 0:
-                denied = gate.evaluate("/", bearer(bad[n % len(bad)]))
+                denied = gate.decide("/", bearer(bad[n % len(bad)]))
                 if denied.allow:
                     errors.append(f"bad {n} allowed")
 
@@ -221,8 +219,8 @@ def test_withdrawn_key_never_served_from_cache_after_ring_swaps(
         verifier = Verifier(settings)
         gate = Gate(settings, verifier)
         token = withdrawn.token(headers={"kid": "none-such"})
-        assert gate.evaluate("/", bearer(token)).allow
+        assert gate.decide("/", bearer(token)).allow
         verifier.keyring = build_keyring(["RS256"], public_keys=[kept.public_pem])
         verifier.keyring = build_keyring(["RS256"], public_keys=[kept.public_pem])
-        accepted += gate.evaluate("/", bearer(token)).allow
+        accepted += gate.decide("/", bearer(token)).allow
     assert accepted == 0

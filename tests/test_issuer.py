@@ -55,7 +55,7 @@ def test_issued_tokens_verify_and_are_audited_without_the_token(
         )
         key_text = private
     token = issuer.issue("alice", scope=["orders:read"], client_ip="192.0.2.1", request_id="r-1")
-    verdict = Gate(Settings(**issuer.verify_options())).evaluate("/", ["Bearer " + token])
+    verdict = Gate(Settings(**issuer.verify_options())).decide("/", ["Bearer " + token])
     assert verdict.reason is None
     assert verdict.token is not None
     claims = dict(verdict.token.claims)
@@ -422,7 +422,7 @@ def test_flask_login_example(events: CapturedEvents) -> None:
     assert good.status_code == 200
     assert bad.status_code == 401
     token = good.get_json()["access_token"]
-    verdict = Gate(Settings(**issuer.verify_options())).evaluate("/", ["Bearer " + token])
+    verdict = Gate(Settings(**issuer.verify_options())).decide("/", ["Bearer " + token])
     assert verdict.reason is None
     assert [e["event"] for e in events] == ["login_succeeded", "token_issued", "login_failed"]
     assert_no_secret(events.text(), token, "wonderland", "guess")

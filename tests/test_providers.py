@@ -65,7 +65,7 @@ def test_both_providers_verify_their_own_tokens(
 ) -> None:
     assert check(gate, rsa_key.token(iss=CORP, aud="orders")) == (True, None)
     assert check(gate, keys["ES256"].token(iss=PARTNER, aud="partner-api")) == (True, None)
-    verdict = gate.evaluate("/", [f"Bearer {keys['ES256'].token(iss=PARTNER, aud='orders')}"])
+    verdict = gate.decide("/", [f"Bearer {keys['ES256'].token(iss=PARTNER, aud='orders')}"])
     assert verdict.token is not None
     assert verdict.token.issuer == PARTNER
     assert gate.settings.algorithms == ("RS256", "ES256")  # the union
@@ -114,7 +114,7 @@ def test_issuer_selection_failures(gate: Gate, rsa_key: SigningKey) -> None:
         json.dumps(payload).encode(), rsa_key.private, "RS256", headers={"kid": rsa_key.kid}
     )
     assert check(gate, not_a_string) == (False, "malformed_token")
-    verdict = gate.evaluate("/", [f"Bearer {rsa_key.token(iss='https://evil.example/')}"])
+    verdict = gate.decide("/", [f"Bearer {rsa_key.token(iss='https://evil.example/')}"])
     # nothing unverified reaches the event
     assert verdict.event_base["subject"] is None
     assert verdict.event_base["issuer"] is None

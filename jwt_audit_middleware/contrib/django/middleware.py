@@ -75,7 +75,10 @@ class JWTAuditMiddleware:
 
     async def __acall__(self, request: Request) -> Response:
         """The flavour Django calls under ASGI (an async ``get_response``)."""
-        verdict = await self._gate.decide_async(request.path_info, _bearer(request))
+        authorization = _bearer(request)
+        verdict = self._gate.decide(request.path_info, authorization)
+        if verdict.unsettled:  # a key refetch or the revocation hook, off the loop
+            verdict = await self._gate.settle_async(verdict, request.path_info, authorization)
         exchange = self._begin(request, verdict)
         if exchange.denied:
             return self._challenge(exchange)
