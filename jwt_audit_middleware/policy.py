@@ -137,7 +137,7 @@ class Gate:
         self.revocation_check = settings.revocation_check
         self.revocation_is_async = settings.revocation_is_async
         self.cache = TokenCache(settings.cache_size) if settings.cache_size else None
-        self._leeway = float(settings.leeway)  # type: ignore[arg-type]  # normalised
+        self._leeway = settings.leeway_seconds
         self._log_claims = tuple(settings.log_claims)
         self._challenges = {reason: self._challenge(reason, ()) for reason in REASONS}
         self._exempt = Verdict(True, ALLOWED, path_kind=EXEMPT)
