@@ -64,15 +64,19 @@ def make_login_view(
         if not username or not check_password(username, password):
             audit.login_failed(
                 username or None,
-                "bad_credentials",
-                client_ip,
+                reason="bad_credentials",
+                client_ip=client_ip,
                 request_id=request_id,
                 method=request.method,
                 path=request.path,
             )
             return JsonResponse({"error": "invalid_grant"}, status=401)
         audit.login_succeeded(
-            username, client_ip, request_id=request_id, method=request.method, path=request.path
+            username,
+            client_ip=client_ip,
+            request_id=request_id,
+            method=request.method,
+            path=request.path,
         )
         token = issuer.issue(username, client_ip=client_ip, request_id=request_id)
         return JsonResponse({"access_token": token, "token_type": "Bearer"})

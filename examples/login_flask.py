@@ -38,10 +38,14 @@ def create_app(issuer: TokenIssuer, check_password: CheckPassword) -> Flask:
         client_ip = request.remote_addr
         if not username or not check_password(username, password):
             audit.login_failed(
-                username or None, "bad_credentials", client_ip, method="POST", path="/login"
+                username or None,
+                reason="bad_credentials",
+                client_ip=client_ip,
+                method="POST",
+                path="/login",
             )
             return jsonify(error="invalid_grant"), 401
-        audit.login_succeeded(username, client_ip, method="POST", path="/login")
+        audit.login_succeeded(username, client_ip=client_ip, method="POST", path="/login")
         token = issuer.issue(username, scope="orders:read", client_ip=client_ip)
         return jsonify(access_token=token, token_type="Bearer", expires_in=int(issuer.lifetime))
 

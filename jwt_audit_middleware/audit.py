@@ -10,6 +10,7 @@ Formatting and I/O happen in handlers, never in the event builder.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import operator
@@ -257,21 +258,26 @@ class AuditLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
 
     def login_succeeded(
         self,
-        user: object,
-        client_ip: str | None = None,
+        user: str | None,
         *,
+        client_ip: str | None = None,
         request_id: str | None = None,
         user_agent: str | None = None,
         method: str | None = None,
         path: str | None = None,
         detail: str | None = None,
     ) -> dict[str, Any]:
-        """Emit (INFO) and return a ``login_succeeded`` event for ``user`` (name or id)."""
+        """Emit (INFO) and return a ``login_succeeded`` event for ``user`` (a name or id).
+
+        Everything but ``user`` is keyword-only, so that nothing a login form
+        holds (its password) lands in a field by position.  ``client_ip``
+        must be an IP address.
+        """
         event = self.build_event(
             "login_succeeded",
             "allowed",
-            subject=user,
-            client_ip=client_ip,
+            subject=_login_user(user),
+            client_ip=_login_ip(client_ip),
             request_id=request_id,
             user_agent=user_agent,
             method=method,
@@ -283,10 +289,10 @@ class AuditLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
 
     def login_failed(
         self,
-        user: object,
+        user: str | None,
+        *,
         reason: str,
         client_ip: str | None = None,
-        *,
         request_id: str | None = None,
         user_agent: str | None = None,
         method: str | None = None,
@@ -296,15 +302,19 @@ class AuditLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         """Emit (WARNING) and return a ``login_failed`` event.
 
         ``user`` is the name or id that was tried (client input: it is cleaned
-        and capped); ``reason`` is the app's own short code, such as
-        ``"bad_password"``, ``"unknown_user"`` or ``"locked"``.
+        and capped).  ``reason`` is one of ``LOGIN_FAILURE_REASONS``
+        (``"bad_password"``, ``"unknown_user"``, ``"locked"`` ...): a fixed
+        vocabulary, because a free-text reason is where a password ends up.
         """
+        if reason not in LOGIN_FAILURE_REASONS:
+            # the value is not echoed: it may be the very secret this guards against
+            raise ValueError(f"reason must be one of {sorted(LOGIN_FAILURE_REASONS)}")
         event = self.build_event(
             "login_failed",
             "denied",
             reason=reason,
-            subject=user,
-            client_ip=client_ip,
+            subject=_login_user(user),
+            client_ip=_login_ip(client_ip),
             request_id=request_id,
             user_agent=user_agent,
             method=method,
@@ -313,6 +323,42 @@ class AuditLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         )
         self.emit(event, logging.WARNING)
         return event
+
+
+#: The reasons ``AuditLogger.login_failed`` accepts.
+LOGIN_FAILURE_REASONS = frozenset(
+    (
+        "bad_password",
+        "bad_credentials",
+        "unknown_user",
+        "locked",
+        "disabled",
+        "expired_password",
+        "mfa_failed",
+        "rate_limited",
+        "bad_request",
+        "other",
+    )
+)
+
+
+def _login_user(user: object) -> str | None:
+    if user is not None and not isinstance(user, str):  # a form dict would be logged whole
+        raise TypeError(f"user must be a str (a name or id), not {type(user).__name__}")
+    return user
+
+
+def _login_ip(client_ip: object) -> str | None:
+    if client_ip is None:
+        return None
+    try:
+        address = ipaddress.ip_address(client_ip)  # type: ignore[arg-type]
+    except ValueError:
+        # the value is not echoed: a password passed by mistake must not reach the log
+        raise ValueError("client_ip must be an IP address") from None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # "::ffff:192.0.2.1" from a dual-stack socket
+    return str(address)
 
 
 class JSONFormatter(logging.Formatter):

@@ -360,3 +360,37 @@ def test_json_formatter_with_a_stream_handler(
     assert len(lines) == 1
     assert events.only()["path"] == "/a\nb"
     assert json.loads(lines[0])["reason"] == "bad_signature"
+
+
+# -- login helpers are hard to misuse -------------------------------------------------
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda audit: audit.login_failed("bob", PASSWORD),  # the password as the reason
+        lambda audit: audit.login_failed("bob", "bad_password", PASSWORD),  # ... as the IP
+        lambda audit: audit.login_succeeded("bob", PASSWORD),
+        lambda audit: audit.login_failed("bob", reason=PASSWORD),
+        lambda audit: audit.login_failed("bob", reason="bad_password", client_ip=PASSWORD),
+        lambda audit: audit.login_succeeded("bob", client_ip=PASSWORD),
+        lambda audit: audit.login_succeeded({"username": "bob", "password": PASSWORD}),
+    ],
+)
+def test_login_events_refuse_a_password_in_any_field(call: Any, events: CapturedEvents) -> None:
+    with pytest.raises((TypeError, ValueError)) as raised:
+        call(AuditLogger())
+    assert PASSWORD not in str(raised.value)
+    assert events == []
+
+
+def test_login_events_with_keywords(events: CapturedEvents) -> None:
+    audit = AuditLogger()
+    audit.login_failed("bob", reason="bad_password", client_ip="::ffff:192.0.2.1")
+    audit.login_succeeded("bob", client_ip="2001:db8::1")
+    assert [(e["event"], e["reason"], e["client_ip"]) for e in events] == [
+        ("login_failed", "bad_password", "192.0.2.1"),
+        ("login_succeeded", None, "2001:db8::1"),
+    ]

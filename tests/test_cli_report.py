@@ -74,7 +74,9 @@ def filled(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
         key = SigningKey.generate("ES256", kid="k")
         forger = SigningKey.generate("ES256", kid="k")
         asyncio.run(traffic(key, forger))
-        AuditLogger().login_failed("mallory", "bad_password", "10.0.0.9", path="/login")
+        AuditLogger().login_failed(
+            "mallory", reason="bad_password", client_ip="10.0.0.9", path="/login"
+        )
     finally:
         for handler in (sql, lines):
             LOGGER.removeHandler(handler)
@@ -380,8 +382,12 @@ def small_store(directory: Path) -> Path:
     handler = SQLAuditHandler(url)
     LOGGER.addHandler(handler)
     try:
-        AuditLogger().login_failed("mallory", "bad_password", "10.0.0.9", path="/login")
-        AuditLogger().login_failed("mallory", "bad_password", "10.0.0.9", path="/login")
+        AuditLogger().login_failed(
+            "mallory", reason="bad_password", client_ip="10.0.0.9", path="/login"
+        )
+        AuditLogger().login_failed(
+            "mallory", reason="bad_password", client_ip="10.0.0.9", path="/login"
+        )
     finally:
         LOGGER.removeHandler(handler)
         handler.close()

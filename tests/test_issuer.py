@@ -388,8 +388,8 @@ def test_a_signed_token_is_returned_even_when_its_event_cannot_be_delivered(
 
 def test_login_events(events: CapturedEvents) -> None:
     audit = AuditLogger()
-    audit.login_succeeded(42, "198.51.100.1", request_id="login-1", path="/login")
-    audit.login_failed("eve\r\nINFO forged", "bad_password", "198.51.100.2")
+    audit.login_succeeded("42", client_ip="198.51.100.1", request_id="login-1", path="/login")
+    audit.login_failed("eve\r\nINFO forged", reason="bad_password", client_ip="198.51.100.2")
     ok, failed = events
     assert (ok["event"], ok["outcome"], ok["reason"], ok["subject"]) == (
         "login_succeeded",

@@ -99,7 +99,7 @@ def test_flush_writes_what_was_queued_before_it(tmp_path: Path, attach: Any) -> 
     handler = attach(JSONLinesHandler(path, batch_size=10_000, flush_interval=60))
     audit = AuditLogger()
     for i in range(10):
-        audit.login_succeeded(f"user{i}", "192.0.2.1")
+        audit.login_succeeded(f"user{i}", client_ip="192.0.2.1")
     assert path.read_text() == ""  # not a full batch, interval not reached
     handler.flush()
     assert [e["subject"] for e in read_lines(path)] == [f"user{i}" for i in range(10)]
@@ -120,7 +120,7 @@ def test_size_rotation_keeps_every_line(tmp_path: Path, attach: Any) -> None:
     handler = attach(JSONLinesHandler(path, max_bytes=20_000, backup_count=0, batch_size=20))
     audit = AuditLogger()
     for i in range(500):
-        audit.login_failed(f"user{i}", "bad_password", "192.0.2.1")
+        audit.login_failed(f"user{i}", reason="bad_password", client_ip="192.0.2.1")
         if i % 50 == 0:
             handler.flush()
     handler.close()
@@ -184,7 +184,7 @@ WRITER = textwrap.dedent(
     logger.addHandler(JSONLinesHandler(path, max_bytes=200_000, backup_count=0, batch_size=50))
     audit = AuditLogger()
     for i in range(count):
-        audit.login_succeeded(f"{name}-{i}", "192.0.2.1", user_agent="x" * 200)
+        audit.login_succeeded(f"{name}-{i}", client_ip="192.0.2.1", user_agent="x" * 200)
     # no close(): process exit must flush
     """
 )
@@ -281,7 +281,7 @@ def test_a_failing_formatter_is_reported_and_the_event_still_written(
     broken_formatter: tuple[Path, JSONLinesHandler], capsys: pytest.CaptureFixture[str]
 ) -> None:
     path, handler = broken_formatter
-    AuditLogger().login_failed("bob", "bad_password")
+    AuditLogger().login_failed("bob", reason="bad_password")
     handler.flush()
     (event,) = read_lines(path)
     assert (event["event"], event["subject"], event["reason"]) == (
@@ -371,7 +371,7 @@ def test_dictconfig_by_dotted_path(tmp_path: Path) -> None:
     )
     try:
         (handler,) = [h for h in LOGGER.handlers if isinstance(h, JSONLinesHandler)]
-        AuditLogger().login_failed("mallory", "locked", "203.0.113.9")
+        AuditLogger().login_failed("mallory", reason="locked", client_ip="203.0.113.9")
         handler.flush()
         (event,) = read_lines(path)
         assert (event["event"], event["outcome"], event["reason"]) == (
