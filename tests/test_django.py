@@ -439,6 +439,39 @@ def test_checks_pass_and_warn_without_middleware(capsys: pytest.CaptureFixture[s
     assert "jwt_audit.W001" in capsys.readouterr().err
 
 
+PARTNER = SigningKey.generate("ES256", kid="partner-1")
+TWO_PROVIDERS = {
+    "ALGORITHMS": ["ES256"],
+    "PROVIDERS": [
+        {"issuer": "https://corp.example/", "public_key": KEY.public_pem},
+        {"issuer": "https://partner.example/", "public_key": PARTNER.public_pem},
+    ],
+}
+
+
+def test_check_warns_when_providers_share_the_plain_sub(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with override_settings(JWT_AUDIT=TWO_PROVIDERS):
+        call_command("check")
+    assert "jwt_audit.W002" in capsys.readouterr().err
+    with override_settings(JWT_AUDIT={**TWO_PROVIDERS, "IDENTITY": "{iss}|{sub}"}):
+        call_command("check")
+    assert "jwt_audit.W002" not in capsys.readouterr().err
+
+
+def test_providers_with_an_identity_template_keep_their_admins_apart() -> None:
+    with override_settings(JWT_AUDIT={**TWO_PROVIDERS, "IDENTITY": "{iss}|{sub}"}):
+        corp = Client().get(
+            "/me/", headers=auth(KEY.token(iss="https://corp.example/", sub="admin"))
+        )
+        partner = Client().get(
+            "/me/", headers=auth(PARTNER.token(iss="https://partner.example/", sub="admin"))
+        )
+    assert corp.json()["remote_user"] == "https://corp.example/|admin"
+    assert partner.json()["remote_user"] == "https://partner.example/|admin"
+
+
 def _manage(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     environ = {
         **os.environ,

@@ -271,3 +271,49 @@ def test_providers_fetch_their_keys_side_by_side_at_start_up(server: JWKSServer)
         assert server.hits == 2
     finally:
         gate.close()
+
+
+# -- identity: sub is unique per issuer only ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "corp", "partner"),
+    [
+        ({}, "admin", "admin"),  # the default: documented as one namespace
+        ({"identity": "{iss}|{sub}"}, f"{CORP}|admin", f"{PARTNER}|admin"),
+        ({"per_provider": "partner:{sub}"}, "admin", "partner:admin"),
+        ({"identity": lambda claims: f"u-{claims['sub']}"}, "u-admin", "u-admin"),
+    ],
+)
+def test_identity_per_provider(
+    rsa_key: SigningKey,
+    partner_rsa: SigningKey,
+    options: dict[str, Any],
+    corp: str,
+    partner: str,
+) -> None:
+    partner_options: dict[str, Any] = {"issuer": PARTNER, "jwks": jwks_document(partner_rsa)}
+    if "per_provider" in options:
+        partner_options["identity"] = options.pop("per_provider")
+    settings = Settings(
+        algorithms=["RS256"],
+        providers=[{"issuer": CORP, "public_key": rsa_key.public_pem}, partner_options],
+        **options,
+    )
+    gate = Gate(settings)
+    ours = gate.decide_sync("/", [f"Bearer {rsa_key.token(iss=CORP, sub='admin')}"])
+    theirs = gate.decide_sync("/", [f"Bearer {partner_rsa.token(iss=PARTNER, sub='admin')}"])
+    assert ours.token is not None
+    assert theirs.token is not None
+    assert (ours.token.identity, theirs.token.identity) == (corp, partner)
+    assert ours.token.subject == theirs.token.subject == "admin"  # the event keeps sub
+
+
+def test_identity_template_without_its_claim_gives_no_identity(rsa_key: SigningKey) -> None:
+    gate = Gate(Settings(**rsa_key.options(identity="{email}")))
+    verdict = gate.decide_sync("/", [f"Bearer {rsa_key.token()}"])
+    assert verdict.token is not None
+    assert verdict.token.identity is None
+    named = gate.decide_sync("/", [f"Bearer {rsa_key.token(email='a@example.com')}"])
+    assert named.token is not None
+    assert named.token.identity == "a@example.com"

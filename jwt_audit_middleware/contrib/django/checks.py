@@ -6,6 +6,7 @@
 ``jwt_audit.E003``     an unknown option (a typo: the hint names the closest)
 ``jwt_audit.E004``     an invalid or missing option value
 ``jwt_audit.W001``     the app is installed but the middleware is not in ``MIDDLEWARE``
+``jwt_audit.W002``     several ``PROVIDERS`` share the plain ``{sub}`` identity
 =====================  ==================================================
 """
 
@@ -47,7 +48,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             )
         ]
     try:
-        read_settings()
+        configured = read_settings()
     except ConfigurationError as exc:
         unknown = exc.option.lower() not in Settings.option_names()
         return [
@@ -57,7 +58,27 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                 id="jwt_audit.E003" if unknown else "jwt_audit.E004",
             )
         ]
-    return []
+    return _shared_identities(configured)
+
+
+def _shared_identities(configured: Settings) -> list[CheckMessage]:
+    """OIDC ``sub`` is unique per issuer only: two providers' ``admin`` are one user."""
+    plain = [
+        provider.issuer
+        for provider in configured.trusted_providers
+        if (configured.identity if provider.identity is None else provider.identity) == "{sub}"
+    ]
+    if len(plain) < 2:
+        return []
+    return [
+        Warning(
+            f"{SETTING}: providers {', '.join(plain)} all map the plain sub claim to "
+            "REMOTE_USER: a partner's sub=admin becomes the same Django user as yours.",
+            hint="Set IDENTITY = '{iss}|{sub}', or an identity per provider "
+            "(e.g. 'partner:{sub}').",
+            id="jwt_audit.W002",
+        )
+    ]
 
 
 def check_middleware(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
