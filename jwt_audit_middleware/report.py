@@ -434,7 +434,8 @@ def report_from_database(
     """
     import sqlalchemy as sa  # noqa: PLC0415 - only the SQL report needs it
 
-    from .sinks.sql import DEFAULT_TABLE, create_audit_engine, event_tables  # noqa: PLC0415
+    from .schema import DEFAULT_TABLE, event_tables  # noqa: PLC0415
+    from .sinks.sql import create_audit_engine  # noqa: PLC0415
 
     parsed = _database_url(url)
     source = parsed.render_as_string(hide_password=True)

@@ -33,8 +33,10 @@ import sqlalchemy as sa
 from test_sinks_jsonl import LOGGER, burst
 
 from jwt_audit_middleware import AuditLogger
+from jwt_audit_middleware.schema import SCHEMA_VERSION, STRING_COLUMNS, event_tables
 from jwt_audit_middleware.sinks import SQLAuditHandler
-from jwt_audit_middleware.sinks.sql import _STRINGS, SCHEMA_VERSION, event_row, new_event_ids
+from jwt_audit_middleware.sinks import sql as sql_sink
+from jwt_audit_middleware.sinks.sql import ROW_COLUMNS, event_row, new_event_ids
 from jwt_audit_middleware.testing import SigningKey
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -181,11 +183,11 @@ def test_a_row_the_database_refuses_is_spilled_and_the_rest_stored(tmp_path: Pat
 
 
 def test_event_row_fits_each_column() -> None:
-    """The generated ``event_row`` against the plain reading of ``_STRINGS``."""
+    """``event_row`` against a plain reading of ``STRING_COLUMNS``, value by value."""
 
     def expected(event: dict[str, Any]) -> tuple[Any, ...]:
         strings = []
-        for name, length in _STRINGS:
+        for name, length in STRING_COLUMNS:
             value = event.get(name)
             if value is not None:
                 value = str(value)
@@ -209,10 +211,36 @@ def test_event_row_fits_each_column() -> None:
     base = AuditLogger().build_event("access", "allowed", subject="alice", method="GET")
     odd: list[Any] = [None, "", "x" * 2000, 42, True, 1.5, ["a"], {"k": 1}, b"raw", "é" * 400]
     for value in odd:
-        for name, _ in _STRINGS:
+        for name, _ in STRING_COLUMNS:
             event = {**base, name: value, "status": value, "duration_ms": value}
             assert event_row(event, "INFO", "id", "when") == expected(event), (name, value)
     assert event_row({}, "INFO", "id", "when") == expected({})
+
+
+def test_one_table_layout_for_the_sink_and_the_report() -> None:
+    """``schema`` defines the table; the sink writes its columns, in row order."""
+    assert sql_sink.event_tables is event_tables
+    assert sql_sink.SCHEMA_VERSION == SCHEMA_VERSION
+    _, events, version = event_tables("t")
+    assert (events.name, version.name) == ("t", "t_schema")
+    assert [c.name for c in events.columns] == ["id", *ROW_COLUMNS]
+    assert {c.name for c in events.columns if not c.nullable} == {
+        "id",
+        "event_id",
+        "time",
+        "level",
+        "event",
+        "outcome",
+        "data",
+    }
+    assert sorted(i.name for i in events.indexes) == [
+        "ix_t_outcome_time",
+        "ix_t_request_id",
+        "ix_t_time",
+        "ix_t_token_fingerprint",
+    ]
+    row = event_row({"event": "access", "outcome": "allowed"}, "INFO", "id", "when")
+    assert len(row) == len(ROW_COLUMNS)
 
 
 def test_event_ids_are_unique_and_ordered_by_time() -> None:

@@ -22,7 +22,6 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable
 from itertools import chain
 from typing import Any
 
@@ -33,74 +32,18 @@ from sqlalchemy.engine import URL, Engine, make_url
 
 from jwt_audit_middleware._jsonfast import dumps as _dumps
 from jwt_audit_middleware.audit import RECORD_ATTRIBUTE
+from jwt_audit_middleware.schema import (
+    DEFAULT_TABLE,
+    REQUIRED_STRINGS,
+    SCHEMA_VERSION,
+    STRING_COLUMNS,
+    event_tables,
+)
 
 from ._worker import BackgroundHandler, sink_logger
 from .jsonl import JSONLinesHandler
 
-#: Version of the table layout; stored in ``<table>_schema``.
-SCHEMA_VERSION = 1
-DEFAULT_TABLE = "jwt_audit_events"
-
 _DEFAULT_DRIVERS = {"postgresql": "psycopg", "postgres": "psycopg", "mysql": "pymysql"}
-
-# (column, length) of the typed string columns, filled from the event's fields
-_STRINGS = (
-    ("schema", 32),
-    ("event", 32),
-    ("outcome", 16),
-    ("reason", 64),
-    ("request_id", 160),
-    ("method", 16),
-    ("path", 1100),
-    ("protocol", 16),
-    ("client_ip", 64),
-    ("user_agent", 300),
-    ("subject", 300),
-    ("issuer", 300),
-    ("token_id", 300),
-    ("alg", 40),
-    ("kid", 80),
-    ("token_fingerprint", 40),
-)
-
-
-def event_tables(table: str = DEFAULT_TABLE) -> tuple[sa.MetaData, sa.Table, sa.Table]:
-    """The events table and its schema-version table (``<table>_schema``)."""
-    metadata = sa.MetaData()
-    time_type = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
-    json_type = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
-    events = sa.Table(
-        table,
-        metadata,
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
-        sa.Column("event_id", sa.String(32), nullable=False, unique=True),
-        sa.Column("time", time_type, nullable=False),
-        sa.Column("level", sa.String(16), nullable=False),
-        *(
-            sa.Column(name, sa.String(length), nullable=name not in ("event", "outcome"))
-            for name, length in _STRINGS
-        ),
-        sa.Column("status", sa.Integer()),
-        sa.Column("duration_ms", sa.Float()),
-        sa.Column("data", json_type, nullable=False),
-    )
-    # The report scans a time window (time, outcome+time) and groups within it;
-    # investigations follow one token or request.  Every further index would be
-    # paid on each insert.
-    for columns in (
-        ("time",),
-        ("outcome", "time"),
-        ("token_fingerprint",),
-        ("request_id",),
-    ):
-        sa.Index(f"ix_{table}_{'_'.join(columns)}", *(events.c[c] for c in columns))
-    version = sa.Table(
-        f"{table}_schema",
-        metadata,
-        sa.Column("version", sa.Integer(), primary_key=True, autoincrement=False),
-        sa.Column("applied_at", sa.DateTime(), nullable=False),
-    )
-    return metadata, events, version
 
 
 def normalise_url(url: str | URL) -> URL:
@@ -212,13 +155,17 @@ ROW_COLUMNS = (
     "event_id",
     "time",
     "level",
-    *(name for name, _ in _STRINGS),
+    *(name for name, _ in STRING_COLUMNS),
     "status",
     "duration_ms",
     "data",
 )
-_NAMES = tuple(name for name, _ in _STRINGS)
-_LENGTHS = tuple(length for _, length in _STRINGS)
+# each string column with what a missing (or None) field becomes: NULL, or
+# "unknown" in a NOT NULL column
+_STRING_FIELDS = tuple(
+    (name, length, "unknown" if name in REQUIRED_STRINGS else None)
+    for name, length in STRING_COLUMNS
+)
 
 
 def new_event_ids(count: int) -> list[str]:
@@ -234,45 +181,34 @@ def new_event_ids(count: int) -> list[str]:
     return [stamp + noise[i : i + 20] for i in range(0, 20 * count, 20)]
 
 
-def _event_row_function() -> Callable[[dict[str, Any], str, str, Any], tuple[Any, ...]]:
-    """``event_row``, written out column by column from ``_STRINGS``.
+def event_row(event: dict[str, Any], level: str, event_id: str, when: Any) -> tuple[Any, ...]:
+    """The table row of one event, in ``ROW_COLUMNS`` order.
 
-    It runs on the writer thread for every event, sharing the GIL with the
-    request threads; spelled out, it costs 40% less than a loop over the columns.
+    ``time`` is ``when`` and ``data`` the event's JSON text.  Strings longer
+    than their column end in "…", other values become ``str()``; a missing
+    ``event`` or ``outcome`` is "unknown".  Values are what every driver takes
+    as they are, so the insert skips per-value type processing.
+
+    Plain code on purpose (issue 11): the ``exec``-built function it replaced
+    saved ~0.8 µs per event on the writer thread in ``timeit``, a difference
+    ``bench/bench_sinks.py`` does not show end to end (SQLite or PostgreSQL).
     """
-    lines = ["def event_row(event, level, event_id, when):", "    get = event.get"]
-    for i, (name, length) in enumerate(_STRINGS):
-        lines += [
-            f"    s{i} = get({name!r})",
-            f"    if s{i} is not None and (type(s{i}) is not str or len(s{i}) > {length}):",
-            f"        s{i} = _fit(s{i}, {length})",
-        ]
-    strings = ", ".join(f"s{i}" for i in range(len(_STRINGS)))
-    lines += [
-        f"    if s{_NAMES.index('event')} is None:",
-        f"        s{_NAMES.index('event')} = 'unknown'",
-        f"    if s{_NAMES.index('outcome')} is None:",
-        f"        s{_NAMES.index('outcome')} = 'unknown'",
-        "    status = get('status')",
-        "    duration = get('duration_ms')",
-        f"    return (event_id, when, level, {strings},",
-        "            status if type(status) is int else None,",
-        "            duration if type(duration) is float else _number(duration),",
-        "            _dumps(event))",
-    ]
-    namespace: dict[str, Any] = {"_fit": _fit, "_number": _number, "_dumps": _dumps}
-    code = compile("\n".join(lines), f"<{__name__}.event_row>", "exec")
-    exec(code, namespace)  # noqa: S102 - built from the constants above only
-    function: Callable[[dict[str, Any], str, str, Any], tuple[Any, ...]] = namespace["event_row"]
-    return function
-
-
-#: ``event_row(event, level, event_id, when)``: the table row of one event, in
-#: ``ROW_COLUMNS`` order, ``time`` being ``when`` and ``data`` the event's JSON text.
-#: Strings longer than their column end in "…", other values become ``str()``;
-#: values are what every driver takes as they are, so the insert skips
-#: per-value type processing.
-event_row = _event_row_function()
+    get = event.get
+    row: list[Any] = [event_id, when, level]
+    append = row.append
+    for name, length, missing in _STRING_FIELDS:
+        value = get(name)
+        if value is None:
+            value = missing
+        elif type(value) is not str or len(value) > length:
+            value = _fit(value, length)
+        append(value)
+    status = get("status")
+    duration = get("duration_ms")
+    append(status if type(status) is int else None)
+    append(duration if type(duration) is float else _number(duration))
+    append(_dumps(event))
+    return tuple(row)
 
 
 _TRANSIENT = (
