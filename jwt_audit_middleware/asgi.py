@@ -12,10 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from time import perf_counter
 from typing import Any
 
+import anyio
+import anyio.abc
 from starlette.authentication import AuthCredentials, BaseUser, UnauthenticatedUser
 
 from .errors import ConfigurationError, Denied
@@ -115,6 +118,9 @@ class JWTAuditMiddleware:
         header = lifecycle.reader.request_id_header
         self._request_id_header = header.encode("latin-1") if header else None
         self._forwarding = lifecycle.reader.reads_forwarding
+        settings = lifecycle.settings
+        self._close_at_exp = settings.websocket_expiry == "close"
+        self._watch_websockets = self._close_at_exp or settings.websocket_disconnect_events
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         protocol = scope["type"]
@@ -218,12 +224,84 @@ class JWTAuditMiddleware:
                 exchange.finish(status)
 
         try:
-            await self.app(scope, receive, audited_send)
+            if protocol == "websocket" and self._watch_websockets:
+                await self._watched_websocket(scope, receive, audited_send, send, exchange)
+            else:
+                await self.app(scope, receive, audited_send)
         except BaseException:
             exchange.finish(500)
             raise
         if not exchange.done:  # the app sent no response at all
             exchange.finish(None)
+
+    async def _watched_websocket(
+        self, scope: Scope, receive: Receive, send: Send, raw_send: Send, exchange: Exchange
+    ) -> None:
+        """A websocket the settings follow past its handshake.
+
+        ``websocket_expiry="close"``: at the token's ``exp`` (plus leeway) the
+        middleware closes the connection with 1008 and audits a ``denial``
+        ``expired`` (report-only: audits ``would_deny`` and leaves it open).
+        ``websocket_disconnect_events``: when an accepted socket ends, a
+        ``disconnect`` event says how long it lived and who closed it.
+        """
+        closing: list[tuple[int | None, str]] = []  # (close code, who), first one wins
+        accepted = False
+
+        async def watched_receive() -> Message:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                closing.append((message.get("code", 1005), "the client"))
+            return message
+
+        async def watched_send(message: Message) -> None:
+            nonlocal accepted
+            kind = message["type"]
+            if kind == "websocket.accept":
+                accepted = True
+            elif kind == "websocket.close":
+                closing.append((message.get("code", 1000), "the app"))
+            await send(message)
+
+        token = exchange.verdict.token
+        deadline = None if token is None else token.expires_at
+        try:
+            if self._close_at_exp and deadline is not None:
+                deadline += self.settings.leeway_seconds
+                async with anyio.create_task_group() as group:
+                    group.start_soon(self._expire, deadline, raw_send, exchange, closing, group)
+                    await self.app(scope, watched_receive, watched_send)
+                    group.cancel_scope.cancel()
+            else:
+                await self.app(scope, watched_receive, watched_send)
+        finally:
+            if accepted and self.settings.websocket_disconnect_events:
+                code, who = closing[0] if closing else (None, "the server")
+                detail = f"closed by {who}" + ("" if code is None else f", code {code}")
+                self._lifecycle.audit.disconnect_event(exchange.verdict, exchange.info, detail)
+
+    async def _expire(
+        self,
+        deadline: float,
+        send: Send,
+        exchange: Exchange,
+        closing: list[tuple[int | None, str]],
+        group: anyio.abc.TaskGroup,
+    ) -> None:
+        await anyio.sleep(max(0.0, deadline - time.time()))
+        verdict = exchange.verdict
+        expired = self._gate.deny(
+            Denied("expired", "the token expired during the connection"),
+            verdict.fingerprint,
+            verdict.path_kind,
+            token=verdict.token,
+        )
+        self._lifecycle.audit.request_event(expired, exchange.info, None)
+        if expired.allow:  # report-only: audited, left open
+            return
+        closing.append((1008, "the middleware at the token's expiry"))
+        await send({"type": "websocket.close", "code": 1008, "reason": "token expired"})
+        group.cancel_scope.cancel()
 
     def close(self) -> None:
         """Stop background work (``jwks_url`` refresh threads); also done at lifespan shutdown."""

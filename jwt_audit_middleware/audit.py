@@ -19,9 +19,10 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, MutableMapping
+from dataclasses import replace
 from typing import Any
 
-from .events import DENIED, WOULD_DENY, app_event, clean, rfc3339
+from .events import CLOSED, DENIED, DISCONNECT, WOULD_DENY, app_event, clean, rfc3339
 from .model import RequestInfo, Verdict
 
 LOGGER_NAME = "jwt_audit"
@@ -251,6 +252,17 @@ class AuditLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
             level = logging.WARNING if verdict.outcome == DENIED else logging.INFO
         self._emit(event, level, stamp)
         return event
+
+    def disconnect_event(self, verdict: Verdict, info: RequestInfo, detail: str) -> dict[str, Any]:
+        """Emit (INFO) the ``disconnect`` event of a websocket: its lifetime and who closed it.
+
+        The fields of the connection's ``access`` event, with ``event``
+        ``disconnect``, ``outcome`` ``closed``, ``duration_ms`` since the
+        handshake began and ``detail`` naming the closer and the close code.
+        """
+        base = {**verdict.event_base, "event": DISCONNECT, "outcome": CLOSED, "reason": None}
+        base["detail"] = clean(detail, 128)
+        return self.request_event(replace(verdict, event_base=base), info, None)
 
     def build_event(self, event: str, outcome: str, **fields: Any) -> dict[str, Any]:
         """``events.app_event()``: an event for something an app did rather than a request."""

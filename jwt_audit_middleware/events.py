@@ -21,10 +21,12 @@ SCHEMA: Final = "jwt-audit/1"
 
 ACCESS: Final = "access"
 DENIAL: Final = "denial"
+DISCONNECT: Final = "disconnect"  # a websocket's end (websocket_disconnect_events)
 
 ALLOWED: Final = "allowed"
 DENIED: Final = "denied"
 WOULD_DENY: Final = "would_deny"
+CLOSED: Final = "closed"
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import time
 from typing import Any
 
+import anyio
 import pytest
 from conftest import assert_no_secret
 from starlette.applications import Starlette
@@ -336,3 +338,80 @@ async def test_client_identity_headers_are_removed(rsa_key: SigningKey) -> None:
         assert b"x-auth-user" not in names
         assert (b"x-trace", b"kept") in headers
     assert len(seen) == 2
+
+
+# -- websockets past their handshake -----------------------------------------------------
+
+
+async def idle_echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Accepts, then echoes until the client leaves (the client here never speaks)."""
+    assert (await receive())["type"] == "websocket.connect"
+    await send({"type": "websocket.accept"})
+    while (message := await receive())["type"] != "websocket.disconnect":
+        await send({"type": "websocket.send", "text": message.get("text")})
+
+
+async def open_socket(app: Any, token: str) -> list[Message]:
+    """One websocket connection whose client connects, then stays silent."""
+    sent: list[Message] = []
+    connected = False
+
+    async def receive() -> Message:
+        nonlocal connected
+        if not connected:
+            connected = True
+            return {"type": "websocket.connect"}
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = ws_scope([(b"authorization", f"Bearer {token}".encode())])
+    with anyio.fail_after(10):
+        await app(scope, receive, send)
+    return sent
+
+
+async def test_websocket_closed_at_exp_when_asked(
+    rsa_key: SigningKey, events: CapturedEvents
+) -> None:
+    app = JWTAuditMiddleware(
+        idle_echo, **rsa_key.options(websocket_expiry="close", websocket_disconnect_events=True)
+    )
+    token = rsa_key.token(sub="ws-user", exp=time.time() + 1.0)
+    sent = await open_socket(app, token)
+    assert [m["type"] for m in sent] == ["websocket.accept", "websocket.close"]
+    assert sent[1]["code"] == 1008
+    rows = [(e["event"], e["outcome"], e["reason"], e["status"], e["subject"]) for e in events]
+    assert rows == [
+        ("access", "allowed", None, 101, "ws-user"),
+        ("denial", "denied", "expired", None, "ws-user"),
+        ("disconnect", "closed", None, None, "ws-user"),
+    ]
+    assert "token's expiry, code 1008" in events[2]["detail"]
+    assert events[2]["duration_ms"] >= 900  # it lived until exp, about a second
+
+
+async def test_websocket_outlives_exp_by_default(
+    rsa_key: SigningKey, events: CapturedEvents
+) -> None:
+    app = JWTAuditMiddleware(idle_echo, **rsa_key.options())
+    token = rsa_key.token(expires_in=1)
+    with anyio.move_on_after(2.5) as waited:
+        await open_socket(app, token)
+    assert waited.cancelled_caught  # still open past exp: the documented default
+    assert [(e["event"], e["status"]) for e in events] == [("access", 101)]
+
+
+async def test_websocket_disconnect_event_names_the_closer(
+    rsa_key: SigningKey, events: CapturedEvents
+) -> None:
+    app = JWTAuditMiddleware(echo_app, **rsa_key.options(websocket_disconnect_events=True))
+    await run(
+        app,
+        ws_scope([(b"authorization", f"Bearer {rsa_key.token()}".encode())]),
+        [{"type": "websocket.connect"}],
+    )
+    assert [(e["event"], e["status"]) for e in events] == [("access", 101), ("disconnect", None)]
+    assert events[1]["detail"] == "closed by the app, code 1000"
