@@ -127,6 +127,8 @@ class JWTAuditMiddleware:
         if protocol not in ("http", "websocket") or self._startup_error is not None:
             await self._not_a_request(scope, receive, send)
             return
+        # The translation of the scope is inline, not a helper: a call here measured
+        # 1.3k of the 86k instructions of a cached request (bench/callgrind_request.py).
         started = perf_counter()
         authorization: list[str] = []
         user_agent = request_id = forwarded = x_forwarded_for = None
