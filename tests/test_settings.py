@@ -623,3 +623,12 @@ def test_secret_file_keeps_a_binary_secret_and_is_named_in_errors(tmp_path: Any)
     with pytest.raises(ConfigurationError) as error:
         Settings(algorithms=["HS256"], secret_file=str(path))
     assert error.value.option == "secret_file"
+
+
+def test_leeway_is_capped_unless_max_leeway_is_raised() -> None:
+    # leeway=1e12 accepted exp=1: any token ever issued would still pass
+    config_error("leeway", **hs256(leeway=1e12))
+    config_error("leeway", **hs256(leeway=301))
+    assert Settings(**hs256(leeway=300)).leeway_seconds == 300.0
+    assert Settings(**hs256(leeway=3600, max_leeway=3600)).leeway_seconds == 3600.0
+    config_error("max_leeway", **hs256(max_leeway=-1))
