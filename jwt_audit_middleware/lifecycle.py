@@ -4,7 +4,10 @@ Every adapter (ASGI, WSGI, Django; Flask goes through WSGI) makes the same
 calls and only translates its own world around them::
 
     lifecycle = Lifecycle(settings, options)               # at start-up
-    verdict = gate.decide_sync(route_path, authorization)  # or await gate.decide_async(...)
+    verdict = gate.decide_sync(route_path, authorization)  # WSGI, Django sync; or:
+    verdict = gate.decide(route_path, authorization)       # on an event loop, then
+    if verdict.unsettled:                                  # key refetch, revocation hook
+        verdict = await gate.settle_async(verdict, route_path, authorization)
     exchange = lifecycle.begin(verdict, info)
     if exchange.denied:                                    # send exchange.challenge()
         exchange.finish(status)
