@@ -5,8 +5,9 @@ exactly three unpadded base64url segments, a canonical signature, UTF-8 JSON
 objects without duplicate members or non-finite numbers), checks the header
 against the policy, verifies the signature with the checks each key bound at
 start-up (``keys.bind_check``: PyJWT's algorithms, cryptography's maths), and
-validates the registered claims.  Every failure is a ``Denied`` with one reason
-code of ``events.REASONS``; no message carries token text or library error text.
+validates the registered claims, one small check per claim.  Every failure is a
+``Denied`` with one reason code of ``events.REASONS``; no message carries token
+text or library error text.
 
 A first-seen token is the cost that matters here (a repeated one is a cache
 hit upstream): the path does each step once, with few calls and objects, and
@@ -129,17 +130,6 @@ class _NewVerifiedToken:
 assert _NewVerifiedToken.__slots__ == tuple(f.name for f in fields(VerifiedToken))
 
 
-_MAX_TIME = 2**63
-#: the JSON numbers (the decoder makes exactly these types; bool is not one)
-_NUMBER = frozenset((int, float))
-
-
-def _claim_denied(
-    reason: str, detail: str, alg: str, kid: str | None, claims: dict[str, Any]
-) -> Denied:
-    return Denied(reason, detail, alg=alg, kid=kid, claims=claims)
-
-
 @dataclass(slots=True)
 class _Trust:
     """One trusted issuer's policy and key source (the whole config without ``providers``)."""
@@ -150,6 +140,135 @@ class _Trust:
     static: KeyRing
     identity: IdentityFunction
     remote: RemoteKeySet | None = None
+
+
+def _check_signature(
+    trust: _Trust, token: str, signature_b64: str, alg: str, kid: str | None
+) -> None:
+    """A key of ``trust`` that may have signed the token accepts its signature.
+
+    The keys are the static ring or the latest fetched one, narrowed by alg and
+    kid; the signature must be canonical base64url before any key sees it.
+    """
+    remote = trust.remote
+    ring = trust.static if remote is None else remote.ring
+    if ring is None:
+        raise Denied("key_unavailable", "no signing keys could be fetched yet", alg=alg, kid=kid)
+    checks = ring.checks(alg, kid)
+    if not checks:
+        raise Denied("unknown_key", "no key matches the token's kid", alg=alg, kid=kid)
+    try:
+        signature = jws.signature_bytes(signature_b64)
+    except ValueError:
+        signature = None
+    if signature is None:
+        raise Denied(
+            "malformed_token", "the signature is not canonical base64url", alg=alg, kid=kid
+        )
+    try:  # the signing input: header "." payload, all before the signature's dot
+        signing_input = token[: len(token) - len(signature_b64) - 1].encode("ascii")
+    except UnicodeEncodeError:  # the header decoded: it is the payload
+        raise Denied("malformed_token", "the payload is not base64url", alg=alg, kid=kid) from None
+    for check in checks:
+        try:
+            if check(signature, signing_input):
+                return
+        except Exception as exc:
+            if reason_for(exc) is None:
+                raise
+    raise Denied("bad_signature", "the signature does not verify", alg=alg, kid=kid)
+
+
+# -- the claims: one check each, as PyJWT's _validate_* ----------------------------
+#
+# Each raises a Denied with its reason and detail only; Verifier._check_claims runs
+# them in order and adds what every claim denial carries (alg, kid, the claims).
+# The claims are the JSON decoder's, so exact type tests are isinstance tests here.
+
+#: NumericDates: JSON numbers (the decoder makes exactly these types, all finite; bool
+#: is not one) between _MIN_TIME and _MAX_TIME (float() of a longer int can overflow)
+_NUMBER = frozenset((int, float))
+_MAX_TIME = 2**63
+_MIN_TIME = -_MAX_TIME
+_STRING_CLAIMS = ("iss", "sub", "jti")
+
+
+def _check_required(claims: dict[str, Any], required: tuple[str, ...]) -> None:
+    """Each ``required_claims`` claim is present; a null claim is a missing claim."""
+    for name in required:
+        if claims.get(name) is None:
+            raise Denied("missing_claim", f"the token has no {name} claim")
+
+
+def _check_strings(claims: dict[str, Any]) -> None:
+    """``iss``, ``sub`` and ``jti``, where present (null included), are strings."""
+    for name in _STRING_CLAIMS:
+        if type(claims.get(name)) is not str and name in claims:
+            raise Denied("malformed_token", f"the {name} claim is not a string")
+
+
+def _check_exp(claims: dict[str, Any], now: float, leeway: float) -> None:
+    """``exp``, where present (null included), is a NumericDate that has not passed."""
+    exp: Any = claims.get("exp")
+    if exp is None and "exp" not in claims:
+        return
+    if type(exp) not in _NUMBER or not _MIN_TIME < exp < _MAX_TIME:
+        raise Denied("malformed_token", "the exp claim is not a number")
+    if exp <= now - leeway:
+        raise Denied("expired", "the token has expired")
+
+
+def _check_nbf_iat(claims: dict[str, Any], now: float, leeway: float) -> None:
+    """``nbf`` and ``iat``, where present (null included), are NumericDates not to come."""
+    latest = now + leeway
+    for name in ("nbf", "iat"):
+        stamp: Any = claims.get(name)
+        if stamp is None and name not in claims:
+            continue
+        if type(stamp) not in _NUMBER or not _MIN_TIME < stamp < _MAX_TIME:
+            raise Denied("malformed_token", f"the {name} claim is not a number")
+        if stamp > latest:
+            raise Denied("not_yet_valid", f"the token's {name} is in the future")
+
+
+def _check_issuer(issuer: str | None, accepted: frozenset[str]) -> None:
+    """With ``issuer`` configured, ``iss`` is one of the accepted issuers."""
+    if not accepted:
+        return
+    if issuer is None:
+        raise Denied("missing_claim", "the token has no iss claim")
+    if issuer not in accepted:
+        raise Denied("invalid_issuer", "the token's issuer is not accepted")
+
+
+def _check_audience(audience: object, accepted: frozenset[str]) -> tuple[str, ...]:
+    """``aud`` names a configured ``audience`` (RFC 7519 §4.1.3); its audiences as a tuple.
+
+    ``aud`` is a string or a non-empty list of strings; absent (or null) it is
+    required when ``audience`` is configured, and present it must name one of
+    them: an audience we are not in is a rejection, with none configured too.
+    """
+    if audience is None:
+        if accepted:
+            raise Denied("missing_claim", "the token has no aud claim")
+        return ()
+    if type(audience) is str:
+        audiences: tuple[str, ...] = (audience,)
+    elif type(audience) is list:
+        audiences = tuple(audience)
+        for item in audiences:
+            if type(item) is not str:
+                audiences = ()
+                break
+    else:
+        audiences = ()
+    if not audiences:  # neither a string nor a non-empty list of strings
+        raise Denied("malformed_token", "the aud claim is not a string or a list of strings")
+    if not accepted:
+        raise Denied("invalid_audience", "the token has an audience but none is configured")
+    if accepted.isdisjoint(audiences):
+        raise Denied("invalid_audience", "the token is not meant for this audience")
+    return audiences
 
 
 def _identity(resolve: IdentityFunction, claims: Mapping[str, Any]) -> str | None:
@@ -361,45 +480,70 @@ class Verifier:
             typ = header.get("typ")
             if not isinstance(typ, str) or normalise_media_type(typ) != self._token_type:
                 raise Denied("invalid_type", "the token's typ is not accepted", alg=alg, kid=kid)
-        remote = trust.remote
-        if remote is None:
-            ring = trust.static
-        else:
-            fetched = remote.ring
-            if fetched is None:
-                raise Denied(
-                    "key_unavailable", "no signing keys could be fetched yet", alg=alg, kid=kid
-                )
-            ring = fetched
-        checks = ring.checks(alg, kid)
-        if not checks:
-            raise Denied("unknown_key", "no key matches the token's kid", alg=alg, kid=kid)
-        try:
-            signature = jws.signature_bytes(signature_b64)
-        except ValueError:
-            signature = None
-        if signature is None:
-            raise Denied(
-                "malformed_token", "the signature is not canonical base64url", alg=alg, kid=kid
-            )
-        try:  # the signing input: header "." payload, all before the signature's dot
-            signing_input = token[: len(token) - len(signature_b64) - 1].encode("ascii")
-        except UnicodeEncodeError:  # the header decoded: it is the payload
-            raise Denied(
-                "malformed_token", "the payload is not base64url", alg=alg, kid=kid
-            ) from None
-        for check in checks:
-            try:
-                if check(signature, signing_input):
-                    break
-            except Exception as exc:
-                if reason_for(exc) is None:
-                    raise
-        else:
-            raise Denied("bad_signature", "the signature does not verify", alg=alg, kid=kid)
+        _check_signature(trust, token, signature_b64, alg, kid)
         if claims is None:
             claims = jws.json_object(payload_b64, "payload")
         return self._check_claims(claims, header, alg, kid, fingerprint, trust=trust)
+
+    def _check_claims(
+        self,
+        claims: dict[str, Any],
+        header: dict[str, Any],
+        alg: str,
+        kid: str | None,
+        fingerprint: str,
+        *,
+        trust: _Trust,
+    ) -> VerifiedToken:
+        """The claims of a verified token, checked one by one, then its VerifiedToken."""
+        try:
+            _check_required(claims, self._required)
+            _check_strings(claims)
+            now = self.clock()
+            _check_exp(claims, now, self._leeway)
+            _check_nbf_iat(claims, now, self._leeway)
+            _check_issuer(claims.get("iss"), trust.issuers)
+            audiences = _check_audience(claims.get("aud"), trust.audiences)
+        except Denied as denied:  # the signature verified: the event may show who it was
+            denied.alg, denied.kid, denied.claims = alg, kid, claims
+            raise
+        get = claims.get
+        subject, issuer, token_id, exp = get("sub"), get("iss"), get("jti"), get("exp")
+        scopes, scope_list = self._scopes_and_fields(claims)
+        event_fields = verified_identity(subject, issuer, token_id, audiences, scope_list, alg, kid)
+        # the logged claims are fixed now, from the verified token, once
+        log_claims = self._log_claims
+        event_fields["claims"] = copy_claims(claims, log_claims) if log_claims else {}
+        frozen = Claims(claims)
+        return _NewVerifiedToken(  # type: ignore[return-value]  # it is a VerifiedToken now
+            frozen,
+            dict(header),  # its own copy: a decoded header is kept for the next token
+            fingerprint,
+            scopes,
+            subject,
+            issuer,
+            token_id,
+            audiences,
+            None if exp is None else float(exp),
+            event_fields,
+            _identity(trust.identity, frozen),
+        )
+
+    def _scopes_and_fields(self, claims: dict[str, Any]) -> tuple[frozenset[str], list[str]]:
+        """``scopes()`` and the event's ``scopes`` field (a list of its own per token).
+
+        The common case (a ``scope`` string and no ``scp``) comes from a memo:
+        an issuer's tokens carry a few scope strings, each split and cleaned once.
+        """
+        scope = claims.get("scope")
+        if self._scopes_claim is None and type(scope) is str and claims.get("scp") is None:
+            known = self._scope_sets.get(scope)
+            if known is None:
+                known = self._remember_scopes(scope)
+            scopes, fields = known
+            return scopes, [*fields]
+        scopes = self.scopes(claims)
+        return scopes, scope_fields(scopes)
 
     def _remember_header(
         self, text: str, header: dict[str, Any], alg: str, kid: str | None
@@ -457,133 +601,6 @@ class Verifier:
         if kid is not None and (not isinstance(kid, str) or len(kid) > MAX_KID_LENGTH):
             raise Denied("malformed_token", "the header's kid is not a short string")
         return alg, kid
-
-    def _check_claims(
-        self,
-        claims: dict[str, Any],
-        header: dict[str, Any],
-        alg: str,
-        kid: str | None,
-        fingerprint: str,
-        *,
-        trust: _Trust,
-    ) -> VerifiedToken:
-        get = claims.get
-        for name in self._required:
-            if get(name) is None:  # a null claim is a missing claim
-                raise _claim_denied(
-                    "missing_claim", f"the token has no {name} claim", alg, kid, claims
-                )
-        # present (null included) and not a string: malformed.  The claims are the
-        # JSON decoder's, so exact type tests are isinstance tests here.
-        issuer = get("iss")
-        if type(issuer) is not str and "iss" in claims:
-            raise _claim_denied(
-                "malformed_token", "the iss claim is not a string", alg, kid, claims
-            )
-        subject = get("sub")
-        if type(subject) is not str and "sub" in claims:
-            raise _claim_denied(
-                "malformed_token", "the sub claim is not a string", alg, kid, claims
-            )
-        token_id = get("jti")
-        if type(token_id) is not str and "jti" in claims:
-            raise _claim_denied(
-                "malformed_token", "the jti claim is not a string", alg, kid, claims
-            )
-        now = self.clock()
-        leeway = self._leeway
-        # NumericDates: JSON numbers (not bools; the decoder refuses non-finite), in range
-        exp: Any = get("exp")
-        if exp is not None or "exp" in claims:
-            if type(exp) not in _NUMBER or not -_MAX_TIME < exp < _MAX_TIME:
-                raise _claim_denied(
-                    "malformed_token", "the exp claim is not a number", alg, kid, claims
-                )
-            if exp <= now - leeway:
-                raise _claim_denied("expired", "the token has expired", alg, kid, claims)
-        latest = now + leeway
-        for name in ("nbf", "iat"):  # neither may lie in the future
-            stamp: Any = get(name)
-            if stamp is not None or name in claims:
-                if type(stamp) not in _NUMBER or not -_MAX_TIME < stamp < _MAX_TIME:
-                    raise _claim_denied(
-                        "malformed_token", f"the {name} claim is not a number", alg, kid, claims
-                    )
-                if stamp > latest:
-                    raise _claim_denied(
-                        "not_yet_valid", f"the token's {name} is in the future", alg, kid, claims
-                    )
-        if trust.issuers:
-            if issuer is None:
-                raise _claim_denied("missing_claim", "the token has no iss claim", alg, kid, claims)
-            if issuer not in trust.issuers:
-                raise _claim_denied(
-                    "invalid_issuer", "the token's issuer is not accepted", alg, kid, claims
-                )
-        audience = get("aud")
-        audiences: tuple[str, ...] = ()
-        if audience is not None:
-            if type(audience) is str:
-                audiences = (audience,)
-            elif type(audience) is list and audience:
-                audiences = tuple(audience)
-                for item in audiences:
-                    if type(item) is not str:
-                        audiences = ()
-                        break
-            if not audiences:
-                raise _claim_denied(
-                    "malformed_token",
-                    "the aud claim is not a string or a list of strings",
-                    alg,
-                    kid,
-                    claims,
-                )
-            if not trust.audiences:  # RFC 7519 §4.1.3: an audience we are not in is a rejection
-                raise _claim_denied(
-                    "invalid_audience",
-                    "the token has an audience but none is configured",
-                    alg,
-                    kid,
-                    claims,
-                )
-            if trust.audiences.isdisjoint(audiences):
-                raise _claim_denied(
-                    "invalid_audience", "the token is not meant for this audience", alg, kid, claims
-                )
-        elif trust.audiences:
-            raise _claim_denied("missing_claim", "the token has no aud claim", alg, kid, claims)
-        # scopes(), with its common case (a "scope" string and no "scp") first: an
-        # issuer's tokens carry a few scope strings, each split and cleaned once
-        scope = get("scope")
-        if self._scopes_claim is None and type(scope) is str and get("scp") is None:
-            known = self._scope_sets.get(scope)
-            if known is None:
-                known = self._remember_scopes(scope)
-            scopes, fields = known
-            scope_list = [*fields]
-        else:
-            scopes = self.scopes(claims)
-            scope_list = scope_fields(scopes)
-        event_fields = verified_identity(subject, issuer, token_id, audiences, scope_list, alg, kid)
-        # the logged claims are fixed now, from the verified token, once
-        log_claims = self._log_claims
-        event_fields["claims"] = copy_claims(claims, log_claims) if log_claims else {}
-        claims = Claims(claims)
-        return _NewVerifiedToken(  # type: ignore[return-value]  # it is a VerifiedToken now
-            claims,
-            dict(header),  # its own copy: a decoded header is kept for the next token
-            fingerprint,
-            scopes,
-            subject,
-            issuer,
-            token_id,
-            audiences,
-            None if exp is None else float(exp),
-            event_fields,
-            _identity(trust.identity, claims),
-        )
 
     def scopes(self, claims: Mapping[str, Any]) -> frozenset[str]:
         """The token's scopes: ``scopes_claim``, else ``scope`` (space-separated) and ``scp``."""

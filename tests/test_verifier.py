@@ -631,6 +631,66 @@ def test_null_time_claim_is_denied(ctx: Ctx, claim: str, reasons: set[str]) -> N
     assert info.value.claims is not None
 
 
+NOW = 1_800_000_000
+
+#: (settings beyond RS256 + JWKS, claims, reason, detail) of each claim check, in the
+#: order the checks run (a token failing two gets the first one's denial)
+CLAIM_DENIALS: list[tuple[dict[str, Any], dict[str, Any], str, str]] = [
+    ({}, {"exp": None}, "missing_claim", "the token has no exp claim"),
+    ({"required_claims": ["exp", "tenant"]}, {}, "missing_claim", "the token has no tenant claim"),
+    ({}, {"iss": 1, "sub": 1}, "malformed_token", "the iss claim is not a string"),
+    ({}, {"sub": None}, "malformed_token", "the sub claim is not a string"),
+    ({}, {"jti": ["a"]}, "malformed_token", "the jti claim is not a string"),
+    ({}, {"exp": "1", "nbf": "1"}, "malformed_token", "the exp claim is not a number"),
+    ({}, {"exp": 2**63}, "malformed_token", "the exp claim is not a number"),
+    ({}, {"exp": NOW, "nbf": "1"}, "expired", "the token has expired"),
+    ({}, {"nbf": False}, "malformed_token", "the nbf claim is not a number"),
+    ({}, {"iat": None}, "malformed_token", "the iat claim is not a number"),
+    ({}, {"nbf": NOW + 1, "iat": "x"}, "not_yet_valid", "the token's nbf is in the future"),
+    ({}, {"iat": NOW + 1}, "not_yet_valid", "the token's iat is in the future"),
+    ({"issuer": "https://i"}, {"aud": 1}, "missing_claim", "the token has no iss claim"),
+    (
+        {"issuer": "https://i"},
+        {"iss": "https://j"},
+        "invalid_issuer",
+        "the token's issuer is not accepted",
+    ),
+    ({}, {"aud": []}, "malformed_token", "the aud claim is not a string or a list of strings"),
+    (
+        {},
+        {"aud": ["a", 1]},
+        "malformed_token",
+        "the aud claim is not a string or a list of strings",
+    ),
+    ({}, {"aud": "a"}, "invalid_audience", "the token has an audience but none is configured"),
+    (
+        {"audience": "a"},
+        {"aud": ["b"]},
+        "invalid_audience",
+        "the token is not meant for this audience",
+    ),
+    ({"audience": "a"}, {"aud": None}, "missing_claim", "the token has no aud claim"),
+]
+
+
+@pytest.mark.parametrize(
+    ("options", "extra", "reason", "detail"),
+    [pytest.param(*row, id=f"{row[2]}-{index}") for index, row in enumerate(CLAIM_DENIALS)],
+)
+def test_each_claim_check_denies_with_its_reason_detail_alg_kid_and_claims(
+    ctx: Ctx, options: dict[str, Any], extra: dict[str, Any], reason: str, detail: str
+) -> None:
+    payload = {"sub": "alice", "iat": NOW - 10, "exp": NOW + 300, **extra}
+    token = signed_raw(ctx.rsa, json.dumps(payload).encode())  # PyJWT checks iss itself
+    verifier = Verifier(Settings(**ctx.rs256(**options)), clock=lambda: float(NOW))
+    with pytest.raises(Denied) as info:
+        verifier.verify(token, fingerprint(token))
+    denied = info.value
+    assert (denied.reason, denied.detail) == (reason, detail)
+    assert (denied.alg, denied.kid) == ("RS256", ctx.rsa.kid)
+    assert denied.claims == payload
+
+
 def test_huge_integer_exp_is_a_verdict_not_a_crash(ctx: Ctx) -> None:
     token = ctx.good(exp=10**400)
     outcome: object
