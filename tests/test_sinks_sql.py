@@ -124,7 +124,9 @@ def test_2000_concurrent_requests_leave_exactly_2000_rows(
 
 def test_typed_columns_and_schema_version(store: Store) -> None:
     handler = store.handler()
-    AuditLogger().login_failed("eve\r\n", "bad_password", "203.0.113.5", path="/login")
+    AuditLogger().login_failed(
+        "eve\r\n", reason="bad_password", client_ip="203.0.113.5", path="/login"
+    )
     handler.close()
     ((event, outcome, reason, subject, client_ip, path, level, when),) = store.rows(
         "event", "outcome", "reason", "subject", "client_ip", "path", "level", "time"
@@ -390,7 +392,7 @@ def test_dictconfig_by_dotted_path(tmp_path: Path) -> None:
     )
     try:
         (handler,) = [h for h in LOGGER.handlers if isinstance(h, SQLAuditHandler)]
-        AuditLogger().login_succeeded("django-user", "192.0.2.3")
+        AuditLogger().login_succeeded("django-user", client_ip="192.0.2.3")
         handler.flush()
         with sqlite3.connect(db) as connection:
             rows = connection.execute("SELECT event, subject FROM jwt_audit_events").fetchall()
@@ -477,7 +479,7 @@ APP = textwrap.dedent(
     audit = AuditLogger()
 
     def app(environ, start_response):
-        audit.login_succeeded("gunicorn-user", environ.get("REMOTE_ADDR"))
+        audit.login_succeeded("gunicorn-user", client_ip=environ.get("REMOTE_ADDR"))
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"ok"]
     """
