@@ -10,6 +10,7 @@ starts one, when it returns or raises).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -18,7 +19,6 @@ from time import perf_counter
 from typing import Any
 
 import anyio
-import anyio.abc
 from starlette.authentication import AuthCredentials, BaseUser, UnauthenticatedUser
 
 from .errors import ConfigurationError, Denied
@@ -175,7 +175,11 @@ class JWTAuditMiddleware:
         gate = self._gate
         verdict = gate.decide(path, authorization)
         if verdict.unsettled:  # a key refetch or the revocation hook, off the loop
-            verdict = await gate.settle_async(verdict, path, authorization)
+            try:
+                verdict = await gate.settle_async(verdict, path, authorization)
+            except BaseException:  # cancelled (the client left): still one event
+                lifecycle.begin(verdict, info).finish(None)
+                raise
         exchange = lifecycle.begin(verdict, info)
         if exchange.denied:
             await self._deny(scope, receive, send, exchange, exchange.challenge())
@@ -234,7 +238,11 @@ class JWTAuditMiddleware:
             exchange.finish(500)
             raise
         if not exchange.done:  # the app sent no response at all
-            exchange.finish(None)
+            challenge = exchange.late_challenge(scope) if LATE_DENIAL_KEY in scope else None
+            if challenge is None:
+                exchange.finish(None)
+            else:  # it asked for a denial and left the answer to us
+                await self._deny(scope, receive, send, exchange, challenge, connected=True)
 
     async def _watched_websocket(
         self, scope: Scope, receive: Receive, send: Send, raw_send: Send, exchange: Exchange
@@ -266,44 +274,62 @@ class JWTAuditMiddleware:
             await send(message)
 
         token = exchange.verdict.token
-        deadline = None if token is None else token.expires_at
+        deadline = None
+        if self._close_at_exp and token is not None and token.expires_at is not None:
+            deadline = token.expires_at + self.settings.leeway_seconds
         try:
-            if self._close_at_exp and deadline is not None:
-                deadline += self.settings.leeway_seconds
-                async with anyio.create_task_group() as group:
-                    group.start_soon(self._expire, deadline, raw_send, exchange, closing, group)
-                    await self.app(scope, watched_receive, watched_send)
-                    group.cancel_scope.cancel()
-            else:
+            if deadline is None or self._gate.report_only:
                 await self.app(scope, watched_receive, watched_send)
+                if deadline is not None and time.time() >= deadline:  # what would have happened
+                    self._lifecycle.audit.request_event(
+                        self._expired(exchange), exchange.info, None
+                    )
+                return
+            # Cancelling the app at the deadline (no task group: the app's own
+            # exceptions reach the server as they are, not in an ExceptionGroup)
+            with anyio.move_on_after(max(0.0, deadline - time.time())) as timer:
+                await self.app(scope, watched_receive, watched_send)
+            if timer.cancelled_caught:
+                await self._close_expired(scope, receive, raw_send, exchange, closing, accepted)
         finally:
             if accepted and self.settings.websocket_disconnect_events:
                 code, who = closing[0] if closing else (None, "the server")
                 detail = f"closed by {who}" + ("" if code is None else f", code {code}")
                 self._lifecycle.audit.disconnect_event(exchange.verdict, exchange.info, detail)
 
-    async def _expire(
-        self,
-        deadline: float,
-        send: Send,
-        exchange: Exchange,
-        closing: list[tuple[int | None, str]],
-        group: anyio.abc.TaskGroup,
-    ) -> None:
-        await anyio.sleep(max(0.0, deadline - time.time()))
+    def _expired(self, exchange: Exchange) -> Verdict:
         verdict = exchange.verdict
-        expired = self._gate.deny(
+        return self._gate.deny(
             Denied("expired", "the token expired during the connection"),
             verdict.fingerprint,
             verdict.path_kind,
             token=verdict.token,
         )
+
+    async def _close_expired(  # noqa: PLR0917 - the watched socket's state, passed on
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        exchange: Exchange,
+        closing: list[tuple[int | None, str]],
+        accepted: bool,
+    ) -> None:
+        """The token expired while the app held the socket: close it, audit ``expired``."""
+        expired = self._expired(exchange)
+        if not accepted:  # still in the handshake: the expiry is the request's one denial
+            if not exchange.done:
+                exchange.verdict = expired
+                await self._deny(
+                    scope, receive, send, exchange, exchange.challenge(), connected=True
+                )
+            return
         self._lifecycle.audit.request_event(expired, exchange.info, None)
-        if expired.allow:  # report-only: audited, left open
+        if closing:  # the app had closed it already
             return
         closing.append((1008, "the middleware at the token's expiry"))
-        await send({"type": "websocket.close", "code": 1008, "reason": "token expired"})
-        group.cancel_scope.cancel()
+        with contextlib.suppress(Exception):  # the client may be gone already
+            await send({"type": "websocket.close", "code": 1008, "reason": "token expired"})
 
     def close(self) -> None:
         """Stop background work (``jwks_url`` refresh threads); also done at lifespan shutdown."""
@@ -405,4 +431,12 @@ def _no_user(scope: Scope, verdict: Verdict) -> None:
 
 
 _RESPONSE_STARTS = frozenset(("http.response.start", "websocket.http.response.start"))
-_LATE_DENIAL_POINTS = frozenset(("http.response.start", "websocket.close"))
+#: the messages at which a view's deny_request() is answered instead
+_LATE_DENIAL_POINTS = frozenset(
+    (
+        "http.response.start",
+        "websocket.accept",
+        "websocket.close",
+        "websocket.http.response.start",
+    )
+)

@@ -241,8 +241,10 @@ class AuditLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         event["duration_ms"] = round((time.perf_counter() - info.started) * 1_000_000) / 1000
         event["client_ip"] = info.client_ip
         event["user_agent"] = info.user_agent
-        event["audience"] = [*base["audience"]]  # each event owns its lists
+        event["audience"] = [*base["audience"]]  # each event owns its lists and claims
         event["scopes"] = [*base["scopes"]]
+        claims = base["claims"]
+        event["claims"] = {**claims} if claims else {}
         reason = verdict.reason
         if reason is None:
             level = logging.INFO

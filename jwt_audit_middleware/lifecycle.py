@@ -132,8 +132,14 @@ class Lifecycle:
             Exchange, self.gate, self.audit
         )
         names = settings.identity_headers  # lower-case header names, Remote-User first
-        #: ASGI header names (bytes, lower case) a client may not send: removed
-        self.identity_headers = frozenset(name.encode("latin-1") for name in names)
+        #: ASGI header names (bytes, lower case) a client may not send: removed, in
+        #: either spelling (h11 accepts "remote_user", and a WSGI bridge maps both
+        #: to HTTP_REMOTE_USER)
+        self.identity_headers = frozenset(
+            spelling.encode("latin-1")
+            for name in names
+            for spelling in (name, name.replace("-", "_"))
+        )
         self._environ_identity_keys = tuple(
             "HTTP_" + name.upper().replace("-", "_") for name in names
         )

@@ -140,6 +140,7 @@ class Gate:
         self._leeway = settings.leeway_seconds
         self._log_claims = tuple(settings.log_claims)
         self._challenges = {reason: self._challenge(reason, ()) for reason in REASONS}
+        self._denials: dict[tuple[str, str, str], Verdict] = {}
         self._exempt = Verdict(True, ALLOWED, path_kind=EXEMPT)
         self._anonymous = Verdict(True, ALLOWED, path_kind=OPTIONAL)
 
@@ -264,7 +265,9 @@ class Gate:
                 "the token lacks a required scope",
                 required_scopes=required,
             )
-            return self.deny(lacking, verdict.fingerprint, kind, token=token)
+            # report-only attaches the token: the revocation hook must still run on it
+            pending = verdict.pending_revocation and self.report_only
+            return self.deny(lacking, verdict.fingerprint, kind, token=token, pending=pending)
         if kind != REQUIRED:
             return replace(verdict, path_kind=kind)
         return verdict
@@ -277,12 +280,42 @@ class Gate:
         token: VerifiedToken | None = None,
         *,
         refresh_keys: Callable[[], object] | None = None,
+        pending: bool = False,
     ) -> Verdict:
         """The verdict for a denial, or a would-deny in report-only mode.
 
         ``token`` is the verified token of a denial that came after
-        verification (scopes, revocation, the app's own ``deny_request``).
+        verification (scopes, revocation, the app's own ``deny_request``);
+        ``pending``: the revocation hook is still to run on it.  A denial
+        with nothing of the request's own (``missing_token``, a malformed
+        header) is built once and shared: a scanner's flood of 401s costs a
+        look-up each.
         """
+        shareable = (
+            token is None
+            and fingerprint is None
+            and refresh_keys is None
+            and denied.claims is None
+            and denied.alg is None
+            and not denied.required_scopes
+        )
+        key = (denied.reason, denied.detail, kind)
+        if shareable and key in self._denials:
+            return self._denials[key]
+        verdict = self._denial(denied, fingerprint, kind, token, refresh_keys, pending)
+        if shareable and len(self._denials) < _MAX_SHARED_DENIALS:
+            self._denials[key] = verdict
+        return verdict
+
+    def _denial(  # noqa: PLR0917 - deny()'s arguments, passed on
+        self,
+        denied: Denied,
+        fingerprint: str | None,
+        kind: str,
+        token: VerifiedToken | None,
+        refresh_keys: Callable[[], object] | None,
+        pending: bool,
+    ) -> Verdict:
         outcome = WOULD_DENY if self.report_only else DENIED
         if token is not None:
             fields = token.event_fields
@@ -301,6 +334,7 @@ class Gate:
             fingerprint=fingerprint,
             required_scopes=denied.required_scopes,
             path_kind=kind,
+            pending_revocation=pending,
             refresh_keys=refresh_keys,
             event_base=event_base(outcome, denied.reason, fingerprint, denied.detail, fields),
         )
@@ -310,8 +344,8 @@ class Gate:
         if not isinstance(denied, Denied) or verdict.reason is not None:
             return None  # nothing left, or already a (would-be) denial
         token = verdict.token
-        if token is None and denied.reason != "missing_token":
-            return None  # anonymous (optional path): only "you need a token" makes sense
+        if token is None:  # anonymous (optional or exempt path): what it lacks is a token
+            denied = Denied("missing_token", denied.detail)
         return self.deny(denied, verdict.fingerprint, verdict.path_kind, token=token)
 
     def internal_error(self, where: str) -> Verdict:
@@ -416,3 +450,6 @@ class Gate:
 _BEARER = ("Bearer ", "bearer ")
 _KEY_REASONS = frozenset({"unknown_key", "key_unavailable"})
 _REQUIRED_RULE: tuple[str, tuple[str, ...]] = (REQUIRED, ())
+#: shared denial verdicts kept at most (their details are the verifier's fixed texts,
+#: and whatever an app passes to deny_request)
+_MAX_SHARED_DENIALS = 256

@@ -85,10 +85,17 @@ class _AuditedResponse:
     def __iter__(self) -> Iterator[bytes]:
         replacement = self.replacement
         if not replacement:
-            for chunk in self.iterable:
-                if replacement:
-                    break
-                yield chunk
+            sent = False
+            try:
+                for chunk in self.iterable:
+                    if replacement:
+                        break
+                    yield chunk
+                    sent = True
+            except BaseException:
+                if not sent:  # the headers are still unsent: the server answers 500
+                    self.status = 500
+                raise
         yield from replacement
         self.exchange.finish(self.status)
 

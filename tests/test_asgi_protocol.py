@@ -284,9 +284,14 @@ async def test_a_send_the_app_never_awaits_still_gives_one_event(
             await task
 
     middleware = JWTAuditMiddleware(app, **rsa_key.options())
-    await asgi_request(middleware, "/", headers={"Authorization": f"Bearer {rsa_key.token()}"})
+    response = await asgi_request(
+        middleware, "/", headers={"Authorization": f"Bearer {rsa_key.token()}"}
+    )
     (event,) = events
-    assert (event["event"], event["status"]) == ("access", None)  # nothing was sent
+    if late_denial:  # the app asked for a denial and sent nothing: the middleware answers
+        assert (event["event"], event["status"], response.status) == ("denial", 403, 403)
+    else:
+        assert (event["event"], event["status"]) == ("access", None)  # nothing was sent
 
 
 # -- a bad option in a lazily built middleware stops the server -------------------
@@ -415,3 +420,116 @@ async def test_websocket_disconnect_event_names_the_closer(
     )
     assert [(e["event"], e["status"]) for e in events] == [("access", 101), ("disconnect", None)]
     assert events[1]["detail"] == "closed by the app, code 1000"
+
+
+# -- found in review of the lifecycle change ---------------------------------------------
+
+
+async def test_deny_request_on_an_anonymous_request_answers_missing_token(
+    rsa_key: SigningKey, events: CapturedEvents
+) -> None:
+    async def orders(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if deny_request(scope, "insufficient_scope"):  # the README's pattern
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"secret order"})
+
+    app = JWTAuditMiddleware(orders, **rsa_key.options(optional_paths=["/orders"]))
+    response = await asgi_request(app, "/orders")
+    assert response.status == 401
+    assert b"secret order" not in response.body
+    assert (events.only()["reason"], events.only()["status"]) == ("missing_token", 401)
+
+
+async def test_deny_request_before_a_websocket_accept_refuses_the_handshake(
+    rsa_key: SigningKey, events: CapturedEvents
+) -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        deny_request(scope, "insufficient_scope", required_scopes=("chat",))
+        await send({"type": "websocket.accept"})
+
+    middleware = JWTAuditMiddleware(app, **rsa_key.options())
+    scope = ws_scope([(b"authorization", f"Bearer {rsa_key.token()}".encode())])
+    sent = await run(middleware, scope, [{"type": "websocket.connect"}])
+    assert [m["type"] for m in sent] == ["websocket.close"]
+    assert (events.only()["reason"], events.only()["status"]) == ("insufficient_scope", 403)
+
+
+async def test_underscore_spellings_of_identity_headers_are_removed(rsa_key: SigningKey) -> None:
+    seen: list[list[bytes]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append([name for name, _ in scope["headers"]])
+        await echo_app(scope, receive, send)
+
+    middleware = JWTAuditMiddleware(app, **rsa_key.options())
+    headers = {"remote_user": "root", "x_forwarded_user": "admin", "Authorization": ""}
+    headers["Authorization"] = f"Bearer {rsa_key.token()}"
+    await asgi_request(middleware, "/", headers=headers)
+    assert b"remote_user" not in seen[0]
+    assert b"x_forwarded_user" not in seen[0]
+
+
+async def test_cancelled_while_the_revocation_hook_runs_is_still_one_event(
+    rsa_key: SigningKey, events: CapturedEvents
+) -> None:
+    async def slow_hook(claims: dict[str, Any]) -> bool:
+        await anyio.sleep(0.5)
+        return False
+
+    app = JWTAuditMiddleware(echo_app, **rsa_key.options(revocation_check=slow_hook))
+    with anyio.move_on_after(0.1):
+        await asgi_request(app, "/", headers={"Authorization": f"Bearer {rsa_key.token()}"})
+    assert events.only()["status"] is None  # the client left before any answer
+
+
+async def test_events_do_not_share_their_claims(
+    rsa_key: SigningKey, events: CapturedEvents
+) -> None:
+    app = JWTAuditMiddleware(echo_app, **rsa_key.options(log_claims=["tenant"]))
+    headers = {"Authorization": f"Bearer {rsa_key.token(tenant='acme')}"}
+    await asgi_request(app, "/", headers=headers)
+    events[0]["claims"]["tenant"] = "redacted"  # a handler that redacts in place
+    await asgi_request(app, "/", headers=headers)
+    assert events[1]["claims"] == {"tenant": "acme"}
+
+
+async def test_websocket_expiry_after_the_app_closed_sends_no_second_close(
+    rsa_key: SigningKey, events: CapturedEvents
+) -> None:
+    async def closes_then_lingers(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": 1000})
+        await anyio.sleep(5)  # cleanup that outlives the token
+
+    app = JWTAuditMiddleware(closes_then_lingers, **rsa_key.options(websocket_expiry="close"))
+    sent = await open_socket(app, rsa_key.token(exp=time.time() + 0.5))
+    assert [m["type"] for m in sent] == ["websocket.accept", "websocket.close"]
+    assert sent[1]["code"] == 1000
+
+
+async def test_websocket_app_errors_reach_the_server_unwrapped(rsa_key: SigningKey) -> None:
+    async def broken(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        raise KeyError("the app's own")
+
+    app = JWTAuditMiddleware(broken, **rsa_key.options(websocket_expiry="close"))
+    with pytest.raises(KeyError):
+        await open_socket(app, rsa_key.token(exp=time.time() + 5))
+
+
+async def test_websocket_expiring_before_accept_is_one_denial(
+    rsa_key: SigningKey, events: CapturedEvents
+) -> None:
+    async def slow_to_accept(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await anyio.sleep(5)
+        await send({"type": "websocket.accept"})
+
+    app = JWTAuditMiddleware(slow_to_accept, **rsa_key.options(websocket_expiry="close"))
+    sent = await open_socket(app, rsa_key.token(exp=time.time() + 0.5))
+    assert [m["type"] for m in sent] == ["websocket.close"]
+    assert [(e["event"], e["reason"], e["status"]) for e in events] == [("denial", "expired", 403)]

@@ -57,6 +57,7 @@ def me(request: HttpRequest) -> JsonResponse:
             "get_claims": get_claims(request),
             "fingerprint_of_token": None if token is None else token.fingerprint,
             "remote_user": request.META.get("REMOTE_USER"),
+            "header": request.headers.get("Remote-User"),
             "headers": {
                 key: value
                 for key, value in request.META.items()
@@ -286,6 +287,40 @@ async def test_client_identity_headers_never_reach_an_async_view() -> None:
     assert named.json()["headers"] == {"HTTP_REMOTE_USER": "alice"}
     assert anonymous.json()["remote_user"] is None
     assert anonymous.json()["headers"] == {}
+
+
+def public_orders(request: HttpRequest) -> HttpResponse:
+    if deny_request(request, "insufficient_scope"):
+        return HttpResponse("secret order")  # replaced by the challenge
+    return HttpResponse("would be replaced")
+
+
+def cached_headers(get_response: Any) -> Any:
+    """An earlier middleware that reads request.headers (corsheaders does)."""
+
+    def middleware(request: HttpRequest) -> HttpResponse:
+        request.headers.get("Origin")
+        return get_response(request)
+
+    return middleware
+
+
+urlpatterns.append(path("public/orders/", public_orders))
+
+
+def test_deny_request_on_an_anonymous_request_answers_missing_token(
+    events: CapturedEvents,
+) -> None:
+    response = Client().get("/public/orders/")
+    assert response.status_code == 401
+    assert b"secret order" not in response.content
+    assert [(e["reason"], e["status"]) for e in events] == [("missing_token", 401)]
+
+
+@override_settings(MIDDLEWARE=[f"{__name__}.cached_headers", MIDDLEWARE])
+def test_identity_headers_are_gone_from_a_cached_request_headers() -> None:
+    response = Client().get("/me/", headers={**auth(good(sub="alice")), "Remote-User": "admin"})
+    assert response.json()["header"] == "alice"
 
 
 def test_an_upstream_remote_user_does_not_survive() -> None:

@@ -190,3 +190,24 @@ def test_identity_template_must_name_claims(rsa_key: SigningKey) -> None:
 )
 def test_route_path(path: str, root_path: str, expected: tuple[str, str]) -> None:
     assert route_path({"path": path, "root_path": root_path}) == expected
+
+
+def test_report_only_scope_denial_still_runs_the_revocation_hook(rsa_key: SigningKey) -> None:
+    # found in review: the would-be insufficient_scope attached a revoked token
+    checked: list[str] = []
+
+    def hook(claims: dict[str, Any]) -> bool:
+        checked.append(claims["sub"])
+        return True
+
+    g = gate(rsa_key, mode="report-only", revocation_check=hook, path_scopes={"/admin": ["a"]})
+    verdict = g.decide_sync("/admin", bearer(rsa_key.token(sub="mallory", scope="read")))
+    assert checked == ["mallory"]
+    assert (verdict.outcome, verdict.reason, verdict.token) == ("would_deny", "revoked", None)
+
+
+def test_a_flood_of_missing_tokens_shares_one_verdict(rsa_key: SigningKey) -> None:
+    g = gate(rsa_key)
+    first, second = g.decide_sync("/a", []), g.decide_sync("/b", [])
+    assert first is second
+    assert first.reason == "missing_token"

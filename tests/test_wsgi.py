@@ -1273,3 +1273,21 @@ def test_remote_user_is_the_verified_identity(rsa_key: SigningKey) -> None:
     environ.update({"REMOTE_USER": "admin", "HTTP_REMOTE_USER": "admin"})
     seen = serve(middleware, environ).json()
     assert seen == {"REMOTE_USER": "alice", "HTTP_REMOTE_USER": None, "HTTP_X_FORWARDED_USER": None}
+
+
+def test_a_body_failing_before_its_first_chunk_is_audited_as_the_servers_500(
+    rsa_key: SigningKey, events: CapturedEvents
+) -> None:
+    body = TrackedBody([b"a"], fail_after=0)
+
+    def failing_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> TrackedBody:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return body
+
+    iterable = JWTAuditWSGIMiddleware(failing_app, **rsa_options(rsa_key))(
+        authorized_environ(rsa_key), Recorder()
+    )
+    with pytest.raises(OSError, match="disk went away"):
+        list(iterable)
+    iterable.close()  # type: ignore[attr-defined]
+    assert events.only()["status"] == 500

@@ -78,7 +78,11 @@ class JWTAuditMiddleware:
         authorization = _bearer(request)
         verdict = self._gate.decide(request.path_info, authorization)
         if verdict.unsettled:  # a key refetch or the revocation hook, off the loop
-            verdict = await self._gate.settle_async(verdict, request.path_info, authorization)
+            try:
+                verdict = await self._gate.settle_async(verdict, request.path_info, authorization)
+            except BaseException:  # cancelled (the client left): still one event
+                self._begin(request, verdict).finish(None)
+                raise
         exchange = self._begin(request, verdict)
         if exchange.denied:
             return self._challenge(exchange)
@@ -100,7 +104,10 @@ class JWTAuditMiddleware:
             return exchange
         # Django's async RemoteUserMiddleware reads META["HTTP_REMOTE_USER"] (5.x)
         token = lifecycle.attach_environ(request.META, verdict, header_too=True)
-        lifecycle.attach(_carrier(request), verdict)  # where deny_request() looks
+        request.__dict__.pop("headers", None)  # a cached request.headers read META before
+        carrier = _carrier(request)
+        if carrier is not request.META:  # ASGI: deny_request() looks in the scope
+            lifecycle.attach(carrier, verdict)
         request.jwt_audit = token
         request.jwt_claims = None if token is None else token.claims
         return exchange
