@@ -126,7 +126,7 @@ class Lifecycle:
         self.audit = AuditLogger()
         self.gate = Gate(settings, Verifier(settings, key_events=self.audit.emit))
         self.reader = RequestReader(settings)
-        self._report_only = self.gate.report_only
+        self._report_only = self.gate.report_only  # attach() reads it on every request
         #: ``begin(verdict, info)``: the request's ``Exchange``, the one event still to emit
         self.begin: Callable[[Verdict, RequestInfo], Exchange] = functools.partial(
             Exchange, self.gate, self.audit

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -204,11 +205,28 @@ class Verdict:
 
 @dataclass(frozen=True, slots=True)
 class Challenge:
-    """An RFC 6750 error response: status, headers, JSON body."""
+    """An RFC 6750 error response: status, headers, JSON body.
+
+    Built once per reason at start-up, in ASGI's bytes and in PEP 3333's
+    text (``status_line``, ``text_headers``) alike.
+    """
 
     status: int
     headers: tuple[tuple[bytes, bytes], ...]
     body: bytes
+    status_line: str = field(default="", compare=False)
+    text_headers: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.status_line:
+            try:
+                line = f"{self.status} {HTTPStatus(self.status).phrase}"
+            except ValueError:
+                line = str(self.status)
+            object.__setattr__(self, "status_line", line)
+        if not self.text_headers:
+            text = tuple((n.decode("latin-1"), v.decode("latin-1")) for n, v in self.headers)
+            object.__setattr__(self, "text_headers", text)
 
 
 __all__ = [

@@ -1,7 +1,7 @@
 """Request policy: which paths need a token, which scopes, and the verdict.
 
 ``Gate.decide()`` (then ``settle_sync()`` / ``settle_async()`` for an
-``unsettled`` verdict, or ``decide_sync()`` for both) is the one decision every
+``unsettled`` verdict; ``decide_sync()`` does both) is the one decision every
 adapter (ASGI, WSGI, Django, Flask) asks for: the path the app routes on and
 the ``Authorization`` values in, a frozen ``Verdict`` out.  Challenges
 (status, headers, body) are built here once per reason at start-up.
@@ -182,17 +182,6 @@ class Gate:
         """The whole verdict, the blocking steps in this thread (WSGI, Django sync)."""
         verdict = self.decide(path, authorization)
         return self.settle_sync(verdict, path, authorization) if verdict.unsettled else verdict
-
-    async def decide_async(self, path: str, authorization: list[str]) -> Verdict:
-        """The whole verdict from an event loop (``decide()`` then ``settle_async()``).
-
-        The adapters on the hot path call the two halves themselves, so that a
-        settled verdict (a cached token) costs no coroutine.
-        """
-        verdict = self.decide(path, authorization)
-        if verdict.unsettled:
-            verdict = await self.settle_async(verdict, path, authorization)
-        return verdict
 
     def settle_sync(self, verdict: Verdict, path: str, authorization: list[str]) -> Verdict:
         """Run an unsettled verdict's key refetch and revocation hook in this thread."""

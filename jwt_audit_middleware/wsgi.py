@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
-from http import HTTPStatus
 from types import TracebackType
 from typing import Any
 
@@ -23,17 +22,6 @@ ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None,
 StartResponse = Callable[..., Callable[[bytes], object]]
 Environ = dict[str, Any]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
-
-
-def _status_line(status: int) -> str:
-    try:
-        return f"{status} {HTTPStatus(status).phrase}"
-    except ValueError:
-        return str(status)
-
-
-def _str_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
-    return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
 
 
 def _text(raw: str) -> str:
@@ -74,7 +62,7 @@ class _AuditedResponse:
         if challenge is not None:
             self.replacement.append(challenge.body)
             self.status = challenge.status
-            status, headers = _status_line(challenge.status), _str_headers(challenge.headers)
+            status, headers = challenge.status_line, list(challenge.text_headers)
         else:
             try:
                 self.status = int(status[:3])
@@ -142,7 +130,7 @@ class JWTAuditWSGIMiddleware:
         if exchange.denied:
             challenge = exchange.challenge()
             try:
-                start_response(_status_line(challenge.status), _str_headers(challenge.headers))
+                start_response(challenge.status_line, list(challenge.text_headers))
             finally:
                 exchange.finish(challenge.status)
             return [challenge.body]

@@ -1,6 +1,6 @@
 """The decision table, once, against the core: paths, scopes, optional, report-only, revocation.
 
-Every adapter asks ``Gate.decide_sync`` / ``decide_async`` with the path the
+Every adapter asks ``Gate.decide`` (and ``settle_sync`` / ``settle_async``) with the path the
 app routes on; what they do with the verdict is tested per framework.
 """
 
@@ -155,13 +155,15 @@ def test_a_failing_revocation_hook_fails_closed(rsa_key: SigningKey) -> None:
 
 
 @pytest.mark.anyio
-async def test_decide_async_matches_decide_sync(rsa_key: SigningKey) -> None:
-    g = gate(rsa_key, optional_paths=["/api"], path_scopes={"/api/admin": ["admin"]})
-    for path, token in [("/api/admin", None), ("/api/x", None), ("/y", rsa_key.token())]:
-        sync, asynchronous = (
-            g.decide_sync(path, bearer(token)),
-            await g.decide_async(path, bearer(token)),
-        )
+async def test_settle_async_matches_decide_sync(rsa_key: SigningKey) -> None:
+    hook = {"revoked"}.__contains__
+    g = gate(rsa_key, revocation_check=lambda claims: hook(claims["sub"]))
+    for sub in ("alice", "revoked"):
+        headers = bearer(rsa_key.token(sub=sub))
+        sync = g.decide_sync("/", headers)
+        unsettled = g.decide("/", headers)
+        assert unsettled.unsettled
+        asynchronous = await g.settle_async(unsettled, "/", headers)
         assert (sync.allow, sync.reason) == (asynchronous.allow, asynchronous.reason)
 
 

@@ -115,8 +115,8 @@ class JWTAuditMiddleware:
     def _challenge(self, exchange: Exchange, challenge: Challenge | None = None) -> HttpResponse:
         challenge = challenge or exchange.challenge()
         response = HttpResponse(challenge.body, status=challenge.status)
-        for name, value in challenge.headers:
-            response[name.decode("latin-1")] = value.decode("latin-1")
+        for name, value in challenge.text_headers:
+            response[name] = value
         exchange.finish(challenge.status)
         return response
 
