@@ -31,15 +31,24 @@ REQUIRED: Final = "required"
 
 
 class Claims(dict[str, Any]):
-    """The verified claims: a ``dict`` that cannot be changed.
+    """The verified claims: a ``dict`` that cannot be changed, nor can anything in it.
 
     A cached token's claims serve every request that presents the token, so
-    an app that wrote into them would change what later requests (and the
-    revocation hook) see.  It still serialises like a dict (``json``, FastAPI,
-    Flask); ``dict(claims)`` gives a private, writable copy.
+    an app that wrote into them (``claims["roles"].append("admin")`` too)
+    would change what later requests (and the revocation hook) see.  Nested
+    objects are ``Claims`` and nested arrays ``ClaimList``, both read-only.
+    It still serialises like a dict (``json``, FastAPI, Flask); ``dict(claims)``
+    gives a private, writable (shallow) copy.
     """
 
     __slots__ = ()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for key, value in dict.items(self):
+            kind = type(value)
+            if kind is list or kind is dict:
+                dict.__setitem__(self, key, _read_only(value))
 
     def _read_only(self, *args: object, **kwargs: object) -> Any:
         raise TypeError("verified claims are read-only; copy them with dict(claims)")
@@ -56,6 +65,39 @@ class Claims(dict[str, Any]):
 
     def __deepcopy__(self, memo: object) -> Claims:
         return self
+
+
+class ClaimList(list[Any]):
+    """A JSON array inside verified claims: a ``list`` that cannot be changed."""
+
+    __slots__ = ()
+
+    def __init__(self, items: Any = ()) -> None:
+        super().__init__(_read_only(item) for item in items)
+
+    def _read_only(self, *args: object, **kwargs: object) -> Any:
+        raise TypeError("verified claims are read-only; copy them with list(value)")
+
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _read_only
+    append = extend = insert = pop = remove = clear = sort = reverse = _read_only
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ClaimList, (list(self),))
+
+    def __copy__(self) -> ClaimList:
+        return self
+
+    def __deepcopy__(self, memo: object) -> ClaimList:
+        return self
+
+
+def _read_only(value: Any) -> Any:
+    kind = type(value)
+    if kind is dict:
+        return Claims(value)
+    if kind is list:
+        return ClaimList(value)
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +279,7 @@ __all__ = [
     "REQUIRED",
     "SCOPE_KEY",
     "Challenge",
+    "ClaimList",
     "Claims",
     "RequestInfo",
     "Verdict",
