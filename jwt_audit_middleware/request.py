@@ -27,6 +27,9 @@ _LATE_DETAILS = {
 
 _METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=\-]{1,128}")
+#: the most X-Forwarded-For / Forwarded hops read, from the right (more than any
+#: real chain of proxies; past it the last hop read is the client)
+MAX_FORWARDED_HOPS = 16
 _FORWARDED_FOR = re.compile(r'(?:^|[;,\s])for=("?)([^;,"]*)\1', re.IGNORECASE)
 _IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -123,10 +126,13 @@ class RequestReader:
             return clean(peer, 64)
         # X-Forwarded-For first: the proxies people run (nginx, cloud load balancers)
         # append to it, and pass a client's own Forwarded header through untouched.
+        # Only the last MAX_FORWARDED_HOPS hops are read: a client behind a trusted
+        # proxy can send any number of them, and each costs a parse and a look-up.
         if x_forwarded_for:
-            hops = x_forwarded_for.split(",")
+            hops = x_forwarded_for.rsplit(",", MAX_FORWARDED_HOPS)[-MAX_FORWARDED_HOPS:]
         elif forwarded:
-            hops = [m.group(2) for m in _FORWARDED_FOR.finditer(forwarded)]
+            tail = forwarded[-MAX_FORWARDED_HOPS * 64 :]  # a cut first hop parses as garbage
+            hops = [m.group(2) for m in _FORWARDED_FOR.finditer(tail)][-MAX_FORWARDED_HOPS:]
         else:
             return clean(peer, 64)
         client = peer
