@@ -165,7 +165,7 @@ def _segment(token: str, index: int) -> dict[str, Any] | None:
     try:
         raw = base64.urlsafe_b64decode(parts[index] + "=" * (-len(parts[index]) % 4))
         value = json.loads(raw)
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):  # RecursionError: nested too deep
         return None
     return value if isinstance(value, dict) else None
 
@@ -190,8 +190,11 @@ def _show(name: str, value: Any, now: float) -> str:
     ):
         moment = rfc3339(float(value)).replace(".000Z", "Z")
         return f"{value}  ({moment}, {_relative(value - now)})"
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    return clean(text, 512)
+    try:
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    except RecursionError:
+        return "(nested too deeply to show)"
+    return clean(text, 512)  # escapes what a terminal would act on: C0, C1, bidi, U+2028
 
 
 def _signature_verified(gate: Gate, token: str) -> bool:
@@ -262,7 +265,9 @@ def explain(args: argparse.Namespace, out: TextIO, stdin: TextIO) -> int:
         "claims": claims,
     }
     if args.json:
-        out.write(json.dumps(result, indent=2, ensure_ascii=False, default=str) + "\n")
+        # ASCII only: the claims are the client's, and a terminal acts on C1 and bidi
+        # controls (U+009B, U+202E) and breaks lines at U+2028; lone surrogates too
+        out.write(json.dumps(result, indent=2, ensure_ascii=True, default=str) + "\n")
         return 0 if verdict.reason is None else 1
     out.write(f"verdict:     {verdict.outcome} ({result['status']})\n")
     if verdict.reason:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import io
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -576,3 +578,39 @@ def test_the_hourly_histogram_keeps_a_bounded_number_of_hours() -> None:
     assert len(result.hourly) == 100
     assert result.hourly[-1][0] == f"{start + datetime.timedelta(hours=4999):%Y-%m-%dT%H}"
     assert result.events_before_histogram == 4900
+
+
+def _unsigned(payload: str) -> str:
+    """A token with a raw JSON payload of our choosing (its signature is junk)."""
+
+    def segment(text: str) -> str:
+        return base64.urlsafe_b64encode(text.encode("utf-8", "surrogatepass")).rstrip(b"=").decode()
+
+    header = segment('{"alg":"RS256","kid":"rs"}')
+    return f"{header}.{segment(payload)}.c2ln"
+
+
+HOSTILE_CLAIMS = {
+    "c1_and_bidi": '{"sub":"a\\u009b31m\\u0085b\\u2028c\\u202ed\\u2066e","exp":1}',
+    "deeply_nested": '{"sub":"x","n":' + "[" * 5000 + "]" * 5000 + "}",
+    "lone_surrogate": '{"sub":"\\ud800","exp":1}',
+}
+_TERMINAL_ACTS_ON = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_CLAIMS))
+def test_explain_prints_hostile_claims_safely(
+    case: str, key_files: tuple[SigningKey, Path]
+) -> None:
+    # found in review: raw C1/bidi in --json, RecursionError tracebacks, exit 2 on a surrogate
+    _, public = key_files
+    token = _unsigned(HOSTILE_CLAIMS[case])
+    for extra in ([], ["--json"]):
+        result = jwt_audit("explain", token, *options(public), *extra)
+        assert result.returncode == 1, result.stderr  # a verdict (denied), not a crash
+        assert "Traceback" not in result.stderr
+        assert not _TERMINAL_ACTS_ON.search(result.stdout)
+        if extra:
+            assert json.loads(result.stdout)["verdict"] == "denied"
