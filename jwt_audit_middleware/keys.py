@@ -177,13 +177,20 @@ class VerificationKey:
         return f"VerificationKey(kid={self.kid!r}, algorithms={sorted(self.algorithms)!r})"
 
 
+#: Keys without a ``kid`` tried per token and algorithm, at most.  An issuer that
+#: publishes more keys than this names them with ``kid`` (every IdP does).
+MAX_KIDLESS_CANDIDATES = 4
+
+
 class KeyRing:
     """An immutable set of verification keys, indexed for the hot path.
 
     ``candidates(alg, kid)`` is one or two dict look-ups.  A token with a
     ``kid`` is tried against the key with that ``kid`` and against keys that
     have none (a configured secret or PEM); a token without a ``kid`` against
-    the keys that have none, or the single keyed key of its algorithm.
+    the keys that have none, or the single keyed key of its algorithm.  At most
+    ``MAX_KIDLESS_CANDIDATES`` keys without a ``kid`` are tried, so a token
+    costs a bounded number of signature checks whatever the key set holds.
     ``checks(alg, kid)`` gives the same keys' prepared signature checks
     (``bind_check``), built here, once per key and algorithm.
     """
@@ -211,6 +218,9 @@ class KeyRing:
                 else:
                     by_kid[(alg, key.kid)] = (key,)
                     keyed_per_alg.setdefault(alg, []).append(key)
+        # a token is tried against at most MAX_KIDLESS_CANDIDATES keys without a kid:
+        # 100 kid-less ES256 keys made each forged token cost 7.8 ms
+        anonymous = {alg: keys[:MAX_KIDLESS_CANDIDATES] for alg, keys in anonymous.items()}
         self._anonymous = anonymous
         self._by_kid = {k: v + anonymous.get(k[0], ()) for k, v in by_kid.items()}
         self._single = {

@@ -606,3 +606,13 @@ def test_loaded_keys_repr_shows_no_material(tmp_path: Path) -> None:
     assert loaded.secret == secret
     assert secret.decode() not in repr(loaded)
     assert repr(loaded).startswith("LoadedKeys(KeyRing(1 keys")
+
+
+def test_a_token_without_kid_is_tried_against_a_bounded_number_of_keys() -> None:
+    # found in review: 100 kid-less ES256 keys cost 7.8 ms per forged token
+    signers = [SigningKey.generate("ES256") for _ in range(100)]
+    document = {"keys": [{k: v for k, v in s.jwk().items() if k != "kid"} for s in signers]}
+    ring = KeyRing(parse_jwks(document, ["ES256"]), ["ES256"])
+    assert len(ring) == 100
+    assert len(ring.checks("ES256", None)) == keys_module.MAX_KIDLESS_CANDIDATES == 4
+    assert len(ring.checks("ES256", "unknown")) == keys_module.MAX_KIDLESS_CANDIDATES
