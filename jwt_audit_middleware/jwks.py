@@ -14,6 +14,11 @@ a token names an unknown ``kid``: at most one fetch per
 ``min_refresh_seconds`` (failed fetches included), shared by every thread that
 waits for it (single flight), with a short negative cache of unknown kids.
 Key-lifecycle changes are audit events (``key_event``) on ``jwt_audit``.
+
+After ``fork()`` (``gunicorn --preload``, multiprocessing) the child gets its
+own refresh thread and fresh locks: threads are not inherited, and a lock or a
+fetch in flight at the fork would otherwise stay held in the child for good,
+while keys the identity provider retired kept verifying there.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import http.client
 import itertools
 import json
 import logging
+import os
 import socket
 import ssl
 import threading
@@ -218,6 +224,7 @@ class RemoteKeySet:
         self._closed = threading.Event()
         self._first = threading.Event()
         self._thread: threading.Thread | None = None
+        _live.add(self)
         if start:
             self._start(wait=wait)
 
@@ -380,17 +387,33 @@ class RemoteKeySet:
     # -- background refresh --------------------------------------------------
 
     def _start(self, *, wait: bool) -> None:
+        self._spawn(0.0)
+        if wait and not on_event_loop():
+            self._first.wait(self.timeout + 0.5)
+
+    def _spawn(self, delay: float) -> None:
         thread = threading.Thread(
             target=_refresh_loop,
-            args=(weakref.ref(self), self._closed),
+            args=(weakref.ref(self), self._closed, delay),
             name=f"jwt_audit-jwks {self.location}"[:80],
             daemon=True,
         )
         self._thread = thread
         weakref.finalize(self, self._closed.set)
         thread.start()
-        if wait and not on_event_loop():
-            self._first.wait(self.timeout + 0.5)
+
+    def _after_fork(self) -> None:
+        # In the child, which has only the thread that forked: the refresh thread,
+        # a fetch in flight and whoever held the lock stayed in the parent.
+        self._condition = threading.Condition(threading.Lock())
+        self._fetching = False
+        self._first = _event(self._first.is_set())
+        closed = self._closed.is_set()
+        self._closed = _event(closed)
+        running = self._thread is not None and not closed
+        self._thread = None
+        if running:  # the parent's schedule goes on; a first fetch cut short starts again
+            self._spawn(0.0 if self._completed == 0 else self.next_delay())
 
     def wait_first_fetch(self, timeout: float | None = None) -> bool:
         """Block until the first fetch has ended (well or not); False on timeout."""
@@ -424,10 +447,9 @@ class RemoteKeySet:
         return f"RemoteKeySet({self.location!r}, {keys})"
 
 
-def _refresh_loop(ref: weakref.ref[RemoteKeySet], closed: threading.Event) -> None:
+def _refresh_loop(ref: weakref.ref[RemoteKeySet], closed: threading.Event, delay: float) -> None:
     # Holds the key set only while working, so an abandoned one can be collected
     # (its finaliser sets ``closed`` and this thread ends).
-    delay = 0.0
     while not closed.wait(delay):
         keyset = ref()
         if keyset is None:
@@ -435,6 +457,28 @@ def _refresh_loop(ref: weakref.ref[RemoteKeySet], closed: threading.Event) -> No
         keyset.refresh_now()
         delay = keyset.next_delay()
         del keyset
+
+
+def _event(is_set: bool) -> threading.Event:
+    event = threading.Event()
+    if is_set:
+        event.set()
+    return event
+
+
+_live: weakref.WeakSet[RemoteKeySet] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for keyset in list(_live):
+        try:
+            keyset._after_fork()
+        except Exception:  # one key set must not leave the others without a thread
+            internal_logger.error("jwt_audit: cannot restart a JWKS refresh", exc_info=True)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def on_event_loop() -> bool:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import os
 import pickle
 import secrets
+import signal
+import threading
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -511,3 +516,118 @@ async def test_lifespan_shutdown_and_close_stop_the_refresh_thread(server: JWKSS
     assert jwks_threads()
     wsgi.close()
     wait_until(lambda: not jwks_threads())
+
+
+# -- fork (gunicorn --preload, multiprocessing) ---------------------------------------------
+
+
+def kids(remote: RemoteKeySet) -> set[str | None]:
+    return {key.kid for key in remote.ring.keys} if remote.ring is not None else set()
+
+
+def fork_child(check: Callable[[], int]) -> int:
+    """Fork; the child runs ``check`` and exits with its code.  The child's pid."""
+    with warnings.catch_warnings():  # Python 3.12+ warns that forking a threaded process may hang
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        code = 99
+        try:
+            code = check()
+        finally:
+            os._exit(code)
+    return pid
+
+
+def child_exit_code(pid: int, timeout: float = 5.0) -> int | None:
+    """The child's exit code; None if it hung (a lock copied held): then it is killed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.02)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return None
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_refreshes_on_its_own(
+    server: JWKSServer, rsa_key: SigningKey, new_key: SigningKey
+) -> None:
+    # gunicorn --preload builds the middleware in the master: each worker needs its own
+    # refresh thread, or a key the IdP retires keeps verifying there until a restart
+    remote = RemoteKeySet(
+        server.url, ["RS256"], timeout=0.5, cache_seconds=0.5, min_refresh_seconds=30
+    )
+    parent_thread = remote._thread
+
+    def check() -> int:
+        thread = remote._thread
+        if thread is None or thread is parent_thread or not thread.is_alive():
+            return 1
+        deadline = time.monotonic() + 4.0  # the refresh interval is 0.4 s
+        while kids(remote) != {"rs256-2"}:
+            if time.monotonic() > deadline:
+                return 2
+            time.sleep(0.02)
+        return 0
+
+    try:
+        assert kids(remote) == {"rs256-1"}
+        pid = fork_child(check)
+        server.set("ok", jwks_document(new_key))  # rs256-1 retired after the fork
+        code = child_exit_code(pid)
+        assert code == 0, {1: "no refresh thread", 2: "rotation missed", None: "hung"}.get(code)
+    finally:
+        remote.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_fork_during_a_fetch_leaves_the_child_free_to_fetch(
+    server: JWKSServer, rsa_key: SigningKey, new_key: SigningKey
+) -> None:
+    # the parent's fetch in flight and a lock held at fork() are copied, but the
+    # threads that would end them are not
+    remote = RemoteKeySet(
+        server.url, ["RS256"], timeout=1.0, cache_seconds=300, min_refresh_seconds=0
+    )
+    server.delay = 0.6
+    fetching = threading.Thread(target=remote.refresh_now)
+    held, release = threading.Event(), threading.Event()
+
+    def hold_the_lock() -> None:
+        with remote._condition:
+            held.set()
+            release.wait(5)
+
+    holding = threading.Thread(target=hold_the_lock)
+
+    def check() -> int:
+        started = time.monotonic()
+        found = remote.refresh("rs256-2")  # an unknown kid: the child fetches itself
+        if not found:
+            return 1
+        if time.monotonic() - started > 0.5:
+            return 2
+        return 0
+
+    try:
+        fetching.start()
+        assert server.wait_for_hits(2)
+        server.delay = 0.0  # only the parent's fetch is slow
+        server.set("ok", jwks_document(rsa_key, new_key))
+        holding.start()
+        assert held.wait(5)
+        assert remote._fetching
+        pid = fork_child(check)
+        release.set()
+        code = child_exit_code(pid)
+        assert code == 0, {1: "no fetch", 2: "waited for the parent", None: "hung"}.get(code)
+    finally:
+        release.set()
+        holding.join(5)
+        fetching.join(5)
+        remote.close()
