@@ -13,6 +13,10 @@ Refreshes happen in the background before ``cache_seconds`` run out, and when
 a token names an unknown ``kid``: at most one fetch per
 ``min_refresh_seconds`` (failed fetches included), shared by every thread that
 waits for it (single flight), with a short negative cache of unknown kids.
+While the URL keeps failing, the background retries back off: from
+``min_refresh_seconds`` (at least 1 s), doubling, jittered, up to
+``cache_seconds``, so an outage of the identity provider is not met with a
+storm of fetches from every process.
 Key-lifecycle changes are audit events (``key_event``) on ``jwt_audit``.
 
 After ``fork()`` (``gunicorn --preload``, multiprocessing) the child gets its
@@ -30,6 +34,7 @@ import itertools
 import json
 import logging
 import os
+import random
 import socket
 import ssl
 import threading
@@ -57,6 +62,9 @@ DEFAULT_MAX_KEYS = 100
 _MAX_UNKNOWN_KIDS = 4096
 _CHUNK = 16 * 1024
 _VERSIONS = itertools.count(1)  # shared, so the highest version marks the latest swap anywhere
+_RETRY_FLOOR = 1.0  # seconds before retrying a failed fetch, whatever min_refresh_seconds says
+_REFRESH_AT = 0.8  # of cache_seconds: the background refresh comes before the cache runs out
+_MIN_DELAY = 0.05
 
 internal_logger = logging.getLogger("jwt_audit.internal")
 audit_logger = logging.getLogger("jwt_audit")
@@ -176,7 +184,8 @@ class RemoteKeySet:
     false) it waits for that first fetch, up to ``timeout``, so the first
     requests find keys.  ``refresh()``
     is the blocking, single-flight refetch for an unknown ``kid``; call it from
-    a worker thread.  ``close()`` stops the thread.
+    a worker thread.  ``close()`` stops the thread.  ``clock`` (monotonic
+    seconds) schedules the fetches; tests pass a simulated one.
     """
 
     def __init__(
@@ -193,6 +202,7 @@ class RemoteKeySet:
         emit: EmitEvent | None = None,
         start: bool = True,
         wait: bool = True,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         problem = check_url(url)
         if problem is not None:
@@ -213,13 +223,15 @@ class RemoteKeySet:
         self.fetches = 0
         self.fetched_at: float | None = None
         self._emit = emit
+        self._clock = clock
         self._body: bytes | None = None
         self._kids: frozenset[str] = frozenset()
         self._condition = threading.Condition(threading.Lock())
         self._fetching = False
         self._completed = 0
         self._last_attempt = -float("inf")  # of a refetch for a kid, or of a failed fetch
-        self._last_failure = -float("inf")
+        self._failures = 0  # in a row
+        self._retry_at = -float("inf")  # after the last failure, backing off
         self._unknown: dict[str, float] = {}
         self._closed = threading.Event()
         self._first = threading.Event()
@@ -241,7 +253,7 @@ class RemoteKeySet:
             return False
         if self._fetching:
             return True
-        now = time.monotonic()
+        now = self._clock()
         if kid is not None:
             until = self._unknown.get(kid)
             if until is not None and until > now:
@@ -274,7 +286,7 @@ class RemoteKeySet:
             if not self.may_refresh(kid):
                 return False
             self._fetching = True
-            self._last_attempt = time.monotonic()
+            self._last_attempt = self._clock()
         return self._run_fetch(kid)
 
     def refresh_now(self) -> bool:
@@ -301,6 +313,7 @@ class RemoteKeySet:
             self._fetch_and_swap()
         except Exception:  # a bug of ours must not reach a request
             internal_logger.error("jwt_audit: internal error fetching JWKS", exc_info=True)
+            self._back_off()  # nor have the refresh thread retry it without a pause
         finally:
             with self._condition:
                 self._fetching = False
@@ -318,19 +331,24 @@ class RemoteKeySet:
             return
         if len(self._unknown) >= _MAX_UNKNOWN_KIDS:
             self._unknown.clear()
-        self._unknown[kid] = time.monotonic() + self.min_refresh_seconds
+        self._unknown[kid] = self._clock() + self.min_refresh_seconds
 
     def _fetch_and_swap(self) -> None:
         self.fetches += 1
         try:
             body = fetch(self.url, timeout=self.timeout, max_bytes=self.max_bytes)
-            if body == self._body:  # unchanged: keep the ring (and the verdicts cached on it)
-                self.fetched_at = time.monotonic()
-                return
-            keys = parse_document(body, self.algorithms, self.max_keys)
+            keys: list[VerificationKey] | None = None  # unchanged: keep the ring and its verdicts
+            if body != self._body:
+                keys = parse_document(body, self.algorithms, self.max_keys)
         except FetchError as failure:
             self._failed(failure)
             return
+        self._failures = 0
+        self.fetched_at = self._clock()
+        if keys is not None:
+            self._swap(body, keys)
+
+    def _swap(self, body: bytes, keys: list[VerificationKey]) -> None:
         ring = KeyRing(keys, self.algorithms)
         kids = frozenset(key.kid for key in keys if key.kid is not None)
         added, retired = sorted(kids - self._kids), sorted(self._kids - kids)
@@ -339,7 +357,6 @@ class RemoteKeySet:
         self._kids = kids
         self._body = body
         self.version = next(_VERSIONS)
-        self.fetched_at = time.monotonic()
         self._unknown.clear()
         anonymous = sum(1 for key in keys if key.kid is None)
         for new in added:
@@ -350,17 +367,29 @@ class RemoteKeySet:
             self._event(KEY_RETIRED, None, f"key no longer published at {self.location}", kid=old)
 
     def _failed(self, failure: FetchError) -> None:
-        self._last_failure = self._last_attempt = time.monotonic()
+        self._back_off()
         detail = f"{self.location}: {failure.detail}"
         self._event(FETCH_FAILED, failure.code, detail, level=logging.WARNING)
         if self.ring is not None:
-            age = time.monotonic() - (self.fetched_at or 0.0)
+            age = self._clock() - (self.fetched_at or 0.0)
             self._event(
                 SERVING_STALE,
                 failure.code,
                 f"keys fetched {age:.0f} s ago keep serving",
                 level=logging.WARNING,
             )
+
+    def _back_off(self) -> None:
+        # Exponential from the minimum interval up to the cache lifetime, each wait
+        # drawn from the upper half of its step so that processes which met the
+        # outage together drift apart; never shorter than the minimum interval.
+        now = self._clock()
+        self._last_attempt = now
+        self._failures += 1
+        base = max(self.min_refresh_seconds, _RETRY_FLOOR)
+        step = min(max(self.cache_seconds, base), base * 2.0 ** min(self._failures - 1, 32))
+        jitter = random.uniform(step / 2, step)  # noqa: S311  (spreads load; not a secret)
+        self._retry_at = now + max(base, jitter)
 
     def _event(
         self,
@@ -420,15 +449,22 @@ class RemoteKeySet:
         return self._first.wait(timeout)
 
     def next_delay(self) -> float:
-        """Seconds until the background thread should fetch again."""
-        if self.ring is None or self.fetched_at is None:
-            return max(self.min_refresh_seconds, 0.5)  # retry, rate-limited like requests
-        since_success = time.monotonic() - self.fetched_at
-        since_failure = time.monotonic() - self._last_failure
-        due = self.cache_seconds * 0.8 - since_success  # refresh before the cache runs out
-        if since_failure < since_success:  # the last fetch failed: retry at the interval
-            due = min(due, max(self.min_refresh_seconds, 0.5) - since_failure)
-        return max(due, 0.05)
+        """Seconds until the background thread should fetch again.
+
+        Before ``cache_seconds`` run out (at 0.8 of it) after a good fetch; after
+        a failed one, at its backed-off retry time, or the regular time if later:
+        a failure only ever postpones the next fetch.
+        """
+        regular = None
+        if self.fetched_at is not None:
+            regular = self.fetched_at + self.cache_seconds * _REFRESH_AT
+        if self._failures:
+            due = self._retry_at if regular is None else max(regular, self._retry_at)
+        elif regular is not None:
+            due = regular
+        else:  # no fetch has ended yet
+            return max(self.min_refresh_seconds, _RETRY_FLOOR)
+        return max(due - self._clock(), _MIN_DELAY)
 
     def close(self) -> None:
         """Stop the background thread (idempotent); the keys held keep serving."""

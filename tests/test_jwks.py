@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import itertools
+import json
 import os
 import pickle
 import secrets
@@ -516,6 +518,145 @@ async def test_lifespan_shutdown_and_close_stop_the_refresh_thread(server: JWKSS
     assert jwks_threads()
     wsgi.close()
     wait_until(lambda: not jwks_threads())
+
+
+# -- outages: back off, keep serving ------------------------------------------------------
+
+
+class SimulatedIdP:
+    """Stands in for ``jwks.fetch`` on a simulated clock: hours of outage, no sleeping."""
+
+    def __init__(self, document: dict[str, Any], *, up: bool = True) -> None:
+        self.now = 1000.0
+        self.up = up
+        self.body = json.dumps(document).encode()
+        self.fetches: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def fetch(self, url: str, *, timeout: float, max_bytes: int) -> bytes:
+        self.fetches.append(self.now)
+        if not self.up:
+            raise FetchError("http_status", "HTTP 503")
+        return self.body
+
+    def run(self, remote: RemoteKeySet, seconds: float) -> None:
+        """What the refresh thread does for ``seconds``: wait ``next_delay()``, fetch."""
+        end = self.now + seconds
+        while self.now + remote.next_delay() <= end:
+            self.now += remote.next_delay()
+            remote.refresh_now()
+            assert len(self.fetches) < 5000, f"{len(self.fetches)} fetches: polling the IdP"
+        self.now = end
+
+    def since(self, moment: float) -> list[float]:
+        return [t for t in self.fetches if t > moment]
+
+
+def gaps(times: list[float]) -> list[float]:
+    return [later - earlier for earlier, later in itertools.pairwise(times)]
+
+
+def simulated(monkeypatch: pytest.MonkeyPatch, idp: SimulatedIdP, **settings: Any) -> RemoteKeySet:
+    monkeypatch.setattr(jwks, "fetch", idp.fetch)
+    settings = {"cache_seconds": 300, "min_refresh_seconds": 30, **settings}
+    remote = RemoteKeySet(
+        "https://idp.example.com/jwks", ["RS256"], start=False, clock=idp.clock, **settings
+    )
+    remote.refresh_now()  # what the thread does first
+    return remote
+
+
+def test_an_idp_outage_is_met_with_backoff_and_stale_keys(
+    monkeypatch: pytest.MonkeyPatch, rsa_key: SigningKey
+) -> None:
+    # 0.8 x cache_seconds into an outage, every process used to poll the IdP 20 times a second
+    idp = SimulatedIdP(jwks_document(rsa_key))
+    seen: list[dict[str, Any]] = []
+    remote = simulated(monkeypatch, idp, emit=lambda event, level: seen.append(event))
+    ring = remote.ring
+    idp.run(remote, 600)
+    assert gaps(idp.fetches) == [240, 240]  # healthy: refreshed at 0.8 x cache_seconds
+    down = idp.now
+    idp.up = False
+    idp.run(remote, 3 * 3600)
+    failed = idp.since(down)
+    waits = gaps(failed)
+    assert failed[0] - idp.fetches[2] == 240  # the outage is met at the regular refresh
+    assert waits[0] == 30  # then retried after jwks_min_refresh_seconds, as the README says
+    assert min(waits) >= 30
+    assert 60 <= waits[2] <= 120  # doubling, jittered below each step
+    assert max(waits) <= 300  # capped at cache_seconds: a recovery is seen within it
+    assert min(waits[5:]) >= 150
+    assert len(failed) <= 3 * 3600 / 150 + 5
+    assert remote.ring is ring  # stale keys kept serving all along
+    assert [e["outcome"] for e in seen].count("serving_stale") == len(failed)
+
+    idp.up = True
+    back = idp.now
+    idp.run(remote, 1000)
+    recovered = idp.since(back)
+    assert recovered[0] - back <= 300
+    assert gaps(recovered) == [240] * (len(recovered) - 1)  # the regular schedule again
+    assert remote.ring is ring  # the same document: the same ring
+
+
+@pytest.mark.parametrize(
+    ("min_refresh", "cache", "first", "cap"),
+    [(30, 300, 30, 300), (0, 300, 1, 300), (0, 0.1, 1, 1), (60, 10, 60, 60)],
+)
+def test_retries_without_any_keys_back_off_too(
+    monkeypatch: pytest.MonkeyPatch,
+    rsa_key: SigningKey,
+    min_refresh: float,
+    cache: float,
+    first: float,
+    cap: float,
+) -> None:
+    idp = SimulatedIdP(jwks_document(rsa_key), up=False)
+    remote = simulated(
+        monkeypatch, idp, cache_seconds=cache, min_refresh_seconds=min_refresh, emit=no_event
+    )
+    idp.run(remote, 3600)
+    assert remote.ring is None
+    waits = gaps(idp.fetches)
+    assert waits[0] == first  # a floor of 1 s even with jwks_min_refresh_seconds=0
+    assert first <= min(waits)
+    assert max(waits) <= cap
+    assert max(waits) >= cap / 2  # the retries did back off as far as the cap
+
+
+def test_retries_are_jittered(monkeypatch: pytest.MonkeyPatch, rsa_key: SigningKey) -> None:
+    # processes that met the outage together must not retry together
+    delays = set()
+    for _ in range(5):
+        idp = SimulatedIdP(jwks_document(rsa_key), up=False)
+        remote = simulated(monkeypatch, idp, emit=no_event)
+        for _ in range(4):
+            idp.now += remote.next_delay()
+            remote.refresh_now()
+        delays.add(remote.next_delay())
+    assert len(delays) > 1
+
+
+def test_a_failed_refetch_for_a_kid_does_not_bring_the_refresh_forward(
+    monkeypatch: pytest.MonkeyPatch, rsa_key: SigningKey
+) -> None:
+    idp = SimulatedIdP(jwks_document(rsa_key))
+    remote = simulated(monkeypatch, idp, emit=no_event)
+    idp.now += 235
+    idp.up = False
+    assert not remote.refresh("new-kid")
+    assert remote.next_delay() == 30  # not 5: the interval follows a failed fetch
+    idp.now += 30
+    idp.up = True
+    assert remote.refresh("new-kid") is False  # fetched, still unknown
+    assert remote.next_delay() == 240  # a success restarts the regular schedule
+
+
+def no_event(event: dict[str, Any], level: int) -> None:
+    pass
 
 
 # -- fork (gunicorn --preload, multiprocessing) ---------------------------------------------
