@@ -658,6 +658,12 @@ CLAIM_DENIALS: list[tuple[dict[str, Any], dict[str, Any], str, str]] = [
     ({}, {"aud": []}, "malformed_token", "the aud claim is not a string or a list of strings"),
     (
         {},
+        {"aud": {"a": 1}},
+        "malformed_token",
+        "the aud claim is not a string or a list of strings",
+    ),
+    (
+        {},
         {"aud": ["a", 1]},
         "malformed_token",
         "the aud claim is not a string or a list of strings",
@@ -766,14 +772,16 @@ def test_non_canonical_signature_is_refused_before_the_signature_is_checked(ctx:
         assert info.value.detail == "the signature is not canonical base64url"
 
 
-@pytest.mark.parametrize("where", ["payload", "signature"])
+@pytest.mark.parametrize("where", ["payload", "signature", "signature-start"])
 def test_non_ascii_after_the_header_is_malformed_not_a_crash(ctx: Ctx, where: str) -> None:
     """verify() called directly (no extract_token) with a non-ASCII character."""
     head, payload, signature = ctx.good().split(".")
     if where == "payload":
         payload = payload[:-1] + "é"
-    else:
+    elif where == "signature":
         signature = signature[:-1] + "é"
+    else:  # a canonical last character: the decoder itself meets the "é"
+        signature = "é" + signature[1:]
     with pytest.raises(Denied) as info:
         Verifier(Settings(**ctx.rs256())).verify(f"{head}.{payload}.{signature}", "sha256:0")
     assert info.value.reason == "malformed_token"
