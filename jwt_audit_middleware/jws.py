@@ -60,16 +60,19 @@ def extract_token(values: Sequence[str], max_bytes: int) -> str:
 
 
 def split(token: str) -> tuple[str, str, str]:
-    """The header, payload and signature segments of a compact JWS, none empty.
+    """The header, payload and signature segments of a compact JWS.
 
-    The same answer as ``token.split(".")`` checked for three non-empty parts,
-    found with three searches instead of a list.
+    The same answer as ``token.split(".")`` checked for three parts, found with
+    three searches instead of a list.  Header and payload are never empty; the
+    signature may be (an unsecured ``alg: none`` JWS, RFC 7515 §A.5), so that
+    the verifier names the attack ``algorithm_not_allowed`` once it has read
+    the header, and refuses an empty signature for any other alg.
     """
     first = token.find(".")
     last = token.rfind(".")
-    # two dots, neither at an end, not side by side, none between them
-    if not 0 < first < last - 1 or last == len(token) - 1 or token.find(".", first + 1, last) >= 0:
-        raise Denied("malformed_token", "a JWS has three non-empty segments")
+    # two dots, the first not at the start, not side by side, none between them
+    if not 0 < first < last - 1 or token.find(".", first + 1, last) >= 0:
+        raise Denied("malformed_token", "a JWS has three segments")
     return token[:first], token[first + 1 : last], token[last + 1 :]
 
 

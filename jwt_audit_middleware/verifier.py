@@ -334,7 +334,7 @@ class Verifier:
             self.close()
             raise
         self._required = tuple(settings.required_claims)
-        self._leeway = float(settings.leeway)  # type: ignore[arg-type]  # normalised
+        self._leeway = settings.leeway_seconds
         self._token_type = settings.token_type
         self._max_bytes = settings.max_token_bytes
         self._scopes_claim = settings.scopes_claim
@@ -472,6 +472,8 @@ class Verifier:
                 alg=alg[:_MAX_ALG_LENGTH],
                 kid=kid,
             )
+        if not signature_b64:  # an allowed alg, yet unsigned
+            raise Denied("malformed_token", "the token has no signature", alg=alg, kid=kid)
         if "crit" in header:  # RFC 7515 §4.1.11: we implement no extension
             raise Denied(
                 "malformed_token", "unsupported critical header parameter", alg=alg, kid=kid
