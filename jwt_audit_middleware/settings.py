@@ -180,6 +180,7 @@ class Settings:
     identity: str | IdentityFunction = "{sub}"
     identity_headers: Sequence[str] = DEFAULT_IDENTITY_HEADERS
     max_leeway: float | datetime.timedelta = 300.0
+    ecdsa_low_s: bool = False
     websocket_expiry: WebsocketExpiry = "ignore"
     websocket_disconnect_events: bool = False
 
@@ -206,6 +207,7 @@ class Settings:
         "leeway": "float",
         "max_leeway": "float",
         "websocket_disconnect_events": "bool",
+        "ecdsa_low_s": "bool",
         "jwks_timeout": "float",
         "jwks_cache_seconds": "float",
         "jwks_min_refresh_seconds": "float",
@@ -394,6 +396,8 @@ class Settings:
             raise _fail("scopes_claim", "expected a claim name")
         if self.websocket_expiry not in ("ignore", "close"):
             raise _fail("websocket_expiry", "expected 'ignore' or 'close'")
+        if not isinstance(self.ecdsa_low_s, bool):
+            raise _fail("ecdsa_low_s", "expected true or false")
         if not isinstance(self.websocket_disconnect_events, bool):
             raise _fail("websocket_disconnect_events", "expected true or false")
         if self.mode not in ("enforce", "report-only"):

@@ -179,6 +179,35 @@ def _check_signature(
     raise Denied("bad_signature", "the signature does not verify", alg=alg, kid=kid)
 
 
+#: Half the order n of each ECDSA curve: (r, s) verifies as (r, n - s) too, so a
+#: signature with s > n / 2 is the second text of a token (ecdsa_low_s refuses it)
+_ECDSA_HALF_ORDERS = {
+    "ES256": 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551 // 2,
+    "ES256K": 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141 // 2,
+    "ES384": int(
+        "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF"
+        "581A0DB248B0A77AECEC196ACCC52973",
+        16,
+    )
+    // 2,
+    "ES512": int(
+        "1FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF"
+        "A51868783BF2F966B7FCC0148F709A5D03BB5C9B8899C47AEBB6FB71E91386409",
+        16,
+    )
+    // 2,
+}
+
+
+def _high_s(signature_b64: str, alg: str) -> bool:
+    """Whether a JWS ECDSA signature (r || s, RFC 7518 §3.4) has s above n / 2."""
+    signature = jws.signature_bytes(signature_b64)  # canonical: checked a moment ago
+    if not signature:
+        return False
+    half = len(signature) // 2
+    return int.from_bytes(signature[half:], "big") > _ECDSA_HALF_ORDERS[alg]
+
+
 # -- the claims: one check each, as PyJWT's _validate_* ----------------------------
 #
 # Each raises a Denied with its reason and detail only; Verifier._check_claims runs
@@ -335,6 +364,7 @@ class Verifier:
             raise
         self._required = tuple(settings.required_claims)
         self._leeway = settings.leeway_seconds
+        self._low_s = settings.ecdsa_low_s
         self._token_type = settings.token_type
         self._max_bytes = settings.max_token_bytes
         self._scopes_claim = settings.scopes_claim
@@ -483,6 +513,8 @@ class Verifier:
             if not isinstance(typ, str) or normalise_media_type(typ) != self._token_type:
                 raise Denied("invalid_type", "the token's typ is not accepted", alg=alg, kid=kid)
         _check_signature(trust, token, signature_b64, alg, kid)
+        if self._low_s and alg in _ECDSA_HALF_ORDERS and _high_s(signature_b64, alg):
+            raise Denied("bad_signature", "a high-S ECDSA signature", alg=alg, kid=kid)
         if claims is None:
             claims = jws.json_object(payload_b64, "payload")
         return self._check_claims(claims, header, alg, kid, fingerprint, trust=trust)

@@ -916,3 +916,35 @@ def test_kept_scope_claims_are_bounded(rsa_key: SigningKey) -> None:
     token = rsa_key.token(scope="x" * 5000)
     verifier.verify(token, fingerprint(token))
     assert "x" * 5000 not in verifier._scope_sets
+
+
+# -- ECDSA malleability: (r, s) verifies as (r, n - s) too -------------------------------
+
+
+@pytest.mark.parametrize("alg", ["ES256", "ES384", "ES512"])
+def test_ecdsa_low_s_keeps_one_signature_text_per_token(alg: str) -> None:
+    from jwt_audit_middleware.verifier import _ECDSA_HALF_ORDERS
+
+    key = SigningKey.generate(alg, kid="ec")
+    token = key.token(jti="one-token")
+    signing_input, signature_b64 = token.rsplit(".", 1)
+    raw = base64.urlsafe_b64decode(signature_b64 + "=" * (-len(signature_b64) % 4))
+    size = len(raw) // 2
+    r, s = raw[:size], int.from_bytes(raw[size:], "big")
+    flipped = r + (2 * _ECDSA_HALF_ORDERS[alg] + 1 - s).to_bytes(size, "big")  # n - s
+    twin = signing_input + "." + base64.urlsafe_b64encode(flipped).rstrip(b"=").decode()
+
+    default = Verifier(Settings(**key.options()))
+    first, second = (default.verify(t, fingerprint(t)) for t in (token, twin))
+    assert first.fingerprint != second.fingerprint  # the text differs ...
+    assert first.token_id == second.token_id == "one-token"  # ... token_id correlates
+
+    strict = Verifier(Settings(**key.options(ecdsa_low_s=True)))
+    outcomes = []
+    for text in (token, twin):
+        try:
+            strict.verify(text, fingerprint(text))
+            outcomes.append("allowed")
+        except Denied as denied:
+            outcomes.append(denied.reason)
+    assert sorted(outcomes) == ["allowed", "bad_signature"]  # only the low-S text
