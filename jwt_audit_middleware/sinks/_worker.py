@@ -18,6 +18,14 @@ What happens when the queue is full is a policy, not an accident:
 process exit, through ``atexit`` and ``logging.shutdown``) drains the queue, and
 what the writer still could not write by ``close_timeout`` is spilled too.
 After ``fork()`` the child starts with an empty queue and its own writer thread.
+
+The batch the writer holds (its "hand") belongs to exactly one side at a time,
+under ``_hand_lock``: the writer while it writes, ``close()`` once it has given
+up waiting and the writer is not writing.  A backoff between two attempts wakes
+when ``close()`` starts and never sleeps past its deadline; a write still in
+progress when ``close()`` stops waiting stays the writer's, which spills the
+batch itself if that write fails.  So a batch is written or spilled, never
+both, and never left on a queue nobody drains.
 """
 
 from __future__ import annotations
@@ -111,6 +119,12 @@ class BackgroundHandler(logging.Handler):
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._spill_lock = threading.Lock()
+        self._stop = threading.Event()  # set by close(): a backoff ends early
+        self._hand_lock = threading.Lock()
+        self._in_hand: list[Any] | None = None  # the batch the writer took
+        self._writing = False  # the writer is in write_batch (or its fallbacks)
+        self._abandoned = False  # close() stopped waiting and took the queue
+        self._held_markers: list[_Marker] = []  # of a batch given back to close()
 
     def _after_fork(self) -> None:
         # The parent's queued records are the parent's to write: dropping the
@@ -199,16 +213,21 @@ class BackgroundHandler(logging.Handler):
 
     # -- the writer thread ------------------------------------------------------
 
-    def _take(self) -> tuple[list[Any], list[_Marker]]:
+    def _take(self) -> tuple[list[Any], list[_Marker]] | None:
+        """The next batch, now in hand; None once ``close()`` has taken the queue."""
         queue = self._queue
         batch: list[Any] = []
         markers: list[_Marker] = []
-        while queue and len(batch) < self.batch_size:
-            item = queue.popleft()
-            if isinstance(item, _Marker):
-                markers.append(item)
-                break  # everything before the marker is in this batch
-            batch.append(item)
+        with self._hand_lock:
+            if self._abandoned:
+                return None
+            while queue and len(batch) < self.batch_size:
+                item = queue.popleft()
+                if isinstance(item, _Marker):
+                    markers.append(item)
+                    break  # everything before the marker is in this batch
+                batch.append(item)
+            self._in_hand = batch or None
         if self._spilling and len(queue) < self.queue_size // 2:
             self._spilling = False
         with self._room:
@@ -223,8 +242,12 @@ class BackgroundHandler(logging.Handler):
             while self._queue:
                 if closing and time.monotonic() > self._deadline:
                     return  # close() spills what is left
-                batch, markers = self._take()
+                taken = self._take()
+                if taken is None:
+                    return  # close() has spilled the queue
+                batch, markers = taken
                 if batch and not self._deliver(batch):
+                    self._hold(markers)
                     return  # closing and out of time: close() spills the rest
                 for marker in markers:
                     marker.done.set()
@@ -236,14 +259,20 @@ class BackgroundHandler(logging.Handler):
         """Write one batch, retrying with backoff; False if closing ran out of time."""
         delay = 0.05
         failing = False
+        closing_seen = False
         try:
             prepared = self.prepare(batch)
         except Exception:
             sink_logger.exception("%s: cannot prepare a batch; spilling it", type(self).__name__)
-            self.spill(batch)
-            self._count_spilled(len(batch))
+            if self._release() is not None:
+                self.spill(batch)
+                self._count_spilled(len(batch))
             return True
         while True:
+            with self._hand_lock:
+                if self._in_hand is None:
+                    return False  # close() took the batch and spilled it
+                self._writing = True
             try:
                 self.write_batch(prepared)
             except Exception as exc:  # noqa: BLE001 - any failure is retried, never dropped
@@ -255,6 +284,7 @@ class BackgroundHandler(logging.Handler):
                         type(exc).__name__,
                     )
                     self.write_individually(batch, prepared)
+                    self._release()
                     return True
                 if not failing or delay >= self.max_retry_delay():
                     sink_logger.warning(
@@ -266,15 +296,70 @@ class BackgroundHandler(logging.Handler):
                 self._counters["retries"] += 1
                 failing = True
                 if self._closing and time.monotonic() > self._deadline:
-                    self._queue.extendleft(reversed(batch))
+                    self._give_back(batch)
                     return False
-                time.sleep(delay)
+                with self._hand_lock:
+                    self._writing = False
+                if self._closing and not closing_seen:
+                    closing_seen = True
+                    delay = 0.05  # close() is waiting: try again soon, and often
+                self._back_off(delay)
                 delay = min(delay * 2, self.max_retry_delay())
             else:
+                self._release()
                 self._counters["written"] += len(batch)
                 if failing:
                     sink_logger.warning("%s: writing again", type(self).__name__)
+                if self._abandoned:  # a write that outlasted close(): what it reopened
+                    self.release_resources()
                 return True
+
+    def _hold(self, markers: list[_Marker]) -> None:
+        """Markers of a batch left to ``close()``: released once it has spilled it."""
+        with self._hand_lock:
+            if not self._abandoned:
+                self._held_markers.extend(markers)
+                return
+        for marker in markers:  # the batch is spilled already
+            marker.done.set()
+
+    def _back_off(self, delay: float) -> None:
+        """Pause between two attempts: woken by ``close()``, never past its deadline."""
+        if not self._closing:
+            self._stop.wait(delay)
+            return
+        pause = min(delay, self._deadline - time.monotonic())
+        if pause > 0:
+            time.sleep(pause)
+
+    def _release(self) -> list[Any] | None:
+        """Let go of the batch in hand (written or spilled); None if close() took it."""
+        with self._hand_lock:
+            batch, self._in_hand = self._in_hand, None
+            self._writing = False
+            return batch
+
+    def _give_back(self, batch: list[Any]) -> None:
+        """Closing and out of time: the batch goes back for ``close()`` to spill.
+
+        If ``close()`` has already stopped waiting (this write outlasted it),
+        nobody will look at the queue again: the writer spills the batch itself.
+        """
+        with self._hand_lock:
+            self._writing = False
+            self._in_hand = None
+            if not self._abandoned:
+                self._queue.extendleft(reversed(batch))
+                return
+        sink_logger.error(
+            "%s: a write still running at close failed; %d records spilled to %s",
+            type(self).__name__,
+            len(batch),
+            self.spill_target(),
+        )
+        self.spill(batch)
+        self._count_spilled(len(batch))
+        self.release_resources()  # what spilling reopened
 
     # -- hooks for subclasses --------------------------------------------------------
 
@@ -335,8 +420,11 @@ class BackgroundHandler(logging.Handler):
     def close(self) -> None:
         """Write everything queued, stop the writer, release files and connections.
 
-        Waits up to ``close_timeout`` seconds (a database outage may be ending);
-        whatever is still queued then is spilled, never dropped.
+        Waits up to ``close_timeout`` seconds (a database outage may be ending;
+        the writer's backoff wakes now and keeps within that time), and one
+        second more for the writer to stop; whatever is still queued then, and
+        the writer's batch, is spilled, never dropped.  A write still running
+        then is left to finish: its batch is written, or spilled by the writer.
         """
         with self._start_lock:
             if self._closed:
@@ -345,11 +433,11 @@ class BackgroundHandler(logging.Handler):
             thread = self._thread
         self._deadline = time.monotonic() + self.close_timeout
         self._closing = True
+        self._stop.set()
         self._wake.set()
         if thread is not None and thread is not threading.current_thread():
             thread.join(self.close_timeout + 1.0)
-        leftover = [item for item in self._queue if not isinstance(item, _Marker)]
-        self._queue.clear()
+        leftover, markers, writing = self._abandon()
         if leftover:
             sink_logger.error(
                 "%s: %d records could not be written before close; spilled to %s",
@@ -359,9 +447,39 @@ class BackgroundHandler(logging.Handler):
             )
             self.spill(leftover)
             self._count_spilled(len(leftover))
+        for marker in markers:
+            marker.done.set()
+        if writing:
+            sink_logger.error(
+                "%s: a write of %d records still running at close; if it fails, "
+                "the writer spills them to %s",
+                type(self).__name__,
+                writing,
+                self.spill_target(),
+            )
         self.release_resources()
         _live.discard(self)
         super().close()
+
+    def _abandon(self) -> tuple[list[Any], list[_Marker], int]:
+        """Take the queue, and the batch in hand unless a write of it is running.
+
+        Returns the records to spill, the flush markers to release, and the size
+        of the batch left to a running write (0 if none).
+        """
+        leftover: list[Any] = []
+        with self._hand_lock:
+            self._abandoned = True
+            markers, self._held_markers = self._held_markers, []
+            in_hand = self._in_hand
+            if in_hand is not None and not self._writing:
+                leftover.extend(in_hand)  # taken before anything still queued
+                self._in_hand = in_hand = None
+            queue = self._queue
+            while queue:  # popleft: safe against a late emit() appending meanwhile
+                item = queue.popleft()
+                (markers if isinstance(item, _Marker) else leftover).append(item)
+        return leftover, markers, 0 if in_hand is None else len(in_hand)
 
     def stats(self) -> dict[str, int]:
         """Counters: ``written``, ``spilled``, ``retries``, ``failed_batches``, ``queued``."""
