@@ -1,11 +1,14 @@
-"""The sinks under faults: close during an outage.
+"""The sinks under faults: close during an outage, a full disk.
 
-Issue 12, finding 2 (the batch in hand at close).  The PostgreSQL test stops
-and restarts the server (``JWTAUDIT_TEST_POSTGRES_CTL``).
+Issue 12, findings 2 (the batch in hand at close) and 3 (a write cut short by
+a full disk).  The
+PostgreSQL test stops and restarts the server (``JWTAUDIT_TEST_POSTGRES_CTL``);
+the full-disk test mounts a small tmpfs, and skips where it cannot.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -199,3 +202,164 @@ def test_close_during_a_postgres_outage_loses_nothing(tmp_path: Path) -> None:
             db.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
             db.execute(sa.text(f"DROP TABLE IF EXISTS {table}_schema"))
         engine.dispose()
+
+
+# -- finding 3: a write cut short by a full disk ------------------------------------------
+
+
+class CutWrites:
+    """``os.write`` on one file: a write cut at ``cut`` bytes, then ENOSPC ``failures`` times."""
+
+    def __init__(self, path: Path, cut: int, failures: int = 3) -> None:
+        self.path = path
+        self.cut = cut
+        self.failures = failures
+        self.real = os.write
+        self.cuts = 0
+        self.before_enospc: Callable[[], None] = lambda: None
+
+    def ours(self, fd: int) -> bool:
+        try:
+            on_disk = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        state = os.fstat(fd)
+        return (state.st_ino, state.st_dev) == (on_disk.st_ino, on_disk.st_dev)
+
+    def __call__(self, fd: int, data: Any) -> int:
+        if self.failures and self.ours(fd):
+            if self.cuts == 0 and len(data) > self.cut:
+                self.cuts += 1
+                return self.real(fd, bytes(data[: self.cut]))
+            if self.cuts:
+                self.failures -= 1
+                self.before_enospc()
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self.real(fd, data)
+
+
+def cut_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **options: Any) -> CutWrites:
+    path = tmp_path / "audit.jsonl"
+    cut = CutWrites(path, **options)
+    monkeypatch.setattr(os, "write", cut)
+    return cut
+
+
+def test_a_write_cut_by_enospc_resumes_without_duplicates_or_broken_lines(
+    tmp_path: Path, attach: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cut = cut_file(tmp_path, monkeypatch, cut=5000)
+    handler = attach(JSONLinesHandler(cut.path, batch_size=100, flush_interval=0.01))
+    subjects = emit(60)
+    handler.close()
+    assert cut.cuts == 1
+    assert cut.failures == 0
+    assert handler.stats()["retries"] >= 3
+    assert sorted(subjects_in(cut.path)) == sorted(subjects)
+
+
+def test_a_cut_line_that_cannot_be_truncated_is_completed_in_place(
+    tmp_path: Path, attach: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An append-only file, say: the retry writes the rest of the cut line, from its byte."""
+
+    def refuse(fd: int, length: int) -> None:
+        raise PermissionError(errno.EPERM, "append-only")
+
+    monkeypatch.setattr(os, "ftruncate", refuse)
+    cut = cut_file(tmp_path, monkeypatch, cut=5000)
+    handler = attach(JSONLinesHandler(cut.path, batch_size=100, flush_interval=0.01))
+    subjects = emit(60)
+    handler.close()
+    assert cut.cuts == 1
+    assert sorted(subjects_in(cut.path)) == sorted(subjects)
+
+
+@pytest.mark.parametrize("ends", ["\n", ""], ids=["whole-line", "open-line"])
+def test_a_cut_line_another_writer_appended_behind_is_left_alone(
+    tmp_path: Path, attach: Any, monkeypatch: pytest.MonkeyPatch, ends: str
+) -> None:
+    """Another process appended behind the piece: it is a broken line; nothing doubles."""
+    cut = cut_file(tmp_path, monkeypatch, cut=5000, failures=1)
+    other = json.dumps({"subject": "other-process"}) + ends
+
+    def other_process_appends() -> None:
+        fd = os.open(cut.path, os.O_WRONLY | os.O_APPEND)
+        try:
+            cut.real(fd, other.encode())
+        finally:
+            os.close(fd)
+
+    cut.before_enospc = other_process_appends
+    handler = attach(JSONLinesHandler(cut.path, batch_size=100, flush_interval=0.01))
+    subjects = emit(60)
+    handler.close()
+    lines = cut.path.read_text(encoding="utf-8").splitlines(keepends=True)
+    assert all(line.endswith("\n") for line in lines)  # the retry started a new line
+    parsed, broken = [], []
+    for line in lines:
+        try:
+            parsed.append(json.loads(line)["subject"])
+        except ValueError:
+            broken.append(line)
+    assert broken == [broken[0]]  # the piece, glued to the other process's line
+    assert broken[0].endswith(other.rstrip("\n") + "\n")
+    assert sorted(parsed) == sorted(subjects)
+
+
+def test_a_spill_cut_by_enospc_sends_only_the_rest_to_stderr(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cut = cut_file(tmp_path, monkeypatch, cut=5000, failures=1)
+    handler = JSONLinesHandler(cut.path)
+    lines = []
+    for i in range(30):
+        record = logging.LogRecord("jwt_audit", logging.INFO, __file__, 0, "", None, None)
+        record.jwt_audit = AuditLogger().build_event(
+            "login_succeeded", "allowed", subject=f"user{i}"
+        )
+        lines.append(handler.enqueued(record))
+    try:
+        handler.spill(lines)  # the request thread writing through a full queue
+    finally:
+        handler.close()
+    in_file = subjects_in(cut.path)
+    on_stderr = [json.loads(line)["subject"] for line in capsys.readouterr().err.splitlines()]
+    assert in_file
+    assert sorted(in_file + on_stderr) == sorted(f"user{i}" for i in range(30))
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs, unmounted afterwards; skipped where mounting is not allowed."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {result.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_file_system_leaves_whole_lines_and_each_once(small_fs: Path, attach: Any) -> None:
+    filler = small_fs / "filler"
+    free = os.statvfs(small_fs)
+    filler.write_bytes(b"x" * (free.f_bavail * free.f_frsize - 10_000))  # ~10 kB left
+    path = small_fs / "audit.jsonl"
+    handler = attach(JSONLinesHandler(path, batch_size=100, flush_interval=0.01))
+    subjects = emit(60)  # ~25 kB of lines
+    wait_for(lambda: handler.stats()["retries"] >= 2)
+    partial = path.read_bytes()
+    assert partial  # some lines went in before the disk filled
+    assert partial.endswith(b"\n")  # and no piece of a line stayed behind
+    filler.unlink()  # room again
+    handler.close()
+    assert sorted(subjects_in(path)) == sorted(subjects)
+    assert handler.stats()["spilled"] == 0

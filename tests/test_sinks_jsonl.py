@@ -214,7 +214,7 @@ class SlowDisk(JSONLinesHandler):
         self.go = threading.Event()
         super().__init__(*args, **kwargs)
 
-    def write_batch(self, prepared: bytes) -> None:
+    def write_batch(self, prepared: Any) -> None:
         self.go.wait(30)
         super().write_batch(prepared)
 

@@ -16,6 +16,13 @@ Several processes may append to one file (gunicorn workers, uvicorn workers):
   size rotation each process checks the size it sees, so a file may exceed
   ``max_bytes`` by a few batches.
 - Not safe: two different rotation settings for one file, or two hosts sharing it.
+
+A full disk (or a quota) can cut a ``write()`` short: the lines already in the
+file are not written again, a line cut in two is truncated away at once (the
+file stays whole lines) and written again in full by the retry.  Only if
+another process appended right behind the cut piece, so it cannot be taken
+back, is the piece left as a broken line of its own (ended with a newline
+before the retry writes the line again).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import Literal
+from typing import Final, Literal
 
 from jwt_audit_middleware.audit import JSONFormatter
 
@@ -37,6 +44,30 @@ from ._worker import BackgroundHandler, sink_logger
 
 _UNITS = {"S": 1, "M": 60, "H": 3600, "D": 86400, "MIDNIGHT": 86400}
 _BACKUP_SUFFIX = re.compile(r"\.\d{8}T\d{6}Z(?:-\d+)?$")
+_CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
+
+
+class Lines:
+    """A batch's bytes and how far they are in the file, kept across retries.
+
+    ``done``: the bytes in the file as whole lines, never written again.
+    ``partial``: past ``done``, the bytes of a cut line still in the file
+    (when it could not be truncated away); ``fragment`` is the file's
+    ``(inode, device, size)`` just after it, so a retry that finds the file
+    unchanged completes the line, and otherwise starts it again on a new line.
+    """
+
+    __slots__ = ("data", "done", "fragment", "partial")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.done = 0
+        self.partial = 0
+        self.fragment: tuple[int, int, int] | None = None
+
+    def rest(self) -> bytes:
+        """What is not yet in the file as whole lines."""
+        return self.data[self.done :]
 
 
 class JSONLinesHandler(BackgroundHandler):
@@ -108,7 +139,7 @@ class JSONLinesHandler(BackgroundHandler):
     # -- files ------------------------------------------------------------------
 
     def _open(self) -> int:
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | _CLOEXEC
         self._fd = os.open(self.path, flags, self.mode)
         return self._fd
 
@@ -209,16 +240,94 @@ class JSONLinesHandler(BackgroundHandler):
 
     # -- writing -------------------------------------------------------------------
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, lines: Lines) -> None:
+        """Append what of ``lines`` is not in the file yet; raise, keeping track, if cut."""
         with self._file_lock:
             fd = self._current_fd()
-            fd = self._maybe_rotate(fd, len(data))
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
+            fd = self._maybe_rotate(fd, len(lines.data) - lines.done)
+            self._append(fd, lines)
             if self.fsync == "batch":
                 os.fsync(fd)
+
+    def _append(self, fd: int, lines: Lines) -> None:
+        start = self._resume_at(fd, lines)
+        view = memoryview(lines.data)[start:]
+        written = 0
+        try:
+            while written < len(view):
+                written += os.write(fd, view[written:])
+        except OSError:
+            if written:
+                self._after_cut(fd, lines, start + written)
+            raise
+        lines.done = lines.partial = len(lines.data)
+        lines.fragment = None
+
+    def _resume_at(self, fd: int, lines: Lines) -> int:
+        """Where the next write starts in ``lines.data``: on a line boundary of the file."""
+        if lines.partial <= lines.done:
+            return lines.done
+        state = os.fstat(fd)
+        if lines.fragment == (state.st_ino, state.st_dev, state.st_size):
+            return lines.partial  # the cut line is still the file's end: complete it
+        # someone wrote behind the cut piece (or the file changed): leave the
+        # piece as a broken line of its own and write the whole line again
+        if not self._ends_a_line(state):
+            _write_all(fd, b"\n")
+        lines.partial = lines.done
+        lines.fragment = None
+        return lines.done
+
+    def _ends_a_line(self, state: os.stat_result) -> bool:
+        """Whether the open file (``state``) is empty or ends with a newline.
+
+        Read through the path (the file is open for writing only); False when
+        that is not the same file or cannot be read.
+        """
+        if state.st_size == 0:
+            return True
+        try:
+            fd = os.open(self.path, os.O_RDONLY | _CLOEXEC | getattr(os, "O_NONBLOCK", 0))
+        except OSError:
+            return False
+        try:
+            seen = os.fstat(fd)
+            if (seen.st_ino, seen.st_dev) != (state.st_ino, state.st_dev):
+                return False
+            return os.pread(fd, 1, state.st_size - 1) == b"\n"
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _after_cut(fd: int, lines: Lines, end: int) -> None:
+        """A write stopped at ``end`` in ``lines.data``: keep the file whole lines.
+
+        The lines written completely count as done; the piece of a cut line
+        is truncated away when it is still the file's end (nobody appended
+        behind it), else remembered for ``_resume_at``.
+        """
+        newline = lines.data.rfind(b"\n", lines.done, end)
+        if newline >= 0:
+            lines.done = newline + 1
+        lines.partial = end
+        piece = end - lines.done
+        if not piece:
+            lines.fragment = None
+            return
+        try:
+            file_end = os.lseek(fd, 0, os.SEEK_CUR)  # O_APPEND: just after our bytes
+            state = os.fstat(fd)
+        except OSError:  # pragma: no cover - a regular file always answers
+            lines.fragment = None
+            return
+        lines.fragment = (state.st_ino, state.st_dev, file_end)
+        if state.st_size == file_end:
+            with contextlib.suppress(OSError):  # an append-only file, say
+                os.ftruncate(fd, file_end - piece)
+                lines.partial = lines.done
+                lines.fragment = None
 
     def enqueued(self, record: logging.LogRecord) -> str:
         """The record's finished line, formatted on the logging thread.
@@ -243,22 +352,22 @@ class JSONLinesHandler(BackgroundHandler):
                 self.handleError(record)
         return self._json.format(record) + "\n"
 
-    def prepare(self, items: list[str]) -> bytes:
-        """The batch's lines as one ``bytes`` (a retry writes the same bytes)."""
-        return "".join(items).encode("utf-8", "backslashreplace")
+    def prepare(self, items: list[str]) -> Lines:
+        """The batch's lines as one ``bytes``; a retry writes what is not in the file yet."""
+        return Lines("".join(items).encode("utf-8", "backslashreplace"))
 
-    def write_batch(self, prepared: bytes) -> None:
-        """Append the batch's lines with one ``write()``."""
+    def write_batch(self, prepared: Lines) -> None:
+        """Append the batch's lines (with one ``write()``, unless the disk cuts it short)."""
         self._write(prepared)
 
     def spill(self, items: list[str]) -> None:
         """Append the lines at once, on the calling thread; stderr if the file fails."""
-        data = self.prepare(items)
+        lines = self.prepare(items)
         try:
-            self._write(data)
+            self._write(lines)
         except OSError as exc:
-            sink_logger.error("JSONLinesHandler: cannot write %s (%s)", self.path, exc)
-            sys.stderr.write(data.decode("utf-8"))
+            sink_logger.error("%s: cannot write %s (%s)", type(self).__name__, self.path, exc)
+            sys.stderr.write(lines.rest().decode("utf-8"))
             sys.stderr.flush()
 
     def spill_target(self) -> str:
@@ -276,6 +385,12 @@ class JSONLinesHandler(BackgroundHandler):
 
     def __repr__(self) -> str:
         return f"<JSONLinesHandler {self.path} ({logging.getLevelName(self.level)})>"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _backup_key(path: str) -> tuple[str, int]:
