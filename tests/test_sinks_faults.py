@@ -1,7 +1,7 @@
-"""The sinks under faults: close during an outage, a full disk.
+"""The sinks under faults: close during an outage, a full disk, a hostile spill file.
 
-Issue 12, findings 2 (the batch in hand at close) and 3 (a write cut short by
-a full disk).  The
+Issue 12, findings 2 (the batch in hand at close), 3 (a write cut short by a
+full disk) and 4 (the spill file's place and how it is opened).  The
 PostgreSQL test stops and restarts the server (``JWTAUDIT_TEST_POSTGRES_CTL``);
 the full-disk test mounts a small tmpfs, and skips where it cannot.
 """
@@ -12,7 +12,9 @@ import errno
 import json
 import logging
 import os
+import stat
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -359,3 +361,141 @@ def test_a_full_file_system_leaves_whole_lines_and_each_once(small_fs: Path, att
     handler.close()
     assert sorted(subjects_in(path)) == sorted(subjects)
     assert handler.stats()["spilled"] == 0
+
+
+# -- finding 4: the spill file is private ------------------------------------------------
+
+SINK_LOGGER = "jwt_audit_middleware.sinks"
+# nothing listens here: a database that is down
+DOWN_URL = "postgresql://audit:pw@127.0.0.1:1/audit"
+
+
+def down_sql(attach: Any, **options: Any) -> SQLAuditHandler:
+    """A SQL sink whose database is unreachable: close() spills everything."""
+    handler = SQLAuditHandler(DOWN_URL, close_timeout=0, max_retry_delay=0.05, **options)
+    return attach(handler)  # type: ignore[no-any-return]
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def test_the_default_spill_file_is_private_and_not_in_tmp(
+    tmp_path: Path, attach: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = tmp_path / "state"
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    handler = down_sql(attach)
+    expected = state / "jwt-audit" / "jwt-audit-spill.jsonl"
+    assert handler.spill_path == str(expected)
+    subjects = emit(5)
+    old_umask = os.umask(0)  # a careless umask must not make the spill readable
+    try:
+        handler.close()
+    finally:
+        os.umask(old_umask)
+    assert sorted(subjects_in(expected)) == sorted(subjects)
+    assert mode_of(expected.parent) == 0o700
+    assert mode_of(expected) == 0o600
+
+
+def test_without_xdg_state_home_the_spill_goes_under_the_home_directory(
+    tmp_path: Path, attach: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    handler = down_sql(attach)
+    assert handler.spill_path == str(tmp_path / ".local/state/jwt-audit/jwt-audit-spill.jsonl")
+    assert not handler.spill_path.startswith(tempfile.gettempdir() + "/jwt-audit-spill")
+
+
+@pytest.mark.parametrize("problem", ["open-to-others", "symlink"])
+def test_a_default_directory_that_is_not_private_is_not_used(
+    tmp_path: Path,
+    attach: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    problem: str,
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    planted = state / "jwt-audit"
+    if problem == "symlink":
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir(mode=0o700)
+        planted.symlink_to(elsewhere)
+    else:
+        planted.mkdir()
+        planted.chmod(0o777)
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    handler = down_sql(attach)
+    subjects = emit(3)
+    with caplog.at_level(logging.WARNING, logger=SINK_LOGGER):
+        handler.close()
+    spill = Path(handler.spill_path)
+    assert spill.parent != planted
+    assert spill.parent.name.startswith("jwt-audit-")  # a fresh mkdtemp directory
+    assert mode_of(spill.parent) == 0o700
+    assert sorted(subjects_in(spill)) == sorted(subjects)
+    assert list(planted.iterdir()) == []
+    assert any(str(planted) in r.getMessage() for r in caplog.records)
+    os.remove(spill)
+    os.rmdir(spill.parent)
+
+
+def plant(kind: str, path: Path, tmp_path: Path) -> Path:
+    """A spill path someone else prepared; returns the file that must stay untouched."""
+    target = tmp_path / "stolen.jsonl"
+    target.touch()
+    if kind == "symlink":
+        path.symlink_to(target)
+        return target
+    if kind == "world-readable":
+        path.touch()
+        path.chmod(0o666)
+    elif kind == "group-readable":
+        path.touch()
+        path.chmod(0o640)
+    elif kind == "another-user":
+        if os.geteuid() != 0:
+            pytest.skip("needs root to make a file of another user")
+        path.touch()
+        path.chmod(0o600)
+        os.chown(path, 65534, 65534)
+    elif kind == "fifo":
+        os.mkfifo(path, 0o600)
+    elif kind == "directory":
+        path.mkdir(mode=0o700)
+    return path
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["symlink", "world-readable", "group-readable", "another-user", "fifo", "directory"],
+)
+def test_a_spill_file_that_is_not_private_is_refused_and_the_app_unharmed(
+    tmp_path: Path,
+    attach: Any,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    kind: str,
+) -> None:
+    spill = tmp_path / "spill.jsonl"
+    untouched = plant(kind, spill, tmp_path)
+    # a full queue spills on the request thread: it must not raise there either
+    handler = down_sql(attach, spill_path=spill, queue_size=2, batch_size=1, block_timeout=0)
+    with caplog.at_level(logging.ERROR, logger=SINK_LOGGER):
+        emitting = threading.Thread(target=emit, args=(20,), daemon=True)
+        emitting.start()
+        emitting.join(10)
+        assert not emitting.is_alive()  # a FIFO would hang an open without O_NONBLOCK
+        closing = threading.Thread(target=handler.close, daemon=True)
+        closing.start()
+        closing.join(10)
+        assert not closing.is_alive()
+    if untouched.is_file():
+        assert untouched.read_bytes() == b""
+    on_stderr = [json.loads(line)["subject"] for line in capsys.readouterr().err.splitlines()]
+    assert sorted(on_stderr) == sorted(f"user{i}" for i in range(20))  # none lost
+    messages = [r.getMessage() for r in caplog.records if r.name == SINK_LOGGER]
+    assert any("refusing to spill" in m and str(spill) in m for m in messages)

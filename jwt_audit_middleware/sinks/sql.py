@@ -20,7 +20,7 @@ import contextlib
 import datetime
 import logging
 import os
-import tempfile
+import sys
 import time
 from itertools import chain
 from typing import Any
@@ -31,7 +31,7 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import URL, Engine, make_url
 
 from jwt_audit_middleware._jsonfast import dumps as _dumps
-from jwt_audit_middleware.audit import RECORD_ATTRIBUTE
+from jwt_audit_middleware.audit import RECORD_ATTRIBUTE, JSONFormatter
 from jwt_audit_middleware.schema import (
     DEFAULT_TABLE,
     REQUIRED_STRINGS,
@@ -40,8 +40,8 @@ from jwt_audit_middleware.schema import (
     event_tables,
 )
 
+from ._private import SPILL_NAME, SpillFile, default_spill_dir, fallback_dir, private_dir
 from ._worker import BackgroundHandler, sink_logger
-from .jsonl import JSONLinesHandler
 
 _DEFAULT_DRIVERS = {"postgresql": "psycopg", "postgres": "psycopg", "mysql": "pymysql"}
 
@@ -233,8 +233,13 @@ class SQLAuditHandler(BackgroundHandler):
     least every ``flush_interval`` seconds.  The queue holds ``queue_size``
     records; when it is full the request thread waits up to ``block_timeout``
     seconds, then the record is appended to ``spill_path`` (JSON lines; default
-    ``<database file>.spill.jsonl`` for SQLite, ``jwt-audit-spill.jsonl`` in the
-    temporary directory otherwise) and counted in ``stats()["spilled"]``.
+    ``<database file>.spill.jsonl`` for SQLite, otherwise ``jwt-audit-spill.jsonl``
+    in a private directory, ``$XDG_STATE_HOME/jwt-audit/`` or
+    ``~/.local/state/jwt-audit/``, created 0700) and counted in
+    ``stats()["spilled"]``.  A spill file is created 0600 and must stay a
+    regular file of ours that nobody else can read: a symbolic link or another
+    user's file is refused (reported on ``jwt_audit_middleware.sinks``, those
+    records go to stderr), see ``_private``.
 
     A failed batch (the database is down, restarting, locked) is kept and
     retried with exponential backoff up to ``max_retry_delay`` seconds between
@@ -286,8 +291,13 @@ class SQLAuditHandler(BackgroundHandler):
         self.metadata, self.table, self.version_table = event_tables(table)
         self._max_retry_delay = max_retry_delay
         self._schema_ready = False
-        self.spill_path = os.fspath(spill_path) if spill_path else self._default_spill_path()
-        self._spill_handler: JSONLinesHandler | None = None
+        # _spill_dir_unchecked: the default directory, made (0700) and checked
+        # at the first spill
+        self.spill_path, self._spill_dir_unchecked = (
+            (os.fspath(spill_path), False) if spill_path else self._default_spill_path()
+        )
+        self._spill_handler: SpillFile | None = None
+        self._json = JSONFormatter()  # the spill's lines, should they go to stderr
         dialect = self.engine.dialect.name
         # every driver here takes the text SQLAlchemy stores on SQLite; others get datetimes
         self._time_as_text = dialect in ("sqlite", "postgresql", "mysql", "mariadb")
@@ -308,11 +318,12 @@ class SQLAuditHandler(BackgroundHandler):
             with contextlib.suppress(FileExistsError):
                 os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
-    def _default_spill_path(self) -> str:
+    def _default_spill_path(self) -> tuple[str, bool]:
+        """Beside a SQLite file; else in the private state directory (to be checked)."""
         database = self.engine.url.database
         if self.engine.dialect.name == "sqlite" and database not in (None, "", ":memory:"):
-            return os.path.abspath(database) + ".spill.jsonl"
-        return os.path.join(tempfile.gettempdir(), "jwt-audit-spill.jsonl")
+            return os.path.abspath(database) + ".spill.jsonl", False
+        return os.path.join(default_spill_dir(), SPILL_NAME), True
 
     def _insert_statement(self) -> tuple[str, tuple[int, ...] | None]:
         """The INSERT in the driver's own SQL, and where its parameters are in a row.
@@ -589,12 +600,48 @@ class SQLAuditHandler(BackgroundHandler):
     # -- spilling and closing ------------------------------------------------------------
 
     def spill(self, records: list[logging.LogRecord]) -> None:
-        """Append the records to the local JSON-lines spill file, on the calling thread."""
+        """Append the records to the local JSON-lines spill file, on the calling thread.
+
+        Never raises: if the spill file cannot be opened (or is refused as not
+        private), that is logged on ``jwt_audit_middleware.sinks`` and the
+        records' lines go to stderr.
+        """
         with self._spill_lock:
-            if self._spill_handler is None:
-                self._spill_handler = JSONLinesHandler(self.spill_path)
             handler = self._spill_handler
+            if handler is None:
+                try:
+                    handler = self._spill_handler = SpillFile(self._spill_file_path())
+                except OSError as exc:
+                    error = exc
+        if handler is None:
+            sink_logger.error(
+                "SQLAuditHandler: cannot spill to %s (%s); %d records written to stderr",
+                self.spill_path,
+                error,
+                len(records),
+            )
+            sys.stderr.write("".join(self._json.format(record) + "\n" for record in records))
+            sys.stderr.flush()
+            return
         handler.spill([handler.enqueued(record) for record in records])
+
+    def _spill_file_path(self) -> str:
+        """The spill path, its default directory made private first (or replaced)."""
+        if self._spill_dir_unchecked:
+            directory = os.path.dirname(self.spill_path)
+            try:
+                private_dir(directory)
+            except OSError as exc:
+                fallback = fallback_dir()
+                sink_logger.warning(
+                    "SQLAuditHandler: cannot spill in %s (%s); using %s",
+                    directory,
+                    exc,
+                    fallback,
+                )
+                self.spill_path = os.path.join(fallback, SPILL_NAME)
+            self._spill_dir_unchecked = False
+        return self.spill_path
 
     def spill_target(self) -> str:
         """The spill file."""
@@ -602,8 +649,10 @@ class SQLAuditHandler(BackgroundHandler):
 
     def release_resources(self) -> None:
         """Close the spill file and the connection pool."""
-        if self._spill_handler is not None:
-            self._spill_handler.close()
+        with self._spill_lock:
+            handler, self._spill_handler = self._spill_handler, None
+        if handler is not None:
+            handler.close()
         self.engine.dispose()
 
     def _after_fork(self) -> None:
