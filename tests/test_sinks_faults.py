@@ -179,8 +179,14 @@ def test_close_during_a_postgres_outage_loses_nothing(tmp_path: Path) -> None:
             subjects += emit(90, "during")
             # in a 1.6 s backoff (unless someone sharing the server started it again)
             wait_for(lambda: handler.stats()["retries"] >= 6 or handler.stats()["written"] > 10)
+            writer = handler._thread
             LOGGER.removeHandler(handler)
             handler.close()
+            assert writer is not None
+            assert not writer.is_alive()  # nothing left in the writer's hands
+            # still down when a writer asleep in its backoff would wake: as at
+            # process exit, nobody would write what it held
+            time.sleep(2.0)
         finally:
             pg_ctl("start")
         engine = sa.create_engine(url)
