@@ -418,13 +418,21 @@ def test_repr_hides_the_password() -> None:
 
 
 def pg_ctl(action: str) -> None:
-    """Stop or start the test server; one that someone else started again is fine."""
+    """Stop or start the test server, until it is so.
+
+    The server may be shared with other test runs that stop and start it too:
+    "already running" is success, and an action that raced with theirs is tried
+    again (for up to a minute).
+    """
     command = [*shlex.split(os.environ["JWTAUDIT_TEST_POSTGRES_CTL"])]
-    result = subprocess.run([*command, action], check=False, timeout=120)
-    if result.returncode != 0:  # e.g. "Cluster is already running" on a shared server
-        status = subprocess.run([*command, "status"], check=False, timeout=60)
-        running = status.returncode == 0
-        assert running == (action == "start"), f"{action} failed"
+    deadline = time.monotonic() + 60
+    while True:
+        subprocess.run([*command, action], check=False, timeout=120, capture_output=True)
+        status = subprocess.run([*command, "status"], check=False, timeout=60, capture_output=True)
+        if (status.returncode == 0) == (action == "start"):
+            return
+        assert time.monotonic() < deadline, f"pg_ctlcluster {action} failed"
+        time.sleep(0.5)
 
 
 def test_postgres_restart_in_the_middle_of_a_burst() -> None:
