@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 from jwks_server import JWKSServer
+from processes import free_port, stop_process
 
 from jwt_audit_middleware.testing import SigningKey, jwks_document
 
@@ -69,13 +69,6 @@ def application(environ, start_response):
 """
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def retiring() -> SigningKey:
     """The key the identity provider publishes first, then retires."""
@@ -119,12 +112,7 @@ def gunicorn(tmp_path: Path, idp: JWKSServer) -> Iterator[str]:
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)  # the group this fixture started
-            process.wait(timeout=5)
+        stop_process(process, timeout=5)
         if process.returncode not in (0, -signal.SIGTERM):
             print(output.read_text(errors="replace")[-3000:])
 

@@ -31,7 +31,6 @@ import os
 import random
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -45,6 +44,7 @@ from typing import Any
 import httpx
 import pytest
 from jwks_server import JWKSServer
+from processes import free_port, stop_process
 
 from jwt_audit_middleware.testing import SigningKey, jwks_document
 
@@ -67,13 +67,6 @@ CLEAN_EXIT = (0, -signal.SIGTERM)  # uvicorn re-raises the SIGTERM it handled
 
 
 # -- servers ---------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -187,16 +180,7 @@ def wait_ready(server: Server, workers: int) -> None:
 
 def stop_server(server: Server, timeout: float = 40.0) -> int | None:
     """SIGTERM, as a supervisor stops it; the exit status (None if it had to be killed)."""
-    process = server.process
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)  # the group this test started
-            process.wait(timeout=10)
-            return None
-    return process.returncode
+    return stop_process(server.process, timeout)
 
 
 def rss_kib(pid: int) -> int:

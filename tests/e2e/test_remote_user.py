@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -31,7 +30,8 @@ from typing import Any
 
 import httpx
 import pytest
-from test_servers import ROOT, START_TIMEOUT, bearer, free_port, gunicorn, uvicorn
+from processes import free_port, stop_process
+from test_servers import ROOT, START_TIMEOUT, bearer, gunicorn, uvicorn
 
 from jwt_audit_middleware.testing import SigningKey
 
@@ -133,14 +133,7 @@ def wait_ready(server: Server) -> None:
 
 
 def stop(server: Server) -> None:
-    process = server.process
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)  # the group this test started
-            process.wait(timeout=10)
+    stop_process(server.process)
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from processes import free_port, stop_process
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
@@ -35,13 +34,6 @@ KEY = SigningKey.generate("RS256", kid="e2e-1")  # made for this run
 FORGER = SigningKey.generate("RS256", kid="e2e-1")
 AUDIENCE = "orders"
 START_TIMEOUT = 30.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -198,14 +190,7 @@ def wait_ready(server: Running) -> None:
 
 
 def stop(server: Running) -> None:
-    process = server.process
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)  # the group this test started
-            process.wait(timeout=10)
+    stop_process(server.process)
 
 
 @pytest.fixture(scope="module")

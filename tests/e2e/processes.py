@@ -1,0 +1,33 @@
+"""What every end-to-end test does with its server processes: a free port, a clean stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 (the only address these tests ever serve on)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> int | None:
+    """SIGTERM, as a supervisor stops a server; its exit status, None if it had to be killed.
+
+    The process was started in its own session (``start_new_session=True``), so a
+    SIGKILL to its group takes its workers along.
+    """
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # the group this test started
+            process.wait(timeout=10)
+            return None
+    return process.returncode
