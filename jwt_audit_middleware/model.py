@@ -44,7 +44,9 @@ class Claims(dict[str, Any]):
     __slots__ = ()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        dict.__init__(self, *args, **kwargs)
+        if _NESTED.isdisjoint(map(type, dict.values(self))):  # the common, flat case
+            return
         for key, value in dict.items(self):
             kind = type(value)
             if kind is list or kind is dict:
@@ -89,6 +91,9 @@ class ClaimList(list[Any]):
 
     def __deepcopy__(self, memo: object) -> ClaimList:
         return self
+
+
+_NESTED = frozenset((list, dict))
 
 
 def _read_only(value: Any) -> Any:

@@ -239,8 +239,8 @@ class Gate:
     def _valid_span(self, token: VerifiedToken) -> tuple[float, float]:
         """The wall-clock span in which ``token``'s time claims hold (with leeway)."""
         leeway = self._leeway
-        get = token.claims.get
-        valid_from = max((get(name) or -math.inf) for name in ("nbf", "iat")) - leeway
+        claims = token.claims  # nbf and iat are numbers or absent: the verifier checked
+        valid_from = max(claims.get("nbf", -math.inf), claims.get("iat", -math.inf)) - leeway
         valid_until = math.inf if token.expires_at is None else token.expires_at + leeway
         return valid_from, valid_until
 
