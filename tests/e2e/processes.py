@@ -6,6 +6,10 @@ import os
 import signal
 import socket
 import subprocess
+import time
+from pathlib import Path
+
+import httpx
 
 
 def free_port() -> int:
@@ -31,3 +35,19 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> int
             process.wait(timeout=10)
             return None
     return process.returncode
+
+
+def wait_serving(
+    name: str, url: str, process: subprocess.Popen[bytes], output: Path, timeout: float
+) -> None:
+    """Until ``url`` answers (any status), or fail with the tail of the server's output."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            httpx.get(url, timeout=1.0)
+        except httpx.TransportError:
+            time.sleep(0.1)
+        else:
+            return
+    log = output.read_text(errors="replace")[-3000:]
+    raise AssertionError(f"{name} did not start:\n{log}")

@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 import pytest
-from processes import free_port, stop_process
+from processes import free_port, stop_process, wait_serving
 from test_servers import ROOT, START_TIMEOUT, bearer, gunicorn, uvicorn
 
 from jwt_audit_middleware.testing import SigningKey
@@ -120,16 +120,8 @@ def start(name: str, tmp: Path, template: Path) -> Server:
 
 
 def wait_ready(server: Server) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline and server.process.poll() is None:
-        try:
-            httpx.get(server.base_url + READY_PATH, timeout=1.0)
-        except httpx.TransportError:
-            time.sleep(0.1)
-        else:
-            return
-    log = server.output.read_text(errors="replace")[-3000:]
-    raise AssertionError(f"{server.name} did not start:\n{log}")
+    url = server.base_url + READY_PATH
+    wait_serving(server.name, url, server.process, server.output, START_TIMEOUT)
 
 
 def stop(server: Server) -> None:

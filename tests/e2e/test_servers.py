@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from processes import free_port, stop_process
+from processes import free_port, stop_process, wait_serving
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
@@ -175,18 +175,8 @@ def start(example: Example, tmp: Path) -> Running:
 
 
 def wait_ready(server: Running) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            break
-        try:
-            httpx.get(server.base_url + server.example.health_path, timeout=1.0)
-        except httpx.TransportError:
-            time.sleep(0.1)
-        else:
-            return
-    log = server.output.read_text(errors="replace")[-3000:]
-    raise AssertionError(f"{server.example.name} did not start:\n{log}")
+    url = server.base_url + server.example.health_path
+    wait_serving(server.example.name, url, server.process, server.output, START_TIMEOUT)
 
 
 def stop(server: Running) -> None:
