@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from jwks_server import JWKSServer
@@ -81,3 +83,20 @@ def no_leaked_jwks_threads() -> Iterator[None]:
     while jwks_threads() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not jwks_threads(), "a JWKS refresh thread outlived its test"
+
+
+@pytest.fixture
+def attach() -> Iterator[Callable[[logging.Handler], Any]]:
+    """Attach handlers to the ``jwt_audit`` logger for one test; detach and close them after."""
+    logger = logging.getLogger("jwt_audit")
+    attached: list[logging.Handler] = []
+
+    def add(handler: logging.Handler) -> Any:
+        logger.addHandler(handler)
+        attached.append(handler)
+        return handler
+
+    yield add
+    for handler in attached:
+        logger.removeHandler(handler)
+        handler.close()

@@ -12,6 +12,7 @@ import pytest
 
 from jwt_audit_middleware import ConfigurationError, Settings
 from jwt_audit_middleware.asgi import route_path
+from jwt_audit_middleware.errors import Denied
 from jwt_audit_middleware.policy import Gate
 from jwt_audit_middleware.testing import SigningKey
 
@@ -213,3 +214,14 @@ def test_a_flood_of_missing_tokens_shares_one_verdict(rsa_key: SigningKey) -> No
     first, second = g.decide_sync("/a", []), g.decide_sync("/b", [])
     assert first is second
     assert first.reason == "missing_token"
+
+
+def test_a_failing_key_refetch_fails_closed(rsa_key: SigningKey) -> None:
+    def broken_refetch() -> object:
+        raise RuntimeError("a bug in the key source")
+
+    g = gate(rsa_key)
+    pending = g.deny(Denied("unknown_key", "no key"), None, refresh_keys=broken_refetch)
+    assert pending.unsettled
+    settled = g.settle_sync(pending, "/", [])
+    assert (settled.allow, settled.reason, settled.status) == (False, "internal_error", 500)

@@ -33,22 +33,6 @@ LOGGER = logging.getLogger("jwt_audit")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
-@pytest.fixture
-def attach() -> Iterator[Callable[[logging.Handler], Any]]:
-    """Attach handlers to ``jwt_audit`` for one test; detach and close them after."""
-    attached: list[logging.Handler] = []
-
-    def add(handler: logging.Handler) -> Any:
-        LOGGER.addHandler(handler)
-        attached.append(handler)
-        return handler
-
-    yield add
-    for handler in attached:
-        LOGGER.removeHandler(handler)
-        handler.close()
-
-
 def emit(count: int, prefix: str = "user") -> list[str]:
     audit = AuditLogger()
     subjects = [f"{prefix}{i}" for i in range(count)]

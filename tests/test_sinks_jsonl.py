@@ -12,7 +12,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,22 +29,6 @@ LOGGER = logging.getLogger("jwt_audit")
 async def hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"ok"})
-
-
-@pytest.fixture
-def attach() -> Iterator[Any]:
-    """Attach handlers to the ``jwt_audit`` logger for one test; close them after."""
-    attached: list[logging.Handler] = []
-
-    def add(handler: logging.Handler) -> logging.Handler:
-        LOGGER.addHandler(handler)
-        attached.append(handler)
-        return handler
-
-    yield add
-    for handler in attached:
-        LOGGER.removeHandler(handler)
-        handler.close()
 
 
 async def burst(key: SigningKey, count: int) -> list[str]:
