@@ -37,6 +37,8 @@ ALWAYS_STRIPPED_HEADERS = ("remote-user",)
 DEFAULT_IDENTITY_HEADERS = ("x-remote-user", "x-forwarded-user", "x-auth-request-user")
 Mode = Literal["enforce", "report-only"]
 WebsocketExpiry = Literal["ignore", "close"]
+#: Rules that ``report_only`` can put in report-only mode one at a time (contract §9).
+REPORT_ONLY_RULES = ("scopes", "lockout", "revocation")
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _SECRET_OPTIONS = frozenset({"secret", "jwks"})
@@ -183,6 +185,12 @@ class Settings:
     ecdsa_low_s: bool = False
     websocket_expiry: WebsocketExpiry = "ignore"
     websocket_disconnect_events: bool = False
+    state_url: str | None = None
+    abuse_detection: bool | Mapping[str, Any] = False
+    report_only: Sequence[str] = ()
+    metrics: Any = False
+    """``False``, ``True`` (the default ``prometheus_client`` registry) or a
+    ``CollectorRegistry`` to publish on (contract §11)."""
 
     keyring: KeyRing = field(init=False, repr=False, compare=False)
     """The prepared keys, parsed once from ``secret``/``public_key``/``jwks``.
@@ -193,6 +201,9 @@ class Settings:
 
     leeway_seconds: float = field(init=False, repr=False, compare=False)
     """``leeway`` in seconds, as a float (``leeway`` keeps the number given)."""
+
+    abuse: AbuseDetection | None = field(init=False, repr=False, compare=False)
+    """``abuse_detection`` validated: its thresholds, or ``None`` when it is off."""
 
     _ENV_KINDS: ClassVar[Mapping[str, str]] = {
         "algorithms": "list",
@@ -215,6 +226,9 @@ class Settings:
         "max_token_bytes": "int",
         "cache_size": "int",
         "path_scopes": "json",
+        "abuse_detection": "json",
+        "report_only": "list",
+        "metrics": "bool",
     }
 
     def __new__(cls, **options: object) -> Settings:
@@ -233,6 +247,8 @@ class Settings:
         if isinstance(options["jwks"], Mapping):
             options["jwks"] = dict(options["jwks"])
         options["path_scopes"] = {k: list(v) for k, v in options["path_scopes"].items()}
+        if isinstance(options["abuse_detection"], Mapping):
+            options["abuse_detection"] = dict(options["abuse_detection"])
         options["providers"] = [dict(provider.options) for provider in self.trusted_providers]
         return (_rebuild, (options,))
 
@@ -402,6 +418,15 @@ class Settings:
             raise _fail("websocket_disconnect_events", "expected true or false")
         if self.mode not in ("enforce", "report-only"):
             raise _fail("mode", f"expected 'enforce' or 'report-only', got {self.mode!r}")
+        set_(self, "report_only", self._report_only())
+        set_(self, "state_url", self._state_url())
+        abuse = AbuseDetection.from_option(self.abuse_detection)
+        set_(self, "abuse", abuse)
+        set_(self, "abuse_detection", False if abuse is None else abuse.as_mapping())
+        if not isinstance(self.metrics, bool):
+            _check_registry(self.metrics)
+        elif self.metrics:
+            _import_extra("metrics", "prometheus_client", "metrics")
         set_(self, "revocation_check", _import_callable("revocation_check", self.revocation_check))
         set_(self, "trusted_proxies", self._trusted_proxies())
         set_(self, "request_id_header", self._request_id_header())
@@ -474,6 +499,25 @@ class Settings:
         lowered = (*ALWAYS_STRIPPED_HEADERS, *(name.lower() for name in names))
         return tuple(dict.fromkeys(lowered))
 
+    def _report_only(self) -> tuple[str, ...]:
+        rules = _strings("report_only", self.report_only)
+        for rule in rules:
+            if rule not in REPORT_ONLY_RULES:
+                close = difflib.get_close_matches(rule, REPORT_ONLY_RULES, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                known = ", ".join(REPORT_ONLY_RULES)
+                raise _fail("report_only", f"unknown rule {rule!r} (rules: {known}){hint}")
+        return rules
+
+    def _state_url(self) -> str | None:
+        url = self.state_url
+        if url is None:
+            return None
+        if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
+            raise _fail("state_url", "expected redis://host:port/db, rediss://... or unix://...")
+        _import_extra("state_url", "redis", "redis")
+        return url
+
     def _request_id_header(self) -> str | None:
         value = self.request_id_header
         if value is None:
@@ -506,6 +550,63 @@ class Settings:
         return f"Settings({', '.join(shown)})"
 
     __str__ = __repr__
+
+
+@dataclass(frozen=True, slots=True)
+class AbuseDetection:
+    """The thresholds of ``abuse_detection`` (contract §9), validated."""
+
+    window_seconds: int = 60
+    denials_per_ip: int = 20
+    denials_per_subject: int = 10
+    ips_per_token: int = 3
+    lockout_seconds: int = 0
+
+    @classmethod
+    def from_option(cls, value: object) -> AbuseDetection | None:
+        """``None`` for ``False``; the defaults for ``True``; else a mapping checked."""
+        if value is False or value is None:
+            return None
+        if value is True:
+            return cls()
+        if isinstance(value, AbuseDetection):
+            return value
+        if not isinstance(value, Mapping):
+            raise _fail("abuse_detection", "expected true, false or a mapping of thresholds")
+        names = [f.name for f in fields(cls)]
+        given: dict[str, int] = {}
+        for name, raw in value.items():
+            if name not in names:
+                close = difflib.get_close_matches(str(name), names, n=1, cutoff=0.6)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise _fail(f"abuse_detection.{name}", f"unknown threshold{hint}")
+            minimum = 0 if name == "lockout_seconds" else 1
+            given[name] = int(
+                _number(f"abuse_detection.{name}", raw, minimum=minimum, integer=True)
+            )
+        return cls(**given)
+
+    def as_mapping(self) -> Mapping[str, int]:
+        """The thresholds as a read-only mapping (``Settings.abuse_detection``)."""
+        return MappingProxyType({f.name: getattr(self, f.name) for f in fields(self)})
+
+
+def _import_extra(option: str, module: str, extra: str) -> None:
+    """Refuse an option whose optional dependency is not installed, naming the extra."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise _fail(
+            option, f"needs {module}: pip install 'jwt-audit-middleware[{extra}]'"
+        ) from None
+
+
+def _check_registry(value: object) -> None:
+    _import_extra("metrics", "prometheus_client", "metrics")
+    from prometheus_client import CollectorRegistry  # noqa: PLC0415 - optional extra
+
+    if not isinstance(value, CollectorRegistry):
+        raise _fail("metrics", "expected true, false or a prometheus_client CollectorRegistry")
 
 
 def check_remote_algorithms(option: str, algorithms: Sequence[str]) -> None:

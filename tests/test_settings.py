@@ -7,6 +7,8 @@ import datetime
 import json
 import os.path
 import pickle
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -632,3 +634,98 @@ def test_leeway_is_capped_unless_max_leeway_is_raised() -> None:
     assert Settings(**hs256(leeway=300)).leeway_seconds == 300.0
     assert Settings(**hs256(leeway=3600, max_leeway=3600)).leeway_seconds == 3600.0
     config_error("max_leeway", **hs256(max_leeway=-1))
+
+
+# -- abuse detection, shared state, per-rule report-only, metrics (contract §9, §11) --------
+
+
+def _hs(**options: object) -> Settings:
+    return Settings(algorithms=["HS256"], secret="s" * 32, **options)
+
+
+def test_abuse_detection_is_off_by_default_and_true_means_the_contract_defaults() -> None:
+    assert _hs().abuse is None
+    abuse = _hs(abuse_detection=True).abuse
+    assert abuse is not None
+    assert (abuse.window_seconds, abuse.denials_per_ip, abuse.denials_per_subject) == (60, 20, 10)
+    assert (abuse.ips_per_token, abuse.lockout_seconds) == (3, 0)
+
+
+def test_abuse_detection_mapping_overrides_some_thresholds() -> None:
+    settings = _hs(abuse_detection={"denials_per_ip": 5, "lockout_seconds": 30})
+    assert settings.abuse is not None
+    assert settings.abuse.denials_per_ip == 5
+    assert settings.abuse.lockout_seconds == 30
+    assert settings.abuse.window_seconds == 60
+    assert dict(settings.abuse_detection)["denials_per_ip"] == 5  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ({"denials_per_iq": 3}, "did you mean 'denials_per_ip'"),
+        ({"window_seconds": 0}, "abuse_detection.window_seconds"),
+        ({"lockout_seconds": -1}, "abuse_detection.lockout_seconds"),
+        ({"denials_per_ip": 2.5}, "expected an integer"),
+        ("yes", "expected true, false or a mapping"),
+    ],
+)
+def test_abuse_detection_refuses_bad_thresholds(value: object, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
+        _hs(abuse_detection=value)
+
+
+def test_report_only_names_rules_and_refuses_unknown_ones() -> None:
+    assert _hs(report_only=["lockout", "scopes"]).report_only == ("lockout", "scopes")
+    with pytest.raises(ConfigurationError, match="did you mean 'revocation'"):
+        _hs(report_only=["revocations"])
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:6379", "127.0.0.1:6379", ""])
+def test_state_url_must_be_a_redis_url(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="state_url"):
+        _hs(state_url=url)
+
+
+def test_missing_extras_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "redis", None)
+    with pytest.raises(ConfigurationError, match=r"jwt-audit-middleware\[metrics\]"):
+        _hs(metrics=True)
+    with pytest.raises(ConfigurationError, match=r"jwt-audit-middleware\[redis\]"):
+        _hs(state_url="redis://127.0.0.1:6379/0")
+
+
+def test_metrics_takes_a_registry_but_not_anything_else() -> None:
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+    assert _hs(metrics=registry).metrics is registry
+    with pytest.raises(ConfigurationError, match="CollectorRegistry"):
+        _hs(metrics="yes")
+
+
+def test_the_new_options_come_from_the_environment() -> None:
+    settings = Settings.from_env(
+        {
+            "JWT_AUDIT_ALGORITHMS": "HS256",
+            "JWT_AUDIT_SECRET": "s" * 32,
+            "JWT_AUDIT_ABUSE_DETECTION": '{"lockout_seconds": 10}',
+            "JWT_AUDIT_REPORT_ONLY": "lockout,revocation",
+            "JWT_AUDIT_STATE_URL": "redis://127.0.0.1:6379/0",
+        }
+    )
+    assert settings.abuse is not None
+    assert settings.abuse.lockout_seconds == 10
+    assert settings.report_only == ("lockout", "revocation")
+    assert settings.state_url == "redis://127.0.0.1:6379/0"
+    assert (
+        Settings.from_env(
+            {
+                "JWT_AUDIT_ALGORITHMS": "HS256",
+                "JWT_AUDIT_SECRET": "s" * 32,
+                "JWT_AUDIT_ABUSE_DETECTION": "true",
+            }
+        ).abuse
+        is not None
+    )
