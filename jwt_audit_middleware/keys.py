@@ -335,16 +335,19 @@ def load_keyring(
     secret: object = None,
     secret_file: object = None,
     public_key: object = None,
+    public_key_file: object = None,
     jwks: object = None,
     jwks_file: object = None,
     algorithms_option: str = "algorithms",
 ) -> LoadedKeys:
     """Read, normalise and prepare the static keys of the top-level options or of a provider.
 
-    The one place where ``secret_file`` and ``jwks_file`` are read: a secret
-    file loses one trailing line ending (LF or CR LF, as editors and
-    ``echo`` add; a binary secret keeps its other bytes), a JWKS file must be
-    UTF-8 JSON.  A ``str`` secret becomes its UTF-8 bytes.  ``where`` prefixes
+    The one place where ``secret_file``, ``public_key_file`` (a path or a
+    list of paths, each holding one or more PEM blocks) and ``jwks_file`` are
+    read: a secret file loses one trailing line ending (LF or CR LF, as
+    editors and ``echo`` add; a binary secret keeps its other bytes), a JWKS
+    file must be UTF-8 JSON.  A file that cannot be read is named in the
+    error by its path.  A ``str`` secret becomes its UTF-8 bytes.  ``where`` prefixes
     the option names of errors (``""`` for the top level, ``"providers[1]"``
     for a provider), so ``ConfigurationError`` names the option as the user
     wrote it: ``secret_file`` rather than ``secret`` when the secret came from
@@ -363,6 +366,12 @@ def load_keyring(
             )
         secret = _strip_line_ending(read_key_file(name("secret_file"), secret_file))
     secret = _secret_bytes(name("secret"), secret)
+    if public_key_file is not None:
+        if public_key is not None:
+            raise ConfigurationError(
+                name("public_key_file"), "give either public_key or public_key_file, not both"
+            )
+        public_key = _read_pem_files(name("public_key_file"), public_key_file)
     if jwks_file is not None:
         if jwks is not None:
             raise ConfigurationError(name("jwks_file"), "give either jwks or jwks_file, not both")
@@ -374,6 +383,7 @@ def load_keyring(
         option = {
             "algorithms": algorithms_option,
             "secret": "secret" if secret_file is None else "secret_file",
+            "public_key": "public_key" if public_key_file is None else "public_key_file",
             "jwks": "jwks" if jwks_file is None else "jwks_file",
         }.get(exc.option, exc.option)
         raise ConfigurationError(name(option), str(exc)[len(exc.option) + 2 :]) from None
@@ -392,12 +402,22 @@ def read_key_file(option: str, path: object) -> bytes:
             data = handle.read(MAX_KEY_FILE_BYTES + 1)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        raise ConfigurationError(option, f"cannot read the file ({reason})") from None
+        shown = os.fsdecode(path).encode("unicode_escape").decode("ascii")  # one safe line
+        raise ConfigurationError(option, f"cannot read '{shown}' ({reason})") from None
     if len(data) > MAX_KEY_FILE_BYTES:
         raise ConfigurationError(
             option, f"the file is larger than {MAX_KEY_FILE_BYTES // 1024} KiB: not a key file"
         )
     return data
+
+
+def _read_pem_files(option: str, paths: object) -> bytes | tuple[bytes, ...]:
+    """The content of ``public_key_file``: one path, or a list of paths (read in order)."""
+    if isinstance(paths, (str, bytes, os.PathLike)):
+        return read_key_file(option, paths)
+    if not isinstance(paths, Sequence) or not paths:
+        raise ConfigurationError(option, "expected a file path or a list of file paths")
+    return tuple(read_key_file(option, path) for path in paths)
 
 
 def _strip_line_ending(data: bytes) -> bytes:
@@ -464,21 +484,38 @@ def _secret_key(secret: bytes, algorithms: Sequence[str]) -> VerificationKey:
 
 
 def _pem_blocks(value: object) -> list[bytes]:
-    items: object = [value] if isinstance(value, (str, bytes)) else value
+    single = isinstance(value, (str, bytes))
+    items: object = [value] if single else value
     if not isinstance(items, Sequence) or not items:
         raise ConfigurationError("public_key", "expected a PEM string or a list of PEM strings")
     blocks: list[bytes] = []
-    for item in items:
+    for number, item in enumerate(items, 1):
         if not isinstance(item, (str, bytes)):
             raise ConfigurationError("public_key", "every entry must be a PEM string")
-        data = item.encode() if isinstance(item, str) else item
+        data = item.encode(errors="replace") if isinstance(item, str) else item
         if b"\n" not in data and b"\\n" in data:  # one line from an .env file: "...\\n..."
             data = data.replace(b"\\n", b"\n")
         found = [m.group(0) for m in _PEM_BLOCK.finditer(data)]
         if not found:
-            raise ConfigurationError("public_key", "no PEM block found (-----BEGIN ...-----)")
+            where = "" if single else f"entry #{number} "
+            raise ConfigurationError("public_key", where + _no_pem(data))
         blocks.extend(found)
     return blocks
+
+
+#: A value without a PEM block that a user most likely meant as a file name.
+_PATH_LIKE = re.compile(rb"^(~|\.{0,2}/|[A-Za-z]:\\)|\.(pem|crt|cer|pub|key)$", re.IGNORECASE)
+
+
+def _no_pem(data: bytes) -> str:
+    """Why a ``public_key`` value holds no PEM block, and what to do (never the value)."""
+    text = data.strip()
+    if not text:
+        # the usual cause: JWT_PUBLIC_KEY="$(cat public.pem)" with no public.pem there
+        return "is empty: give the PEM text (-----BEGIN PUBLIC KEY-----), or public_key_file"
+    if b"\n" not in text and b"-----" not in text and _PATH_LIKE.search(text):
+        return "looks like a file path: use public_key_file to read a PEM file"
+    return "no PEM block found (-----BEGIN ...-----)"
 
 
 def _pem_keys(value: object, algorithms: Sequence[str]) -> list[VerificationKey]:

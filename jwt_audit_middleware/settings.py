@@ -3,7 +3,8 @@
 Every option of the contract is a keyword-only field.  Validation runs once, at
 construction; afterwards the object is frozen and the verifier only reads it.
 Values are normalised on the way in (lists become tuples, paths are checked,
-``secret_file`` and ``jwks_file`` are read into ``secret`` and ``jwks``), so
+``secret_file``, ``public_key_file`` and ``jwks_file`` are read into
+``secret``, ``public_key`` and ``jwks``), so
 nothing downstream has to guess their shape.
 """
 
@@ -42,6 +43,14 @@ REPORT_ONLY_RULES = ("scopes", "lockout", "revocation")
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _SECRET_OPTIONS = frozenset({"secret", "jwks"})
+_STATIC_KEY_OPTIONS = (
+    "secret",
+    "secret_file",
+    "public_key",
+    "public_key_file",
+    "jwks",
+    "jwks_file",
+)
 
 
 def _fail(option: str, message: str) -> ConfigurationError:
@@ -155,6 +164,7 @@ class Settings:
     secret: str | bytes | None = None
     secret_file: str | os.PathLike[str] | None = None
     public_key: str | bytes | Sequence[str | bytes] | None = None
+    public_key_file: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None
     jwks: Mapping[str, Any] | str | None = None
     jwks_file: str | os.PathLike[str] | None = None
     jwks_url: str | None = None
@@ -207,6 +217,7 @@ class Settings:
 
     _ENV_KINDS: ClassVar[Mapping[str, str]] = {
         "algorithms": "list",
+        "public_key_file": "list",
         "issuer": "list",
         "audience": "list",
         "required_claims": "list",
@@ -243,7 +254,8 @@ class Settings:
 
     def __reduce__(self) -> tuple[Any, ...]:
         options = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
-        options["jwks_file"] = options["secret_file"] = None  # their content is in jwks/secret
+        # their content is in jwks, secret and public_key
+        options["jwks_file"] = options["secret_file"] = options["public_key_file"] = None
         if isinstance(options["jwks"], Mapping):
             options["jwks"] = dict(options["jwks"])
         options["path_scopes"] = {k: list(v) for k, v in options["path_scopes"].items()}
@@ -293,15 +305,22 @@ class Settings:
         Lists are comma-separated (or a JSON array); ``PATH_SCOPES`` and
         ``JWKS`` are JSON; ``REVOCATION_CHECK`` is an import string.  An
         unknown ``JWT_AUDIT_*`` variable is an error, like an unknown option.
+        Errors name the variable the user set (``JWT_AUDIT_SECRET_FILE: ...``),
+        or the one to set, rather than the option.
         """
         environ = os.environ if environ is None else environ
         options: dict[str, Any] = {}
+        variables: dict[str, str] = {}
         for variable, raw in environ.items():
             if not variable.startswith(prefix):
                 continue
             name = variable[len(prefix) :].lower()
             options[name] = cls.option_from_text(name, raw, source=variable)
-        return cls(**options)
+            variables[name] = variable
+        try:
+            return cls(**options)
+        except ConfigurationError as exc:
+            raise _variable_error(exc, prefix, variables, cls.option_names()) from None
 
     @classmethod
     def option_from_text(cls, name: str, raw: str, *, source: str | None = None) -> object:
@@ -352,7 +371,7 @@ class Settings:
             problem = check_url(self.jwks_url)
             if problem is not None:
                 raise _fail("jwks_url", problem)
-            for other in ("secret", "secret_file", "public_key", "jwks", "jwks_file"):
+            for other in _STATIC_KEY_OPTIONS:
                 if getattr(self, other) is not None:
                     raise _fail("jwks_url", f"give either jwks_url or {other}, not both")
             check_remote_algorithms("jwks_url", algorithms)
@@ -364,6 +383,7 @@ class Settings:
             secret=self.secret,
             secret_file=self.secret_file,
             public_key=self.public_key,
+            public_key_file=self.public_key_file,
             jwks=self.jwks,
             jwks_file=self.jwks_file,
         )
@@ -444,7 +464,7 @@ class Settings:
         value = self.providers
         if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence) or not value:
             raise _fail("providers", "expected a list of mappings, one per trusted issuer")
-        for other in ("secret", "secret_file", "public_key", "jwks", "jwks_file", "jwks_url"):
+        for other in (*_STATIC_KEY_OPTIONS, "jwks_url"):
             if getattr(self, other) is not None:
                 raise _fail(other, "set keys per provider when providers is used")
         if self.issuer is not None:
@@ -589,6 +609,25 @@ class AbuseDetection:
     def as_mapping(self) -> Mapping[str, int]:
         """The thresholds as a read-only mapping (``Settings.abuse_detection``)."""
         return MappingProxyType({f.name: getattr(self, f.name) for f in fields(self)})
+
+
+def _variable_error(
+    exc: ConfigurationError, prefix: str, variables: Mapping[str, str], valid: Sequence[str]
+) -> ConfigurationError:
+    """``exc`` of ``from_env``, naming the variable (``JWT_AUDIT_PUBKEY``), not the option."""
+    option = exc.option
+    message = str(exc)[len(option) + 2 :]
+    head = re.split(r"[.\[]", option, maxsplit=1)[0]  # "providers" of "providers[0].issuer"
+    if message.startswith("unknown option"):
+        close = difflib.get_close_matches(head, valid, n=1, cutoff=0.6)
+        message = "unknown option" + (
+            f"; did you mean '{prefix}{close[0].upper()}'?" if close else ""
+        )
+    elif head not in valid:
+        return exc
+    return ConfigurationError(
+        variables.get(head, prefix + head.upper()) + option[len(head) :], message
+    )
 
 
 def _import_extra(option: str, module: str, extra: str) -> None:

@@ -538,7 +538,12 @@ def test_a_public_key_list_becomes_a_tuple(keys: dict[str, SigningKey]) -> None:
     ("where", "options", "option", "message"),
     [
         ("", {"secret": SECRET, "secret_file": "x"}, "secret_file", "either secret or"),
-        ("", {"secret_file": "/nonexistent/secret"}, "secret_file", "cannot read the file"),
+        (
+            "",
+            {"secret_file": "/nonexistent/secret"},
+            "secret_file",
+            "cannot read '/nonexistent/secret' (No such file or directory)",
+        ),
         ("providers[1]", {"secret_file": 0}, "providers[1].secret_file", "file path, got int"),
         ("providers[1]", {"jwks_file": "/nonexistent"}, "providers[1].jwks_file", "cannot read"),
         ("providers[1]", {"jwks_file": ["a"]}, "providers[1].jwks_file", "file path"),

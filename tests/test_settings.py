@@ -729,3 +729,131 @@ def test_the_new_options_come_from_the_environment() -> None:
         ).abuse
         is not None
     )
+
+
+# -- configuration friction (issue 13, item 4) ----------------------------------------
+
+
+def _pem_file(tmp_path: Path, key: SigningKey, name: str = "public.pem") -> Path:
+    path = tmp_path / name
+    path.write_text(str(key.public_pem), encoding="utf-8")
+    return path
+
+
+def test_public_key_file_reads_one_pem_file_or_a_list(tmp_path: Path) -> None:
+    rsa_key, ec_key = SigningKey.generate("RS256"), SigningKey.generate("ES256")
+    one = Settings(algorithms=["RS256"], public_key_file=_pem_file(tmp_path, rsa_key))
+    assert one.public_key == str(rsa_key.public_pem).encode()
+    both = Settings(
+        algorithms=["RS256", "ES256"],
+        public_key_file=[str(_pem_file(tmp_path, rsa_key)), _pem_file(tmp_path, ec_key, "ec.pem")],
+    )
+    assert len(both.keyring) == 2
+    verifier = Verifier(both)
+    for key in (rsa_key, ec_key):
+        token = key.token()
+        assert verifier.verify(token, fingerprint(token)).claims["sub"] == "alice"
+    copy = pickle.loads(pickle.dumps(both))  # the files' content travels, not their paths
+    assert copy.public_key_file is None
+    assert len(copy.keyring) == 2
+
+
+def test_public_key_file_comes_from_the_environment(tmp_path: Path) -> None:
+    key = SigningKey.generate("ES256")
+    path = _pem_file(tmp_path, key)
+    settings = Settings.from_env(
+        {"JWT_AUDIT_ALGORITHMS": "ES256", "JWT_AUDIT_PUBLIC_KEY_FILE": str(path)}
+    )
+    assert len(settings.keyring) == 1
+
+
+def test_public_key_file_errors_name_it_and_the_path(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "public.pem"
+    exc = config_error("public_key_file", algorithms=["RS256"], public_key_file=str(missing))
+    assert str(exc) == f"public_key_file: cannot read '{missing}' (No such file or directory)"
+    key = SigningKey.generate("RS256")
+    path = _pem_file(tmp_path, key)
+    exc = config_error(
+        "public_key_file", algorithms=["RS256"], public_key=key.public_pem, public_key_file=path
+    )
+    assert "either public_key or public_key_file" in str(exc)
+    not_pem = tmp_path / "key.txt"
+    not_pem.write_text("hello\n", encoding="utf-8")
+    exc = config_error("public_key_file", algorithms=["RS256"], public_key_file=not_pem)
+    assert "no PEM block found" in str(exc)
+    config_error("public_key_file", algorithms=["RS256"], public_key_file=[])
+    config_error(
+        "jwks_url", algorithms=["RS256"], jwks_url="https://x.test/j", public_key_file=path
+    )
+
+
+def test_secret_file_error_names_the_path(tmp_path: Path) -> None:
+    missing = tmp_path / "y"
+    exc = config_error("secret_file", algorithms=["HS256"], secret_file=missing)
+    assert str(exc) == f"secret_file: cannot read '{missing}' (No such file or directory)"
+    exc = config_error("secret_file", algorithms=["HS256"], secret_file=tmp_path)
+    assert str(exc) == f"secret_file: cannot read '{tmp_path}' (Is a directory)"
+
+
+def test_a_path_control_character_cannot_break_the_error_line(tmp_path: Path) -> None:
+    exc = config_error("secret_file", algorithms=["HS256"], secret_file=str(tmp_path / "a\nb"))
+    assert "\n" not in str(exc)
+    assert "a\\nb" in str(exc)
+
+
+@pytest.mark.parametrize(
+    "value", ["public.pem", "./keys/idp.pem", "/etc/jwt/public.pem", "~/idp.crt", "C:\\keys\\k.pub"]
+)
+def test_a_path_given_as_public_key_gets_a_hint(value: str) -> None:
+    exc = config_error("public_key", algorithms=["RS256"], public_key=value)
+    assert str(exc) == "public_key: looks like a file path: use public_key_file to read a PEM file"
+
+
+@pytest.mark.parametrize("value", ["", "   \n", b""])
+def test_an_empty_public_key_says_it_is_empty(value: str | bytes) -> None:
+    exc = config_error("public_key", algorithms=["RS256"], public_key=value)
+    assert "is empty" in str(exc)
+    assert "no PEM block" not in str(exc)
+
+
+def test_not_a_pem_and_not_a_path_keeps_the_plain_message() -> None:
+    exc = config_error("public_key", algorithms=["RS256"], public_key="MIIBIjANBgkqhkiG9w0B")
+    assert str(exc) == "public_key: no PEM block found (-----BEGIN ...-----)"
+    key = SigningKey.generate("RS256")
+    exc = config_error("public_key", algorithms=["RS256"], public_key=[key.public_pem, ""])
+    assert str(exc).startswith("public_key: entry #2 is empty")
+
+
+def test_an_empty_public_key_from_django_style_settings() -> None:
+    # JWT_AUDIT = {"PUBLIC_KEY": os.environ.get("JWT_PUBLIC_KEY", "")} with the variable unset
+    with pytest.raises(ConfigurationError, match=r"^public_key: is empty"):
+        Settings.from_mapping({"ALGORITHMS": ["RS256"], "PUBLIC_KEY": ""})
+
+
+def test_environment_errors_name_the_variable_set() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_env({"JWT_AUDIT_ALGORITHMS": "RS256", "JWT_AUDIT_PUBKEY": "x"})
+    assert str(info.value) == (
+        "JWT_AUDIT_PUBKEY: unknown option; did you mean 'JWT_AUDIT_PUBLIC_KEY'?"
+    )
+    assert info.value.option == "JWT_AUDIT_PUBKEY"
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_env({"JWT_AUDIT_ALGORITHMS": "RS256", "JWT_AUDIT_PUBLIC_KEY": ""})
+    assert str(info.value).startswith("JWT_AUDIT_PUBLIC_KEY: is empty")
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_env({"JWT_AUDIT_ALGORITHMS": "HS256", "JWT_AUDIT_SECRET_FILE": "/x/y"})
+    assert str(info.value) == (
+        "JWT_AUDIT_SECRET_FILE: cannot read '/x/y' (No such file or directory)"
+    )
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_env({"APP_SECRET": "s" * 32}, prefix="APP_")
+    assert info.value.option == "APP_ALGORITHMS"  # the variable to set
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_env({"JWT_AUDIT_ALGORITHMS": "HS256", "JWT_AUDIT_ZZZZ": "1"})
+    assert str(info.value) == "JWT_AUDIT_ZZZZ: unknown option"
+
+
+def test_environment_errors_inside_providers_name_the_variable() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_env({"JWT_AUDIT_PROVIDERS": '[{"issuer": "https://a.test/"}]'})
+    assert info.value.option.startswith("JWT_AUDIT_PROVIDERS[0].")
