@@ -173,10 +173,10 @@ class JWTAuditMiddleware:
         )
         lifecycle = self._lifecycle
         gate = self._gate
-        verdict = gate.decide(path, authorization)
-        if verdict.unsettled:  # a key refetch or the revocation hook, off the loop
+        verdict = gate.decide(path, authorization, info.client_ip)
+        if verdict.unsettled:  # a key refetch, the revocation hook, the store: off the loop
             try:
-                verdict = await gate.settle_async(verdict, path, authorization)
+                verdict = await gate.settle_async(verdict, path, authorization, info.client_ip)
             except BaseException:  # cancelled (the client left): still one event
                 lifecycle.begin(verdict, info).finish(None)
                 raise

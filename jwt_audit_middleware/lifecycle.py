@@ -124,7 +124,9 @@ class Lifecycle:
             raise ConfigurationError("settings", "expected a Settings instance")
         self.settings = settings
         self.audit = AuditLogger()
-        self.gate = Gate(settings, Verifier(settings, key_events=self.audit.emit))
+        self.gate = Gate(
+            settings, Verifier(settings, key_events=self.audit.emit), events=self.audit.emit
+        )
         self.reader = RequestReader(settings)
         self._report_only = self.gate.report_only  # attach() reads it on every request
         #: ``begin(verdict, info)``: the request's ``Exchange``, the one event still to emit

@@ -232,14 +232,18 @@ class Verdict:
     refresh_keys: Callable[[], object] | None = field(default=None, compare=False)
     """Set on an ``unknown_key``/``key_unavailable`` denial when refetching the
     token's JWKS URL may help: a blocking call, run in a thread from a loop."""
+    pending_state: bool = False
+    """The abuse-detection store (in Redis) is still to be asked (``Gate.settle_*``)."""
+    retry_after: int | None = None
+    """Seconds until a lockout ends (``locked_out``: the ``Retry-After`` header)."""
     event_base: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     auth_scopes: tuple[str, ...] = field(default=(), repr=False, compare=False)
     """The token's scopes, sorted (Starlette's ``AuthCredentials``)."""
     unsettled: bool = field(init=False, repr=False, compare=False)
-    """A key refetch or the revocation hook is still to run (``Gate.settle_*``)."""
+    """A key refetch, the revocation hook or the store is still to be asked (``Gate.settle_*``)."""
 
     def __post_init__(self) -> None:
-        unsettled = self.refresh_keys is not None or self.pending_revocation
+        unsettled = self.refresh_keys is not None or self.pending_revocation or self.pending_state
         object.__setattr__(self, "unsettled", unsettled)
         token = self.token
         if not self.event_base:

@@ -20,6 +20,7 @@ from typing import Any
 import anyio.to_thread
 from asgiref.sync import async_to_sync
 
+from .abuse import Guard
 from .cache import TokenCache
 from .errors import Denied
 from .events import (
@@ -33,9 +34,23 @@ from .events import (
 )
 from .model import EXEMPT, OPTIONAL, REQUIRED, Challenge, Verdict, VerifiedToken, event_base
 from .settings import Settings
+from .state import open_store
 from .verifier import Verifier
 
 internal_logger = logging.getLogger("jwt_audit.internal")
+_WARNING = logging.WARNING
+
+
+def _log_event(event: dict[str, Any], level: int) -> None:
+    """Where a Gate built without an audit logger sends alerts: the ``jwt_audit`` logger."""
+    logging.getLogger("jwt_audit").log(
+        level,
+        "%s %s %s",
+        event["event"],
+        event["outcome"],
+        event["reason"],
+        extra={"jwt_audit": event},
+    )
 
 
 def normalise_path(path: str) -> str:
@@ -129,11 +144,20 @@ class Gate:
     worker thread off the loop.
     """
 
-    def __init__(self, settings: Settings, verifier: Verifier | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        verifier: Verifier | None = None,
+        *,
+        events: Callable[[dict[str, Any], int], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.verifier = verifier or Verifier(settings)
         self.paths = PathPolicy(settings)
         self.report_only = settings.mode == "report-only"
+        # per-rule report-only (contract §9): these denials let the request go on
+        self._scopes_report_only = self.report_only or "scopes" in settings.report_only
+        self._revocation_report_only = self.report_only or "revocation" in settings.report_only
         self.revocation_check = settings.revocation_check
         self.revocation_is_async = settings.revocation_is_async
         self.cache = TokenCache(settings.cache_size) if settings.cache_size else None
@@ -143,63 +167,111 @@ class Gate:
         self._denials: dict[tuple[str, str, str], Verdict] = {}
         self._exempt = Verdict(True, ALLOWED, path_kind=EXEMPT)
         self._anonymous = Verdict(True, ALLOWED, path_kind=OPTIONAL)
+        self._retry_challenges: dict[int, Challenge] = {}
+        #: abuse detection, lockouts, the revocation list: only when configured
+        self.guard: Guard | None = None
+        if settings.abuse is not None or settings.state_url is not None:
+            emit = events or _log_event
+            store = open_store(settings.state_url, events=lambda event: emit(event, _WARNING))
+            self.guard = Guard(settings, store, emit, self._guard_denial)
 
     # -- the decision --------------------------------------------------------
 
-    def decide(self, path: str, authorization: list[str]) -> Verdict:
+    def decide(self, path: str, authorization: list[str], client_ip: str | None = None) -> Verdict:
         """The verdict as far as it goes without I/O; a bug of ours is ``internal_error``.
 
-        Path rules, then the token: a cache hit, or a first-seen token verified.
-        An ``unsettled`` verdict still needs ``settle_sync()`` or ``settle_async()``:
-        a refetch of a JWKS URL for an unknown key, or the revocation hook.
+        Path rules, a lockout of ``client_ip`` (abuse detection), then the token:
+        a cache hit, or a first-seen token verified.  An ``unsettled`` verdict
+        still needs ``settle_sync()`` or ``settle_async()``: a refetch of a JWKS
+        URL for an unknown key, the revocation hook, or a store in Redis.
         """
         try:
             paths = self.paths
             kind, required = paths.rule(path) if paths.has_rules else _REQUIRED_RULE
             if kind == EXEMPT:
                 return self._exempt
-            cache = self.cache
-            if cache is not None and len(authorization) == 1:
-                # Fast path: a token seen before.  Only verified tokens are cached, so
-                # a hit has passed every syntax check already; anything unusual
-                # (other casing, extra spaces) simply misses and takes the full path.
-                value = authorization[0]
-                if value.startswith(_BEARER):
-                    # utf-8 never fails (a server may decode headers beyond latin-1); a
-                    # non-ASCII value simply misses and is refused on the full path
-                    digest = _sha256(value[7:].encode("utf-8", "surrogatepass")).digest()
-                    verifier = self.verifier
-                    cached = cache.get(digest, verifier.clock(), verifier.keys_version)
-                    if cached is not None:
-                        if kind == REQUIRED and not required:
-                            return cached  # what _allowed() returns without path rules
-                        return self._allowed(cached, kind, required)
-            return self._first_seen(authorization, kind, required)
+            guard = self.guard
+            if guard is None:
+                return self._token_verdict(authorization, kind, required)
+            locked = guard.locked(client_ip)
+            if locked is not None:  # before any token work: a look-up, not a signature check
+                return locked
+            verdict = self._token_verdict(authorization, kind, required)
+            return verdict if verdict.unsettled else guard.after(verdict, client_ip)
         except Exception:  # noqa: BLE001 - a bug of ours must not reach the server
             return self.internal_error("decide")
 
-    def decide_sync(self, path: str, authorization: list[str]) -> Verdict:
-        """The whole verdict, the blocking steps in this thread (WSGI, Django sync)."""
-        verdict = self.decide(path, authorization)
-        return self.settle_sync(verdict, path, authorization) if verdict.unsettled else verdict
+    def _token_verdict(
+        self, authorization: list[str], kind: str, required: tuple[str, ...]
+    ) -> Verdict:
+        """The verdict on the request's token: from the cache, or verified now."""
+        cache = self.cache
+        if cache is not None and len(authorization) == 1:
+            # Fast path: a token seen before.  Only verified tokens are cached, so
+            # a hit has passed every syntax check already; anything unusual
+            # (other casing, extra spaces) simply misses and takes the full path.
+            value = authorization[0]
+            if value.startswith(_BEARER):
+                # utf-8 never fails (a server may decode headers beyond latin-1); a
+                # non-ASCII value simply misses and is refused on the full path
+                digest = _sha256(value[7:].encode("utf-8", "surrogatepass")).digest()
+                verifier = self.verifier
+                cached = cache.get(digest, verifier.clock(), verifier.keys_version)
+                if cached is not None:
+                    if kind == REQUIRED and not required:
+                        return cached  # what _allowed() returns without path rules
+                    return self._allowed(cached, kind, required)
+        return self._first_seen(authorization, kind, required)
 
-    def settle_sync(self, verdict: Verdict, path: str, authorization: list[str]) -> Verdict:
-        """Run an unsettled verdict's key refetch and revocation hook in this thread."""
+    def decide_sync(
+        self, path: str, authorization: list[str], client_ip: str | None = None
+    ) -> Verdict:
+        """The whole verdict, the blocking steps in this thread (WSGI, Django sync)."""
+        verdict = self.decide(path, authorization, client_ip)
+        if verdict.unsettled:
+            return self.settle_sync(verdict, path, authorization, client_ip)
+        return verdict
+
+    def settle_sync(
+        self, verdict: Verdict, path: str, authorization: list[str], client_ip: str | None = None
+    ) -> Verdict:
+        """Run an unsettled verdict's key refetch, revocation hook and store probe here.
+
+        The store is asked last, about the verdict the other steps leave.
+        """
         try:
-            if verdict.refresh_keys is not None:
-                verdict.refresh_keys()  # blocks up to jwks_timeout; one fetch for all waiting
-                verdict = self._evaluate_again(path, authorization)
-            return self.resolve_sync(verdict)
+            guard = self.guard
+            if not verdict.pending_state:  # decide() left the guard for after these steps
+                if verdict.refresh_keys is not None:
+                    verdict.refresh_keys()  # blocks up to jwks_timeout; one fetch for all waiting
+                    verdict = self._evaluate_again(path, authorization)
+                verdict = self.resolve_sync(verdict)
+                if guard is None:
+                    return verdict
+                verdict = guard.after(verdict, client_ip)
+            if guard is not None and verdict.pending_state:
+                verdict = guard.settle_sync(verdict, client_ip)
+            return verdict
         except Exception:  # noqa: BLE001 - a bug of ours must not reach the server
             return self.internal_error("settle")
 
-    async def settle_async(self, verdict: Verdict, path: str, authorization: list[str]) -> Verdict:
+    async def settle_async(
+        self, verdict: Verdict, path: str, authorization: list[str], client_ip: str | None = None
+    ) -> Verdict:
         """``settle_sync()`` from an event loop: blocking calls run in a worker thread."""
         try:
-            if verdict.refresh_keys is not None:
-                await anyio.to_thread.run_sync(verdict.refresh_keys)
-                verdict = self._evaluate_again(path, authorization)
-            return await self.resolve_async(verdict)
+            guard = self.guard
+            if not verdict.pending_state:
+                if verdict.refresh_keys is not None:
+                    await anyio.to_thread.run_sync(verdict.refresh_keys)
+                    verdict = self._evaluate_again(path, authorization)
+                verdict = await self.resolve_async(verdict)
+                if guard is None:
+                    return verdict
+                verdict = guard.after(verdict, client_ip)
+            if guard is not None and verdict.pending_state:
+                verdict = await guard.settle_async(verdict, client_ip)
+            return verdict
         except Exception:  # noqa: BLE001 - a bug of ours must not reach the server
             return self.internal_error("settle")
 
@@ -255,8 +327,11 @@ class Gate:
                 required_scopes=required,
             )
             # report-only attaches the token: the revocation hook must still run on it
-            pending = verdict.pending_revocation and self.report_only
-            return self.deny(lacking, verdict.fingerprint, kind, token=token, pending=pending)
+            report = self._scopes_report_only
+            pending = verdict.pending_revocation and report
+            return self.deny(
+                lacking, verdict.fingerprint, kind, token=token, pending=pending, report=report
+            )
         if kind != REQUIRED:
             return replace(verdict, path_kind=kind)
         return verdict
@@ -270,18 +345,24 @@ class Gate:
         *,
         refresh_keys: Callable[[], object] | None = None,
         pending: bool = False,
+        report: bool | None = None,
     ) -> Verdict:
         """The verdict for a denial, or a would-deny in report-only mode.
 
         ``token`` is the verified token of a denial that came after
         verification (scopes, revocation, the app's own ``deny_request``);
-        ``pending``: the revocation hook is still to run on it.  A denial
+        ``pending``: the revocation hook is still to run on it.  ``report``:
+        whether the request goes on (default: ``mode="report-only"``; a
+        ``report_only`` rule says so for its own denials).  A denial
         with nothing of the request's own (``missing_token``, a malformed
         header) is built once and shared: a scanner's flood of 401s costs a
         look-up each.
         """
+        if report is None:
+            report = self.report_only
         shareable = (
-            token is None
+            not report
+            and token is None
             and fingerprint is None
             and refresh_keys is None
             and denied.claims is None
@@ -291,7 +372,7 @@ class Gate:
         key = (denied.reason, denied.detail, kind)
         if shareable and key in self._denials:
             return self._denials[key]
-        verdict = self._denial(denied, fingerprint, kind, token, refresh_keys, pending)
+        verdict = self._denial(denied, fingerprint, kind, token, refresh_keys, pending, report)
         if shareable and len(self._denials) < _MAX_SHARED_DENIALS:
             self._denials[key] = verdict
         return verdict
@@ -304,8 +385,9 @@ class Gate:
         token: VerifiedToken | None,
         refresh_keys: Callable[[], object] | None,
         pending: bool,
+        report: bool,
     ) -> Verdict:
-        outcome = WOULD_DENY if self.report_only else DENIED
+        outcome = WOULD_DENY if report else DENIED
         if token is not None:
             fields = token.event_fields
         else:  # verified claims (expired, ...) or only the header's alg and kid
@@ -314,12 +396,12 @@ class Gate:
             fields = identity_fields(claims, scopes, denied.alg, denied.kid)
             fields["claims"] = copy_claims(claims, self._log_claims) if claims else {}
         return Verdict(
-            self.report_only,
+            report,
             outcome,
             reason=denied.reason,
             status=REASONS[denied.reason].status,
             detail=denied.detail,
-            token=token if self.report_only else None,
+            token=token if report else None,
             fingerprint=fingerprint,
             required_scopes=denied.required_scopes,
             path_kind=kind,
@@ -342,15 +424,47 @@ class Gate:
         internal_logger.error("jwt_audit: internal error in %s", where, exc_info=True)
         return self.deny(Denied("internal_error", "internal error"), None)
 
+    def _guard_denial(
+        self, reason: str, verdict: Verdict, report: bool, retry_after: int | None
+    ) -> Verdict:
+        """A denial the guard makes of ``verdict``: ``locked_out`` or ``revoked``.
+
+        The event keeps the identity of the verdict's token; ``report``: the
+        request goes on (report-only), with the token attached unless revoked.
+        """
+        outcome = WOULD_DENY if report else DENIED
+        spec = REASONS[reason]
+        # a revoked token is never attached, not even in report-only mode
+        token = None if reason == "revoked" else verdict.token
+        return Verdict(
+            report,
+            outcome,
+            reason=reason,
+            status=spec.status,
+            detail=spec.description,
+            token=token if report else None,
+            fingerprint=verdict.fingerprint,
+            path_kind=verdict.path_kind,
+            retry_after=retry_after,
+            event_base=event_base(
+                outcome, reason, verdict.fingerprint, spec.description, verdict.event_base
+            ),
+        )
+
     def _evaluate_again(self, path: str, authorization: list[str]) -> Verdict:
-        verdict = self.decide(path, authorization)
+        kind, required = self.paths.rule(path)
+        if kind == EXEMPT:
+            return self._exempt
+        verdict = self._token_verdict(authorization, kind, required)
         if verdict.refresh_keys is not None:  # one refresh per request
             verdict = replace(verdict, refresh_keys=None)
         return verdict
 
     def close(self) -> None:
-        """Stop background work (the refresh threads of ``jwks_url`` key sets)."""
+        """Stop background work (``jwks_url`` refresh threads, the state store's)."""
         self.verifier.close()
+        if self.guard is not None:
+            self.guard.close()
 
     # -- the revocation hook ------------------------------------------------
 
@@ -367,7 +481,8 @@ class Gate:
                 kid=token.kid,
                 claims=token.claims,
             )
-            return self.deny(denied, verdict.fingerprint, verdict.path_kind)
+            report = self._revocation_report_only
+            return self.deny(denied, verdict.fingerprint, verdict.path_kind, report=report)
         return replace(verdict, pending_revocation=False)
 
     def resolve_sync(self, verdict: Verdict) -> Verdict:
@@ -411,7 +526,22 @@ class Gate:
         reason = verdict.reason or "internal_error"
         if verdict.required_scopes:
             return self._challenge(reason, verdict.required_scopes)
+        if verdict.retry_after is not None:
+            return self._retry_challenge(verdict.retry_after)
         return self._challenges[reason]
+
+    def _retry_challenge(self, seconds: int) -> Challenge:
+        """The ``locked_out`` challenge with ``Retry-After: seconds`` (one per value)."""
+        challenge = self._retry_challenges.get(seconds)
+        if challenge is None:
+            base = self._challenges["locked_out"]
+            headers = tuple(h for h in base.headers if h[0] != b"retry-after")
+            challenge = Challenge(
+                base.status, (*headers, (b"retry-after", str(seconds).encode())), base.body
+            )
+            if len(self._retry_challenges) < _MAX_SHARED_DENIALS:
+                self._retry_challenges[seconds] = challenge
+        return challenge
 
     def _challenge(self, reason: str, scopes: tuple[str, ...]) -> Challenge:
         spec = REASONS[reason]

@@ -126,7 +126,7 @@ class JWTAuditWSGIMiddleware:
         info = self._reader.info_from_environ(environ, full_path, started)
         headers = [] if authorization is None else [authorization]
         lifecycle = self._lifecycle
-        exchange = lifecycle.begin(self._gate.decide_sync(path, headers), info)
+        exchange = lifecycle.begin(self._gate.decide_sync(path, headers, info.client_ip), info)
         if exchange.denied:
             challenge = exchange.challenge()
             try:

@@ -581,3 +581,31 @@ def test_unknown_kid_refetches_keys_sync_and_async(rsa_key: SigningKey) -> None:
             async_mw._gate.close()
     finally:
         server.close()
+
+
+# -- abuse detection (contract §9): the same check in both flavours ------------------------
+
+ABUSE = {**JWT_AUDIT, "ABUSE_DETECTION": {"denials_per_ip": 2, "lockout_seconds": 60}}
+
+
+@override_settings(JWT_AUDIT=ABUSE)
+def test_lockout_sync(events: CapturedEvents) -> None:
+    client = Client(REMOTE_ADDR="192.0.2.61")  # one client: one middleware, one store
+    forged = OTHER.token(aud=AUDIENCE)
+    assert [client.get("/me/", headers=auth(forged)).status_code for _ in range(2)] == [401, 401]
+    locked = client.get("/me/", headers=auth(good()))
+    assert locked.status_code == 429
+    assert locked["Retry-After"] == "60"
+    assert [e["reason"] for e in events if e["event"] == "alert"] == ["denial_burst_ip"]
+    assert [e["reason"] for e in events if e["event"] == "denial"][-1] == "locked_out"
+
+
+@pytest.mark.anyio
+@override_settings(JWT_AUDIT=ABUSE)
+async def test_lockout_async(events: CapturedEvents) -> None:
+    client = AsyncClient(REMOTE_ADDR="192.0.2.62")
+    forged = OTHER.token(aud=AUDIENCE)
+    for _ in range(2):
+        assert (await client.get("/me/", headers=auth(forged))).status_code == 401
+    assert (await client.get("/me/", headers=auth(good()))).status_code == 429
+    assert [e["reason"] for e in events if e["event"] == "alert"] == ["denial_burst_ip"]

@@ -25,7 +25,7 @@ from django.http import HttpResponse
 
 from jwt_audit_middleware.errors import ConfigurationError
 from jwt_audit_middleware.lifecycle import Exchange, Lifecycle
-from jwt_audit_middleware.model import Challenge, Verdict
+from jwt_audit_middleware.model import Challenge, RequestInfo, Verdict
 
 from .conf import read_settings
 
@@ -63,7 +63,9 @@ class JWTAuditMiddleware:
     def __call__(self, request: Request) -> Response:
         if self.async_mode:
             return self.__acall__(request)
-        exchange = self._begin(request, self._gate.decide_sync(request.path_info, _bearer(request)))
+        info = self._info(request)
+        verdict = self._gate.decide_sync(request.path_info, _bearer(request), info.client_ip)
+        exchange = self._begin(request, verdict, info)
         if exchange.denied:
             return self._challenge(exchange)
         try:
@@ -76,14 +78,18 @@ class JWTAuditMiddleware:
     async def __acall__(self, request: Request) -> Response:
         """The flavour Django calls under ASGI (an async ``get_response``)."""
         authorization = _bearer(request)
-        verdict = self._gate.decide(request.path_info, authorization)
-        if verdict.unsettled:  # a key refetch or the revocation hook, off the loop
+        info = self._info(request)
+        client_ip = info.client_ip
+        verdict = self._gate.decide(request.path_info, authorization, client_ip)
+        if verdict.unsettled:  # a key refetch, the revocation hook, the store: off the loop
             try:
-                verdict = await self._gate.settle_async(verdict, request.path_info, authorization)
+                verdict = await self._gate.settle_async(
+                    verdict, request.path_info, authorization, client_ip
+                )
             except BaseException:  # cancelled (the client left): still one event
-                self._begin(request, verdict).finish(None)
+                self._begin(request, verdict, info).finish(None)
                 raise
-        exchange = self._begin(request, verdict)
+        exchange = self._begin(request, verdict, info)
         if exchange.denied:
             return self._challenge(exchange)
         try:
@@ -95,10 +101,14 @@ class JWTAuditMiddleware:
 
     # -- the translation, shared by both flavours ---------------------------
 
-    def _begin(self, request: Request, verdict: Verdict) -> Exchange:
+    def _info(self, request: Request) -> RequestInfo:
+        """The request's own event fields (its client IP for the lockout check too)."""
+        reader = self._lifecycle.reader
+        return reader.info_from_environ(request.META, request.path, time.perf_counter())
+
+    def _begin(self, request: Request, verdict: Verdict, info: RequestInfo) -> Exchange:
         """The request's exchange; unless denied, the token attached to the request."""
         lifecycle = self._lifecycle
-        info = lifecycle.reader.info_from_environ(request.META, request.path, time.perf_counter())
         exchange = lifecycle.begin(verdict, info)
         if exchange.denied:
             return exchange

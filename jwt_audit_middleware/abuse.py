@@ -1,0 +1,243 @@
+"""Abuse detection acting on the verdicts: lockouts, the revocation list, alerts (contract §9).
+
+The ``Gate`` asks its ``Guard`` twice per request, and only when
+``abuse_detection`` or ``state_url`` is configured:
+
+1. ``locked(client_ip)`` before any token work: a client IP this process
+   knows to be locked out is answered 429 ``locked_out`` at the cost of a
+   dictionary look-up, so a flood of forged tokens never reaches a signature
+   check.
+2. ``after(verdict, client_ip)`` once the verdict is otherwise known: one
+   ``StateStore.probe()`` answers whether the IP or the verified subject is
+   locked and whether the token is on the revocation list, and counts the
+   request towards the detectors.  With a store in Redis the verdict comes
+   back ``unsettled`` and the probe runs in ``settle_sync()`` /
+   ``settle_async()``: one round trip, never on the event loop's thread.
+
+Lockouts learnt from the store (this process's or another's) are kept in the
+local mirror until they end, which is what makes step 1 work across
+processes after a locked client's first request.  Denials the app makes
+itself with ``deny_request()`` are not counted: the probe runs before the app.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from .events import ALLOWED, DENIED, WOULD_DENY, app_event
+from .model import Verdict
+from .settings import Settings
+from .state import (
+    DENIAL_BURST_IP,
+    DENIAL_BURST_SUBJECT,
+    NOTHING,
+    Alert,
+    Answer,
+    Probe,
+    StateStore,
+    Thresholds,
+)
+
+#: the event and outcome of an alert (contract §9)
+ALERT = "alert"
+DETECTED = "detected"
+
+#: local lockout mirror entries kept at most (beyond it the oldest are dropped:
+#: the store still has them, so a dropped one comes back on the client's next probe)
+_MAX_MIRRORED = 65536
+
+
+class Guard:
+    """Lockouts, revocations and detectors around the ``Gate``'s verdicts.
+
+    ``deny(reason, verdict, report)`` is the Gate's way of building a denial
+    (report-only or not, the token kept when the request goes on), passed in
+    so that this module needs nothing of the Gate.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: StateStore,
+        emit: Callable[[dict[str, Any], int], None],
+        deny: Callable[[str, Verdict, bool, int | None], Verdict],
+    ) -> None:
+        abuse = settings.abuse
+        global_report = settings.mode == "report-only"
+        self.enforce_lockout = not global_report and "lockout" not in settings.report_only
+        self.report_revocation = global_report or "revocation" in settings.report_only
+        self.thresholds = (
+            None
+            if abuse is None
+            else Thresholds(
+                abuse.window_seconds,
+                abuse.denials_per_ip,
+                abuse.denials_per_subject,
+                abuse.ips_per_token,
+                abuse.lockout_seconds,
+                self.enforce_lockout,
+            )
+        )
+        self.counting = abuse is not None
+        self.store = store
+        self._emit = emit
+        self._deny = deny
+        self._window = 0 if abuse is None else abuse.window_seconds
+        #: client IPs known here to be locked out → until when (wall clock)
+        self.mirror: dict[str, float] = {}
+
+    # -- step 1: before any token work -------------------------------------------
+
+    def locked(self, client_ip: str | None, verdict: Verdict | None = None) -> Verdict | None:
+        """The ``locked_out`` verdict for a client IP known to be locked, else ``None``."""
+        mirror = self.mirror
+        if not mirror or client_ip is None:
+            return None
+        until = mirror.get(client_ip)
+        if until is None:
+            return None
+        now = time.time()
+        if until <= now:
+            mirror.pop(client_ip, None)
+            return None
+        if not self.enforce_lockout:
+            return None  # report-only: the token work goes on, after() reports it
+        return self._locked_out(verdict, until, now)
+
+    # -- step 2: the probe ---------------------------------------------------------
+
+    def after(self, verdict: Verdict, client_ip: str | None) -> Verdict:
+        """Probe the store for ``verdict`` (settled otherwise); apply the answer."""
+        probe = self._probe(verdict, client_ip)
+        if probe is None:
+            return verdict
+        if self.store_blocks:
+            return replace(verdict, pending_state=True)
+        return self.apply(verdict, self.store.probe(probe, self.thresholds), probe)
+
+    def settle_sync(self, verdict: Verdict, client_ip: str | None) -> Verdict:
+        """``after()``'s probe in this thread (a store in Redis: one round trip)."""
+        verdict = replace(verdict, pending_state=False)
+        probe = self._probe(verdict, client_ip)
+        if probe is None:
+            return verdict
+        return self.apply(verdict, self.store.probe(probe, self.thresholds), probe)
+
+    async def settle_async(self, verdict: Verdict, client_ip: str | None) -> Verdict:
+        """``after()``'s probe from an event loop, never blocking it."""
+        verdict = replace(verdict, pending_state=False)
+        probe = self._probe(verdict, client_ip)
+        if probe is None:
+            return verdict
+        answer = await self.store.aprobe(probe, self.thresholds)
+        return self.apply(verdict, answer, probe)
+
+    @property
+    def store_blocks(self) -> bool:
+        """Whether a probe does I/O now (Redis reachable), so must run off the loop."""
+        return bool(getattr(self.store, "blocking", False))
+
+    def _probe(self, verdict: Verdict, client_ip: str | None) -> Probe | None:
+        """What the store needs to know of this request; ``None``: nothing to ask."""
+        token = verdict.token
+        base = verdict.event_base
+        subject = base.get("subject")  # only ever from a token whose signature verified
+        if token is not None:
+            claims = token.claims
+            jti = token.token_id
+            iat = claims.get("iat")
+            issued_at = float(iat) if isinstance(iat, (int, float)) else None
+            fingerprint = verdict.fingerprint
+        else:
+            jti = base.get("token_id")
+            issued_at = None
+            fingerprint = verdict.fingerprint if subject is not None else None
+        if not self.counting and token is None:
+            return None  # only the revocation list to ask, and no token to ask about
+        denial = verdict.reason
+        return Probe(
+            time.time(),
+            client_ip,
+            subject,
+            jti,
+            issued_at,
+            fingerprint,
+            denial,
+            self.counting,
+        )
+
+    def apply(self, verdict: Verdict, answer: Answer, probe: Probe) -> Verdict:
+        """The verdict after the store's answer: alerts emitted, lockouts, revocation.
+
+        A request that crosses a threshold keeps its own denial; the lockout
+        its alert sets applies from the next request on.
+        """
+        if answer is NOTHING:
+            return verdict
+        now = probe.now
+        for alert in answer.alerts:
+            self._alert(alert, now)
+            if alert.locked_until is not None and alert.reason == DENIAL_BURST_IP:
+                self._mirror(alert.key, alert.locked_until)
+        if answer.ip_locked_until is not None and probe.client_ip is not None:
+            self._mirror(probe.client_ip, answer.ip_locked_until)
+        ends = [u for u in (answer.ip_locked_until, answer.subject_locked_until) if u]
+        until = max(ends, default=0.0)
+        if until > now:
+            if self.enforce_lockout:
+                return self._locked_out(verdict, until, now)
+            if verdict.reason is None:  # report-only lockout: say what would have happened
+                return self._deny("locked_out", verdict, True, _seconds_left(until, now))
+            return verdict
+        if answer.revoked and verdict.reason is None:
+            return self._deny("revoked", verdict, self.report_revocation, None)
+        return verdict
+
+    def _mirror(self, client_ip: str, until: float) -> None:
+        """Remember a lockout of ``client_ip`` here, for ``locked()``."""
+        mirror = self.mirror
+        if len(mirror) >= _MAX_MIRRORED and client_ip not in mirror:
+            now = time.time()
+            for key in [k for k, end in mirror.items() if end <= now]:
+                del mirror[key]
+            while len(mirror) >= _MAX_MIRRORED:
+                del mirror[next(iter(mirror))]
+        mirror[client_ip] = until
+
+    def _locked_out(self, verdict: Verdict | None, until: float, now: float) -> Verdict:
+        return self._deny("locked_out", verdict or _NO_VERDICT, False, _seconds_left(until, now))
+
+    def _alert(self, alert: Alert, now: float) -> None:
+        fields: dict[str, Any] = {}
+        if alert.reason == DENIAL_BURST_IP:
+            fields["client_ip"] = alert.key
+        elif alert.reason == DENIAL_BURST_SUBJECT:
+            fields["subject"] = alert.key
+        else:  # token_shared, revoked_token_used: the token's fingerprint
+            fields["token_fingerprint"] = alert.key
+        detail = f"{alert.count} in {self._window} s"
+        if alert.locked_until is not None:
+            detail += f"; locked out for {_seconds_left(alert.locked_until, now)} s"
+        event = app_event(ALERT, DETECTED, reason=alert.reason, detail=detail, **fields)
+        event["count"] = alert.count
+        event["window_seconds"] = self._window
+        self._emit(event, logging.WARNING)
+
+    def close(self) -> None:
+        """Release the store's connections and threads."""
+        self.store.close()
+
+
+def _seconds_left(until: float, now: float) -> int:
+    """Whole seconds until ``until``, at least 1 (``Retry-After``, RFC 9110 §10.2.3)."""
+    return max(1, math.ceil(until - now))
+
+
+_NO_VERDICT = Verdict(False, DENIED)  # a lockout before any token work: no identity
+
+__all__ = ["ALERT", "ALLOWED", "DETECTED", "WOULD_DENY", "Guard"]
