@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Database servers for the SQL sink tests: PostgreSQL and MariaDB from Debian 12's
-# packages, listening on 127.0.0.1 only, each with a user and a database named
-# jwt_audit.  Run as root; idempotent (safe to run again on a machine that already
+# Servers for the tests: PostgreSQL and MariaDB (SQL sinks) and Redis (shared state of
+# abuse detection) from Debian 12's packages, listening on 127.0.0.1 only; the databases
+# each with a user and a database named jwt_audit.  Run as root; idempotent (safe to run again on a machine that already
 # has them).  Writes .ci/services.env and prints the same lines, so the caller can
 #   eval "$(.ci/services.sh)"     or     .ci/services.sh >/dev/null && . .ci/services.env
 set -euo pipefail
@@ -17,6 +17,7 @@ missing=()
 compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=(postgresql)
 command -v mariadbd >/dev/null 2>&1 || command -v mysqld >/dev/null 2>&1 \
     || [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if [ "${#missing[@]}" -gt 0 ]; then
     log "installing ${missing[*]}"
     apt-get update -q >&2
@@ -86,10 +87,28 @@ GRANT ALL PRIVILEGES ON jwt_audit.* TO 'jwt_audit'@'localhost';
 FLUSH PRIVILEGES;
 SQL
 
+# -- Redis --------------------------------------------------------------------
+# Our own instance, not the package's service (no systemd in CI containers): no
+# persistence, loopback only.  The outage test starts private servers of its own.
+REDIS_PORT=6379
+redis_up() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; }
+if ! redis_up; then
+    log "starting Redis on 127.0.0.1:$REDIS_PORT"
+    install -d -o redis -g redis /run/redis /var/lib/redis /var/log/redis
+    runuser -u redis -- redis-server --bind 127.0.0.1 --port "$REDIS_PORT" \
+        --protected-mode yes --save '' --appendonly no --dir /var/lib/redis \
+        --daemonize yes --pidfile /run/redis/jwt-audit-ci.pid \
+        --logfile /var/log/redis/jwt-audit-ci.log >&2
+    for _ in $(seq 1 30); do redis_up && break; sleep 0.5; done
+    redis_up || { log "Redis did not start"; exit 1; }
+fi
+
 # -- what the tests read ------------------------------------------------------
 cat > services.env <<ENV
 export JWTAUDIT_TEST_POSTGRES_URL='postgresql+psycopg://jwt_audit:$PASSWORD@127.0.0.1:$pg_port/jwt_audit'
 export JWTAUDIT_TEST_POSTGRES_CTL='pg_ctlcluster $pg_version main'
 export JWTAUDIT_TEST_MARIADB_URL='mysql+pymysql://jwt_audit:$PASSWORD@127.0.0.1:3306/jwt_audit'
+export JWTAUDIT_TEST_REDIS_URL='redis://127.0.0.1:$REDIS_PORT/0'
+export JWTAUDIT_TEST_REDIS_SERVER='$(command -v redis-server)'
 ENV
 cat services.env

@@ -47,6 +47,9 @@ Semantics every store implements (tests run the same cases on each):
 
 from __future__ import annotations
 
+import itertools
+import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -172,3 +175,290 @@ class StateStore(Protocol):
 
     def close(self) -> None:
         """Release connections and threads."""
+
+
+REVOKED = "revoked"
+_REVOKED_ONLY = Answer(revoked=True)
+
+#: Keys each map of a ``MemoryStore`` holds at most before stale ones are swept.
+MAX_KEYS = 100_000
+
+
+class MemoryStore:
+    """The state in this process: thread-safe (one lock), bounded, no I/O.
+
+    A sliding window is a deque of the last N event times of a key (N: the
+    threshold), so the count at the threshold is exact and a key costs at most
+    N floats.  Each map holds at most ``max_keys`` keys: past that, keys whose
+    window has passed are swept, then the oldest ones, so a flood of distinct
+    IPs or tokens cannot grow the process without bound.
+    """
+
+    def __init__(self, *, max_keys: int = MAX_KEYS) -> None:
+        self._lock = threading.Lock()
+        self._max_keys = max_keys
+        self._jtis: dict[str, tuple[float, float]] = {}
+        self._subjects: dict[str, tuple[float, float | None]] = {}
+        self._ip_locks: dict[str, float] = {}
+        self._subject_locks: dict[str, float] = {}
+        self._ip_denials: dict[str, deque[float]] = {}
+        self._subject_denials: dict[str, deque[float]] = {}
+        self._token_ips: dict[str, dict[str, float]] = {}
+        self._alerted: dict[str, dict[str, float]] = {
+            DENIAL_BURST_IP: {},
+            DENIAL_BURST_SUBJECT: {},
+            TOKEN_SHARED: {},
+            REVOKED_TOKEN_USED: {},
+        }
+
+    # -- the per-request call -------------------------------------------------------
+
+    def probe(self, probe: Probe, thresholds: Thresholds | None) -> Answer:
+        """Answer and count one request (see the module docstring)."""
+        with self._lock:
+            revoked = bool(self._jtis or self._subjects) and self._is_revoked(probe)
+            if thresholds is None or not probe.count:
+                return _REVOKED_ONLY if revoked else NOTHING
+            now = probe.now
+            ip = probe.client_ip
+            subject = probe.subject
+            ip_until = sub_until = None
+            if ip is not None and self._ip_locks:
+                ip_until = _in_force(self._ip_locks, ip, now)
+            if subject is not None and self._subject_locks:
+                sub_until = _in_force(self._subject_locks, subject, now)
+            if (ip_until or sub_until) and thresholds.enforce_lockout:
+                return Answer(ip_until, sub_until, revoked)
+            denial = probe.denial
+            fingerprint = probe.fingerprint
+            if denial is None and not revoked and (fingerprint is None or ip is None):
+                if ip_until or sub_until:
+                    return Answer(ip_until, sub_until)
+                return NOTHING
+            alerts = self._count(probe, thresholds, revoked)
+            if ip_until or sub_until or revoked or alerts:
+                return Answer(ip_until, sub_until, revoked, alerts)
+            return NOTHING
+
+    async def aprobe(self, probe: Probe, thresholds: Thresholds | None) -> Answer:
+        """``probe()``: memory only, nothing to wait for."""
+        return self.probe(probe, thresholds)
+
+    def _is_revoked(self, probe: Probe) -> bool:
+        jti = probe.jti
+        if jti is not None and self._jtis:
+            entry = self._jtis.get(jti)
+            if entry is not None:
+                if entry[1] > probe.now:
+                    return True
+                del self._jtis[jti]
+        subject = probe.subject
+        if subject is not None and self._subjects:
+            found = self._subjects.get(subject)
+            if found is not None:
+                revoked_at, until = found
+                if until is not None and until <= probe.now:
+                    del self._subjects[subject]
+                    return False
+                issued_at = probe.issued_at
+                return issued_at is None or issued_at < revoked_at
+        return False
+
+    def _count(self, probe: Probe, limits: Thresholds, revoked: bool) -> tuple[Alert, ...]:
+        now = probe.now
+        window = limits.window_seconds
+        alerts: list[Alert] = []
+        denial = probe.denial
+        if denial is None and revoked:
+            denial = REVOKED
+        if denial is not None and denial not in UNCOUNTED:
+            for reason, key, events, locks, threshold in (
+                (DENIAL_BURST_IP, probe.client_ip, self._ip_denials, self._ip_locks,
+                 limits.denials_per_ip),
+                (DENIAL_BURST_SUBJECT, probe.subject, self._subject_denials,
+                 self._subject_locks, limits.denials_per_subject),
+            ):  # fmt: skip
+                if key is None:
+                    continue
+                count = self._add_event(events, key, now, window, threshold)
+                if count >= threshold and self._first_alert(reason, key, now, window):
+                    until = None
+                    if limits.lockout_seconds > 0:
+                        until = now + limits.lockout_seconds
+                        self._put(locks, key, until, now, window)
+                    alerts.append(Alert(reason, key, count, until))
+        fingerprint = probe.fingerprint
+        if fingerprint is not None and probe.client_ip is not None:
+            count = self._add_ip(fingerprint, probe.client_ip, now, window, limits.ips_per_token)
+            if count >= limits.ips_per_token and self._first_alert(
+                TOKEN_SHARED, fingerprint, now, window
+            ):
+                alerts.append(Alert(TOKEN_SHARED, fingerprint, count))
+        if (
+            (revoked or denial == REVOKED)
+            and fingerprint is not None
+            and self._first_alert(REVOKED_TOKEN_USED, fingerprint, now, window)
+        ):
+            alerts.append(Alert(REVOKED_TOKEN_USED, fingerprint, 1))
+        return tuple(alerts)
+
+    def _add_event(
+        self, events: dict[str, deque[float]], key: str, now: float, window: int, threshold: int
+    ) -> int:
+        """Record one event of ``key``; the number in the window (exact up to ``threshold``)."""
+        times = events.get(key)
+        if times is None or times.maxlen != threshold:
+            times = deque(times or (), maxlen=threshold)
+            self._put(events, key, times, now, window)
+        times.append(now)
+        if len(times) < threshold:
+            return len(times)
+        cutoff = now - window
+        return sum(1 for t in times if t > cutoff)
+
+    def _add_ip(self, fingerprint: str, ip: str, now: float, window: int, threshold: int) -> int:
+        """Record ``ip`` presenting ``fingerprint``; distinct IPs in the window (up to N)."""
+        seen = self._token_ips.get(fingerprint)
+        if seen is None:
+            seen = {}
+            self._put(self._token_ips, fingerprint, seen, now, window)
+        seen[ip] = now
+        if len(seen) < threshold:
+            return len(seen)
+        cutoff = now - window
+        for old in [k for k, t in seen.items() if t <= cutoff]:
+            del seen[old]
+        if len(seen) > threshold:  # keep the N latest: enough to count up to N
+            keep = sorted(seen.items(), key=lambda item: item[1])[-threshold:]
+            seen.clear()
+            seen.update(keep)
+        return len(seen)
+
+    def _first_alert(self, reason: str, key: str, now: float, window: int) -> bool:
+        """True once per key and window: the alert of ``reason`` for ``key`` is due."""
+        ends = self._alerted[reason]
+        end = ends.get(key)
+        if end is not None and end > now:
+            return False
+        self._put(ends, key, now + window, now, window)
+        return True
+
+    def _put(self, mapping: dict[str, Any], key: str, value: Any, now: float, window: int) -> None:
+        """``mapping[key] = value``, sweeping when the map is full."""
+        if key not in mapping and len(mapping) >= self._max_keys:
+            _sweep(mapping, now - window, self._max_keys * 9 // 10)
+        mapping[key] = value
+
+    # -- administration -------------------------------------------------------------
+
+    def revoke_jti(self, jti: str, until: float, now: float) -> None:
+        """Deny the token with this ``jti`` until ``until`` (its own expiry)."""
+        with self._lock:
+            self._jtis[jti] = (now, until)
+
+    def revoke_subject(self, subject: str, now: float, until: float | None) -> None:
+        """Deny every token of ``subject`` issued before ``now`` (until ``until``)."""
+        with self._lock:
+            self._subjects[subject] = (now, until)
+
+    def revocations(self, now: float) -> list[Revocation]:
+        """The revocation list in force."""
+        with self._lock:
+            jtis = [
+                Revocation("jti", jti, at, until)
+                for jti, (at, until) in self._jtis.items()
+                if until > now
+            ]
+            subjects = [
+                Revocation("subject", subject, at, until)
+                for subject, (at, until) in self._subjects.items()
+                if until is None or until > now
+            ]
+        return jtis + subjects
+
+    def lockouts(self, now: float) -> list[Lockout]:
+        """The lockouts in force."""
+        with self._lock:
+            return [
+                Lockout(kind, value, until)
+                for kind, locks in (("ip", self._ip_locks), ("subject", self._subject_locks))
+                for value, until in locks.items()
+                if until > now
+            ]
+
+    def clear_lockout(self, kind: str, value: str) -> bool:
+        """End one lockout early (and forget the key's count); false when there was none."""
+        locks, events, reason = self._lock_maps(kind)
+        with self._lock:
+            events.pop(value, None)
+            self._alerted[reason].pop(value, None)
+            return locks.pop(value, None) is not None
+
+    def clear_lockouts(self) -> int:
+        """End every lockout (and forget the counts of the keys locked); how many there were."""
+        with self._lock:
+            cleared = 0
+            for kind in ("ip", "subject"):
+                locks, events, reason = self._lock_maps(kind)
+                for value in locks:
+                    events.pop(value, None)
+                    self._alerted[reason].pop(value, None)
+                cleared += len(locks)
+                locks.clear()
+            return cleared
+
+    def _lock_maps(self, kind: str) -> tuple[dict[str, float], dict[str, deque[float]], str]:
+        if kind == "ip":
+            return self._ip_locks, self._ip_denials, DENIAL_BURST_IP
+        if kind == "subject":
+            return self._subject_locks, self._subject_denials, DENIAL_BURST_SUBJECT
+        raise ValueError(f"unknown lockout kind {kind!r} (kinds: ip, subject)")
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def _in_force(locks: dict[str, float], key: str, now: float) -> float | None:
+    """The end of ``key``'s lock if it is still in force (an ended one is dropped)."""
+    until = locks.get(key)
+    if until is None:
+        return None
+    if until > now:
+        return until
+    del locks[key]
+    return None
+
+
+def _latest(value: object) -> float:
+    """The last time a map value was touched (for sweeping)."""
+    if isinstance(value, float | int):
+        return float(value)
+    if isinstance(value, deque):
+        return float(value[-1]) if value else float("-inf")
+    if isinstance(value, dict):
+        return max(value.values(), default=float("-inf"))
+    return float("-inf")
+
+
+def _sweep(mapping: dict[str, Any], cutoff: float, target: int) -> None:
+    """Drop keys not touched since ``cutoff``, then the oldest, down to ``target`` keys."""
+    for key in [k for k, v in mapping.items() if _latest(v) <= cutoff]:
+        del mapping[key]
+    excess = len(mapping) - target
+    if excess > 0:
+        for key in list(itertools.islice(mapping, excess)):
+            del mapping[key]
+
+
+def open_store(url: str | None, events: StateEvents | None = None) -> StateStore:
+    """The store ``state_url`` names: process memory for ``None``, else Redis.
+
+    A Redis store falls back to process memory while Redis is unreachable
+    (``events`` receives one ``state_event`` when it is lost and one when it
+    is back).  redis-py is imported only here, only for a URL.
+    """
+    if url is None:
+        return MemoryStore()
+    from .state_redis import FailoverStore, RedisStore  # noqa: PLC0415 - optional extra
+
+    return FailoverStore(RedisStore(url), MemoryStore(), events)
