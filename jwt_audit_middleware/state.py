@@ -149,6 +149,10 @@ class Lockout:
 class StateStore(Protocol):
     """Counters, lockouts and the revocation list, in this process or shared."""
 
+    @property
+    def blocking(self) -> bool:
+        """Whether ``probe()`` does I/O now (Redis reachable): then not on an event loop."""
+
     def probe(self, probe: Probe, thresholds: Thresholds | None) -> Answer:
         """Answer and count one request, atomically (blocking; WSGI, threads)."""
 
@@ -212,6 +216,11 @@ class MemoryStore:
         }
 
     # -- the per-request call -------------------------------------------------------
+
+    @property
+    def blocking(self) -> bool:
+        """Never: memory only."""
+        return False
 
     def probe(self, probe: Probe, thresholds: Thresholds | None) -> Answer:
         """Answer and count one request (see the module docstring)."""

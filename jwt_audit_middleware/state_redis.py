@@ -194,6 +194,11 @@ class RedisStore:
 
     # -- the per-request call ---------------------------------------------------------
 
+    @property
+    def blocking(self) -> bool:
+        """Always: a probe is a round trip to Redis."""
+        return True
+
     def probe(self, probe: Probe, thresholds: Thresholds | None) -> Answer:
         """Answer and count one request: one round trip, none when there is nothing to ask."""
         request = self._request(probe, thresholds)
@@ -428,6 +433,11 @@ class FailoverStore:
         self._switch = threading.Lock()
         self._closed = threading.Event()
         self._pinger: threading.Thread | None = None
+
+    @property
+    def blocking(self) -> bool:
+        """While Redis is in use (not lost): a probe is a round trip."""
+        return not self.lost
 
     def probe(self, probe: Probe, thresholds: Thresholds | None) -> Answer:
         """Redis's answer, or memory's while Redis is lost."""

@@ -10,6 +10,10 @@ windows and lockouts pass without sleeping.
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -363,3 +367,225 @@ def timed(call: Callable[[], Any]) -> float:
     start = time.perf_counter()
     call()
     return time.perf_counter() - start
+
+
+# -- Redis only ------------------------------------------------------------------------------
+
+
+def test_every_redis_key_has_a_ttl() -> None:
+    store = redis_store(redis_url())
+    try:
+        for i in range(3):
+            deny(store, T0 + i, subject="nina", limits=LOCKING, fingerprint="sha256:33")
+        store.revoke_jti("jti-t", until=T0 + 60, now=T0)
+        store.revoke_subject("olga", now=T0, until=T0 + 60)
+        store.revoke_subject("forever", now=T0, until=None)
+        names = list(store.client.scan_iter(match=store.prefix + "*"))
+        assert len(names) >= 8
+        for name in names:
+            ttl = store.client.pttl(name)
+            if name.endswith(":rv:sub:forever"):
+                assert ttl == -1  # asked for: kept until revoked otherwise
+            else:
+                assert ttl > 0, name
+    finally:
+        drop_keys(store)
+        store.close()
+
+
+def test_nothing_to_look_up_is_no_round_trip() -> None:
+    pytest.importorskip("redis")
+    store = redis_store(f"redis://127.0.0.1:{free_port()}/0")  # nobody listens there
+    try:
+        assert store.probe(Probe(now=T0, client_ip="203.0.113.1", count=False), LIMITS) is NOTHING
+        assert store.probe(Probe(now=T0, client_ip="203.0.113.1"), None) is NOTHING
+        import redis
+
+        with pytest.raises(redis.ConnectionError):
+            store.probe(Probe(now=T0, client_ip="203.0.113.1", subject="x", count=False), None)
+    finally:
+        store.close()
+
+
+def test_two_clients_at_once_reach_exactly_one_alert_at_the_threshold() -> None:
+    url = redis_url()
+    prefix = f"jwt_audit_test:{uuid.uuid4().hex[:12]}:"
+    stores = [redis_store(url, prefix=prefix, timeout=5.0) for _ in range(4)]
+    limits = Thresholds(60, 50, 1000, 1000, 0)
+    alerts: list[Alert] = []
+    start = threading.Barrier(len(stores))
+
+    def hammer(store: Any) -> None:
+        start.wait()
+        for i in range(40):
+            alerts.extend(deny(store, T0 + i * 0.001, limits=limits).alerts)
+
+    threads = [threading.Thread(target=hammer, args=(store,)) for store in stores]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert alerts == [Alert(DENIAL_BURST_IP, "203.0.113.7", 50)]
+    finally:
+        drop_keys(stores[0])
+        for store in stores:
+            store.close()
+
+
+def test_redacted_never_shows_a_password() -> None:
+    pytest.importorskip("redis")
+    from jwt_audit_middleware.state_redis import redacted
+
+    assert redacted("redis://:s3cret@cache.internal:6380/2") == "cache.internal:6380"
+    assert redacted("rediss://user:s3cret@[::1]/0") == "[::1]:6379"
+    assert redacted("unix:///run/redis.sock?password=s3cret") == "/run/redis.sock"
+
+
+# -- failover ----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class PrivateRedis:
+    """A redis-server of this test's own, to stop and start without disturbing others."""
+
+    def __init__(self, binary: str, directory: str) -> None:
+        self.binary = binary
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+             "--appendonly", "no", "--dir", self.directory],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+
+@pytest.fixture
+def private_redis(tmp_path: Any) -> Iterator[PrivateRedis]:
+    pytest.importorskip("redis")
+    binary = os.environ.get("JWTAUDIT_TEST_REDIS_SERVER") or shutil.which("redis-server")
+    if not binary:
+        if IN_CI:
+            pytest.fail("no redis-server; CI must run .ci/services.sh first")
+        pytest.skip("no redis-server (run .ci/services.sh)")
+    server = PrivateRedis(binary, str(tmp_path))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_redis_stopped_mid_use(private_redis: PrivateRedis) -> None:
+    from jwt_audit_middleware.state_redis import FailoverStore, RedisStore
+
+    events: list[dict[str, Any]] = []
+    store = FailoverStore(
+        RedisStore(private_redis.url), MemoryStore(), events.append, ping_interval=0.05
+    )
+    try:
+        assert deny(store, T0) == NOTHING
+        assert store.blocking
+        private_redis.stop()
+        seen = []
+        for i in range(1, 6):  # keeps answering, from memory now, without waiting
+            start = time.perf_counter()
+            seen.append(reasons(deny(store, T0 + i)))
+            assert time.perf_counter() - start < 0.05
+        # detection went on in memory, counting afresh: the 3rd denial there alerts
+        assert seen == [[], [], [DENIAL_BURST_IP], [], []]
+        assert not store.blocking
+        assert store.lockouts(T0) == []  # administration falls back as well
+        (lost,) = events
+        assert lost["event"] == "state_event"
+        assert lost["outcome"] == "store_lost"
+        assert lost["reason"] == "connection_error"
+        assert f"127.0.0.1:{private_redis.port}" in lost["detail"]
+        assert lost["schema"] == "jwt-audit/1"
+        private_redis.start()
+        wait_for(lambda: len(events) == 2)
+        restored = events[1]
+        assert restored["outcome"] == "store_restored"
+        assert f"127.0.0.1:{private_redis.port}" in restored["detail"]
+        assert store.blocking
+        for i in range(3):  # Redis again, its connections renewed: no second loss
+            deny(store, T0 + 10 + i)
+        assert [e["outcome"] for e in events] == ["store_lost", "store_restored"]
+        assert store.primary.client.exists(store.primary.prefix + "dn:ip:203.0.113.7")
+    finally:
+        store.close()
+
+
+def test_async_probe_falls_back_too(private_redis: PrivateRedis) -> None:
+    import asyncio
+
+    events: list[dict[str, Any]] = []
+    store = open_store(private_redis.url, events.append)
+
+    async def run() -> None:
+        assert await store.aprobe(Probe(now=T0, client_ip="203.0.113.5"), LIMITS) == NOTHING
+        private_redis.stop()
+        start = time.perf_counter()
+        answer = await store.aprobe(Probe(now=T0, client_ip="203.0.113.5", subject="p"), None)
+        assert answer == NOTHING
+        assert time.perf_counter() - start < 0.05
+        await store.aclose()  # type: ignore[attr-defined]
+
+    try:
+        asyncio.run(run())
+        assert [e["outcome"] for e in events] == ["store_lost"]
+    finally:
+        store.close()
+
+
+def test_a_redis_that_does_not_answer_is_a_timeout() -> None:
+    from jwt_audit_middleware.state_redis import FailoverStore, RedisStore
+
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        url = f"redis://:pw-not-shown@127.0.0.1:{silent.getsockname()[1]}/0"
+        events: list[dict[str, Any]] = []
+        store = FailoverStore(RedisStore(url), MemoryStore(), events.append, ping_interval=5)
+        try:
+            took = timed(lambda: deny(store, T0))
+            assert took < 0.05
+            assert timed(lambda: deny(store, T0 + 1)) < 0.005  # lost: not even tried
+            (lost,) = events
+            assert lost["reason"] == "timeout"
+            assert "pw-not-shown" not in str(lost)
+        finally:
+            store.close()
