@@ -173,7 +173,8 @@ class JWTAuditMiddleware:
         )
         lifecycle = self._lifecycle
         gate = self._gate
-        verdict = gate.decide(path, authorization, info.client_ip)
+        preflight = info.method == "OPTIONS" and _is_preflight(scope)
+        verdict = gate.decide(path, authorization, info.client_ip, preflight)
         if verdict.unsettled:  # a key refetch, the revocation hook, the store: off the loop
             try:
                 verdict = await gate.settle_async(verdict, path, authorization, info.client_ip)
@@ -410,6 +411,11 @@ class JWTAuditMiddleware:
                 status = None  # the client left before the handshake: nothing was sent
         finally:
             exchange.finish(status)
+
+
+def _is_preflight(scope: Scope) -> bool:
+    """A CORS preflight asks ``Access-Control-Request-Method`` (Fetch standard, §3.2.2)."""
+    return any(name == b"access-control-request-method" for name, _ in scope.get("headers", ()))
 
 
 def _in_event_loop() -> bool:

@@ -167,6 +167,11 @@ class Gate:
         self._denials: dict[tuple[str, str, str], Verdict] = {}
         self._exempt = Verdict(True, ALLOWED, path_kind=EXEMPT)
         self._anonymous = Verdict(True, ALLOWED, path_kind=OPTIONAL)
+        self._preflight = (
+            Verdict(True, ALLOWED, path_kind=EXEMPT, detail="CORS preflight")
+            if settings.pass_cors_preflight
+            else None
+        )
         self._retry_challenges: dict[int, Challenge] = {}
         #: abuse detection, lockouts, the revocation list: only when configured
         self.guard: Guard | None = None
@@ -177,15 +182,26 @@ class Gate:
 
     # -- the decision --------------------------------------------------------
 
-    def decide(self, path: str, authorization: list[str], client_ip: str | None = None) -> Verdict:
+    def decide(
+        self,
+        path: str,
+        authorization: list[str],
+        client_ip: str | None = None,
+        preflight: bool = False,
+    ) -> Verdict:
         """The verdict as far as it goes without I/O; a bug of ours is ``internal_error``.
 
-        Path rules, a lockout of ``client_ip`` (abuse detection), then the token:
+        A CORS ``preflight`` (the adapter saw ``OPTIONS`` with
+        ``Access-Control-Request-Method``) without credentials goes through
+        when ``pass_cors_preflight`` is on.  Then path rules, a lockout of
+        ``client_ip`` (abuse detection), then the token:
         a cache hit, or a first-seen token verified.  An ``unsettled`` verdict
         still needs ``settle_sync()`` or ``settle_async()``: a refetch of a JWKS
         URL for an unknown key, the revocation hook, or a store in Redis.
         """
         try:
+            if preflight and self._preflight is not None and not authorization:
+                return self._preflight
             paths = self.paths
             kind, required = paths.rule(path) if paths.has_rules else _REQUIRED_RULE
             if kind == EXEMPT:
@@ -224,10 +240,14 @@ class Gate:
         return self._first_seen(authorization, kind, required)
 
     def decide_sync(
-        self, path: str, authorization: list[str], client_ip: str | None = None
+        self,
+        path: str,
+        authorization: list[str],
+        client_ip: str | None = None,
+        preflight: bool = False,
     ) -> Verdict:
         """The whole verdict, the blocking steps in this thread (WSGI, Django sync)."""
-        verdict = self.decide(path, authorization, client_ip)
+        verdict = self.decide(path, authorization, client_ip, preflight)
         if verdict.unsettled:
             return self.settle_sync(verdict, path, authorization, client_ip)
         return verdict

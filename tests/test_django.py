@@ -609,3 +609,13 @@ async def test_lockout_async(events: CapturedEvents) -> None:
         assert (await client.get("/me/", headers=auth(forged))).status_code == 401
     assert (await client.get("/me/", headers=auth(good()))).status_code == 429
     assert [e["reason"] for e in events if e["event"] == "alert"] == ["denial_burst_ip"]
+
+
+def test_a_cors_preflight_reaches_the_view_unauthenticated(events: CapturedEvents) -> None:
+    # django-cors-headers sits above us in MIDDLEWARE and answers preflights itself;
+    # below us, or without it, a preflight still must not meet a 401
+    response = Client().options(
+        "/me/", headers={"Origin": "http://127.0.0.1:9", "Access-Control-Request-Method": "GET"}
+    )
+    assert response.status_code == 200
+    assert events.only()["detail"] == "CORS preflight"

@@ -64,7 +64,9 @@ class JWTAuditMiddleware:
         if self.async_mode:
             return self.__acall__(request)
         info = self._info(request)
-        verdict = self._gate.decide_sync(request.path_info, _bearer(request), info.client_ip)
+        verdict = self._gate.decide_sync(
+            request.path_info, _bearer(request), info.client_ip, _preflight(request)
+        )
         exchange = self._begin(request, verdict, info)
         if exchange.denied:
             return self._challenge(exchange)
@@ -80,7 +82,9 @@ class JWTAuditMiddleware:
         authorization = _bearer(request)
         info = self._info(request)
         client_ip = info.client_ip
-        verdict = self._gate.decide(request.path_info, authorization, client_ip)
+        verdict = self._gate.decide(
+            request.path_info, authorization, client_ip, _preflight(request)
+        )
         if verdict.unsettled:  # a key refetch, the revocation hook, the store: off the loop
             try:
                 verdict = await self._gate.settle_async(
@@ -137,6 +141,11 @@ class JWTAuditMiddleware:
             return self._challenge(exchange, challenge)
         exchange.finish(response.status_code)
         return response
+
+
+def _preflight(request: Request) -> bool:
+    """A CORS preflight: ``OPTIONS`` asking ``Access-Control-Request-Method``."""
+    return request.method == "OPTIONS" and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in request.META
 
 
 def _bearer(request: Request) -> list[str]:
