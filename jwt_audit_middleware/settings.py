@@ -195,6 +195,10 @@ class Settings:
     ecdsa_low_s: bool = False
     websocket_expiry: WebsocketExpiry = "ignore"
     websocket_disconnect_events: bool = False
+    pass_cors_preflight: bool = True
+    """A CORS preflight (``OPTIONS`` with ``Origin`` and ``Access-Control-Request-Method``
+    and no ``Authorization``: browsers never send credentials on one) goes to the app
+    unauthenticated, so that a CORS layer inside can answer it; audited as exempt."""
     state_url: str | None = None
     abuse_detection: bool | Mapping[str, Any] = False
     report_only: Sequence[str] = ()
@@ -229,6 +233,7 @@ class Settings:
         "leeway": "float",
         "max_leeway": "float",
         "websocket_disconnect_events": "bool",
+        "pass_cors_preflight": "bool",
         "ecdsa_low_s": "bool",
         "jwks_timeout": "float",
         "jwks_cache_seconds": "float",
@@ -436,6 +441,8 @@ class Settings:
             raise _fail("ecdsa_low_s", "expected true or false")
         if not isinstance(self.websocket_disconnect_events, bool):
             raise _fail("websocket_disconnect_events", "expected true or false")
+        if not isinstance(self.pass_cors_preflight, bool):
+            raise _fail("pass_cors_preflight", "expected true or false")
         if self.mode not in ("enforce", "report-only"):
             raise _fail("mode", f"expected 'enforce' or 'report-only', got {self.mode!r}")
         set_(self, "report_only", self._report_only())
