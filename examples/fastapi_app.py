@@ -1,7 +1,10 @@
 """FastAPI behind JWTAuditMiddleware, with the contrib.fastapi dependencies.
 
 Run:  JWT_AUDIT_ALGORITHMS=RS256 JWT_AUDIT_PUBLIC_KEY="$(cat public.pem)" \
+      JWT_AUDIT_ISSUER=https://idp.example.com/ JWT_AUDIT_AUDIENCE=orders-api \
       JWT_AUDIT_EXEMPT_PATHS=/health,/docs,/openapi.json uvicorn examples.fastapi_app:app
+
+(``public.pem`` and a token to try: ``make_token.py`` in the README's quick start.)
 
 Every ``JWT_AUDIT_*`` variable is an option (``Settings.from_env()``); events go to
 ``$AUDIT_LOG`` as JSON lines, or to standard output.

@@ -1,6 +1,7 @@
 """Flask with the JWTAudit extension, configured from ``app.config``.
 
 Run:  FLASK_JWT_AUDIT_ALGORITHMS=RS256 FLASK_JWT_AUDIT_PUBLIC_KEY="$(cat public.pem)" \
+      FLASK_JWT_AUDIT_ISSUER=https://idp.example.com/ FLASK_JWT_AUDIT_AUDIENCE=orders-api \
       FLASK_JWT_AUDIT_EXEMPT_PATHS=/health flask --app examples.flask_app run
  or:  gunicorn 'examples.flask_app:create_app()'  (same variables)
 

@@ -1,6 +1,7 @@
 """A plain WSGI app that has never heard of this package, protected from the environment.
 
 Run:  JWT_AUDIT_ALGORITHMS=RS256 JWT_AUDIT_PUBLIC_KEY="$(cat public.pem)" \
+      JWT_AUDIT_ISSUER=https://idp.example.com/ JWT_AUDIT_AUDIENCE=orders-api \
       gunicorn examples.legacy_wsgi:application
 
 The app only reads ``REMOTE_USER``, as it would behind a web server's own

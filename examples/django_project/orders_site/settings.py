@@ -4,7 +4,9 @@ The public key, the audience and the audit log path come from the environment
 so the same project runs anywhere (and under the end-to-end tests):
 
 - ``JWT_PUBLIC_KEY``: the identity provider's RS256 public key (PEM);
-- ``JWT_AUDIENCE``: the expected ``aud`` (default ``orders``);
+- ``JWT_AUDIENCE``: the expected ``aud`` (default ``orders-api``, as the README's tokens);
+- ``JWT_ISSUER``: the expected ``iss`` (not checked unless set; the README's tokens
+  say ``https://idp.example.com/``);
 - ``AUDIT_LOG``: the JSON-lines file the audit events go to (default ``audit.jsonl``).
 """
 
@@ -29,8 +31,9 @@ DATABASES: dict[str, dict[str, str]] = {}
 JWT_AUDIT = {
     "ALGORITHMS": ["RS256"],
     "PUBLIC_KEY": os.environ.get("JWT_PUBLIC_KEY", ""),
-    "AUDIENCE": os.environ.get("JWT_AUDIENCE", "orders"),
-    "EXEMPT_PATHS": ["/health"],
+    "AUDIENCE": os.environ.get("JWT_AUDIENCE", "orders-api"),
+    "ISSUER": os.environ.get("JWT_ISSUER") or None,
+    "EXEMPT_PATHS": ["/health", "/admin"],  # /admin: Django's admin logs in by itself
     "PATH_SCOPES": {"/admin-api": ["admin"]},
     "LOG_CLAIMS": ["tenant"],
 }
