@@ -11,8 +11,10 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql
 
-#: Version of the table layout; stored in ``<table>_schema``.
-SCHEMA_VERSION = 1
+#: Version of the table layout; stored in ``<table>_schema``.  Version 2 added
+#: the nullable chain columns (``CHAIN_COLUMNS``); ``SQLAuditHandler`` adds them
+#: to a version-1 table when it opens it.
+SCHEMA_VERSION = 2
 DEFAULT_TABLE = "jwt_audit_events"
 
 #: (column, length) of the typed string columns, filled from the event's fields
@@ -39,6 +41,20 @@ STRING_COLUMNS = (
 #: The string columns that may not be NULL.
 REQUIRED_STRINGS = ("event", "outcome")
 
+#: The hash chain of a tamper-evident table (``chain=True``); NULL in rows of
+#: handlers that do not chain.  See ``jwt_audit_middleware.chain``.
+CHAIN_COLUMNS = ("chain_id", "seq", "prev_hash", "hash")
+
+
+def chain_columns() -> list[sa.Column[object]]:
+    """New ``Column`` objects of ``CHAIN_COLUMNS`` (for a table, or for a migration)."""
+    return [
+        sa.Column("chain_id", sa.String(32)),
+        sa.Column("seq", sa.BigInteger()),
+        sa.Column("prev_hash", sa.String(64)),
+        sa.Column("hash", sa.String(64)),
+    ]
+
 
 def event_tables(table: str = DEFAULT_TABLE) -> tuple[sa.MetaData, sa.Table, sa.Table]:
     """The events table and its schema-version table (``<table>_schema``)."""
@@ -59,6 +75,7 @@ def event_tables(table: str = DEFAULT_TABLE) -> tuple[sa.MetaData, sa.Table, sa.
         sa.Column("status", sa.Integer()),
         sa.Column("duration_ms", sa.Float()),
         sa.Column("data", json_type, nullable=False),
+        *chain_columns(),
     )
     # The report scans a time window (time, outcome+time) and groups within it;
     # investigations follow one token or request.  Every further index would be

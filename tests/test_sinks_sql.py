@@ -33,7 +33,12 @@ import sqlalchemy as sa
 from test_sinks_jsonl import LOGGER, burst
 
 from jwt_audit_middleware import AuditLogger
-from jwt_audit_middleware.schema import SCHEMA_VERSION, STRING_COLUMNS, event_tables
+from jwt_audit_middleware.schema import (
+    CHAIN_COLUMNS,
+    SCHEMA_VERSION,
+    STRING_COLUMNS,
+    event_tables,
+)
 from jwt_audit_middleware.sinks import SQLAuditHandler
 from jwt_audit_middleware.sinks import sql as sql_sink
 from jwt_audit_middleware.sinks.sql import ROW_COLUMNS, event_row, new_event_ids
@@ -225,7 +230,7 @@ def test_one_table_layout_for_the_sink_and_the_report() -> None:
     assert sql_sink.SCHEMA_VERSION == SCHEMA_VERSION
     _, events, version = event_tables("t")
     assert (events.name, version.name) == ("t", "t_schema")
-    assert [c.name for c in events.columns] == ["id", *ROW_COLUMNS]
+    assert [c.name for c in events.columns] == ["id", *ROW_COLUMNS, *CHAIN_COLUMNS]
     assert {c.name for c in events.columns if not c.nullable} == {
         "id",
         "event_id",

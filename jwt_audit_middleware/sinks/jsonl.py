@@ -23,6 +23,14 @@ file stays whole lines) and written again in full by the retry.  Only if
 another process appended right behind the cut piece, so it cannot be taken
 back, is the piece left as a broken line of its own (ended with a newline
 before the retry writes the line again).
+
+With ``chain=True`` every line carries ``chain_id``, ``seq``, ``prev_hash`` and
+``hash`` (``jwt_audit_middleware.chain``), added on the writer thread under the
+file lock, as the batch is first written: the order of the chain is the order
+of the file by construction, whoever writes (the writer, a request thread
+spilling a full queue, ``close()``), and the request thread pays nothing for
+it.  A handler (and each forked child) is one stream; the stream goes on in
+the new file after a rotation; ``close()`` ends it with a closing line.
 """
 
 from __future__ import annotations
@@ -38,7 +46,10 @@ import time
 from collections.abc import Iterator
 from typing import Final, Literal
 
-from jwt_audit_middleware.audit import JSONFormatter
+from jwt_audit_middleware.audit import JSONFormatter, make_record
+from jwt_audit_middleware.chain import CLOSING_EVENT, Chain, load_key
+from jwt_audit_middleware.errors import ConfigurationError
+from jwt_audit_middleware.events import rfc3339
 
 from ._worker import BackgroundHandler, sink_logger
 
@@ -57,16 +68,20 @@ class Lines:
     unchanged completes the line, and otherwise starts it again on a new line.
     """
 
-    __slots__ = ("data", "done", "fragment", "partial")
+    __slots__ = ("data", "done", "fragment", "partial", "unsealed")
 
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.done = 0
         self.partial = 0
         self.fragment: tuple[int, int, int] | None = None
+        #: Lines to be chained when first written (``data`` is empty until then).
+        self.unsealed: list[str] | None = None
 
     def rest(self) -> bytes:
         """What is not yet in the file as whole lines."""
+        if self.unsealed is not None:
+            return "".join(self.unsealed).encode("utf-8", "backslashreplace")
         return self.data[self.done :]
 
 
@@ -82,6 +97,14 @@ class JSONLinesHandler(BackgroundHandler):
     the epoch so every process agrees on the boundary).  A rotated file is
     renamed ``<path>.<UTC time>`` (e.g. ``audit.jsonl.20250520T000000Z``); the
     newest ``backup_count`` are kept (0 keeps all).
+
+    ``chain=True`` makes the file tamper-evident (``jwt-audit verify-log``):
+    each line gets ``chain_id``, ``seq``, ``prev_hash`` and ``hash``; with
+    ``chain_key`` (bytes or str) or ``chain_key_file`` the hash is an
+    HMAC-SHA256, so only holders of the key can re-chain an edited file.
+    ``close()`` appends a closing line (``"event": "chain_closed"``).  A
+    formatter you set must make one JSON object per line to be chained; other
+    lines are ``JSONFormatter``'s.
 
     ``fsync="batch"`` makes every batch durable before the next (power-loss
     safe, slower); ``"never"`` leaves it to the OS (a crashed *process* still
@@ -106,7 +129,15 @@ class JSONLinesHandler(BackgroundHandler):
         flush_interval: float = 0.2,
         block_timeout: float = 0.1,
         close_timeout: float = 30.0,
+        chain: bool = False,
+        chain_key: bytes | str | None = None,
+        chain_key_file: str | os.PathLike[str] | None = None,
     ) -> None:
+        key = load_key(chain_key, chain_key_file)
+        if key is not None and not chain:
+            option = "chain_key" if chain_key is not None else "chain_key_file"
+            raise ConfigurationError(option, "a chain key needs chain=True")
+        self._chain = Chain(key) if chain else None
         super().__init__(
             level,
             queue_size=queue_size,
@@ -132,6 +163,7 @@ class JSONLinesHandler(BackgroundHandler):
             self._period = unit * interval
         self._json = JSONFormatter()
         self._file_lock = threading.Lock()
+        self._closing_written = False
         self._fd: int | None = None
         self._next_rollover = self._rollover_after(time.time())
         self._open()  # fail fast: a missing directory or a permission problem shows now
@@ -241,8 +273,15 @@ class JSONLinesHandler(BackgroundHandler):
     # -- writing -------------------------------------------------------------------
 
     def _write(self, lines: Lines) -> None:
-        """Append what of ``lines`` is not in the file yet; raise, keeping track, if cut."""
+        """Append what of ``lines`` is not in the file yet; raise, keeping track, if cut.
+
+        Chained lines are sealed here, on their first attempt, under the lock
+        that orders the file's writes; a retry writes the same bytes.
+        """
         with self._file_lock:
+            if lines.unsealed is not None and self._chain is not None:
+                lines.data = self._chain.seal_lines(lines.unsealed)
+                lines.unsealed = None
             fd = self._current_fd()
             fd = self._maybe_rotate(fd, len(lines.data) - lines.done)
             self._append(fd, lines)
@@ -347,13 +386,23 @@ class JSONLinesHandler(BackgroundHandler):
         if formatter is not None:
             try:
                 with self.lock:  # type: ignore[union-attr]
-                    return formatter.format(record) + "\n"
+                    line = formatter.format(record)
             except Exception:  # noqa: BLE001 - a custom formatter's bug must not lose the event
                 self.handleError(record)
+            else:
+                if self._chain is None or _one_object(line):
+                    return line + "\n"
         return self._json.format(record) + "\n"
 
     def prepare(self, items: list[str]) -> Lines:
-        """The batch's lines as one ``bytes``; a retry writes what is not in the file yet."""
+        """The batch's lines as one ``bytes``; a retry writes what is not in the file yet.
+
+        Chained lines are sealed by their first write (``_write``), not here.
+        """
+        if self._chain is not None:
+            lines = Lines(b"")
+            lines.unsealed = items
+            return lines
         return Lines("".join(items).encode("utf-8", "backslashreplace"))
 
     def write_batch(self, prepared: Lines) -> None:
@@ -379,12 +428,55 @@ class JSONLinesHandler(BackgroundHandler):
         with self._file_lock:
             self._close_fd()
 
+    def close(self) -> None:
+        """Write everything queued, then (``chain=True``) the stream's closing line.
+
+        See ``BackgroundHandler.close``.  The closing line is written once, by
+        the first ``close()``, and only for a stream that has lines.
+        """
+        with self._file_lock:
+            first = not self._closing_written
+            self._closing_written = True
+        super().close()
+        chain = self._chain
+        if first and chain is not None:
+            with self._file_lock:
+                pending = chain.seq > 0
+            if pending:
+                self.spill([self._closing_line(chain)])
+                self.release_resources()
+
+    def _closing_line(self, chain: Chain) -> str:
+        event = {
+            "schema": "jwt-audit/1",
+            "event": CLOSING_EVENT,
+            "outcome": "closed",
+            "time": rfc3339(time.time()),
+            "records": chain.seq,
+            "detail": "the writer closed this stream",
+        }
+        record = make_record(logging.getLogger("jwt_audit"), logging.INFO, (), event)
+        return self._json.format(record) + "\n"
+
+    @property
+    def chain_id(self) -> str | None:
+        """The id of this handler's stream (``chain=True``), else None."""
+        return None if self._chain is None else self._chain.chain_id
+
     def _after_fork(self) -> None:
         super()._after_fork()
         self._file_lock = threading.Lock()
+        self._closing_written = False
+        if self._chain is not None:
+            self._chain.restart()  # the child is a writer of its own: a stream of its own
 
     def __repr__(self) -> str:
         return f"<JSONLinesHandler {self.path} ({logging.getLevelName(self.level)})>"
+
+
+def _one_object(line: str) -> bool:
+    """Whether a formatter's line can be chained: one JSON object on one line."""
+    return len(line) > 2 and line[0] == "{" and line[-1] == "}" and "\n" not in line
 
 
 def _write_all(fd: int, data: bytes) -> None:

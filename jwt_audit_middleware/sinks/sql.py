@@ -12,6 +12,14 @@ the insert skips an ``event_id`` that is already stored, so a batch retried
 after a commit whose acknowledgement was lost is not stored twice.  See
 ``BackgroundHandler`` for the full-queue policy (block briefly, then spill to a
 local JSON-lines file, counted).
+
+With ``chain=True`` each row also gets ``chain_id``, ``seq``, ``prev_hash`` and
+``hash`` (``jwt_audit_middleware.chain``), assigned on the writer thread as the
+rows are built: the one thread that inserts them, in order, so ``id`` order is
+``seq`` order within a stream.  ``data`` is then stored in canonical JSON (sorted
+keys), still encoded once.  Records that never reach the table (spilled) are not
+chained, so the table's stream shows no gap for them; rows chained but finally
+spilled (refused by the database, or left over at close) show as missing.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from itertools import chain
 from typing import Any
 
@@ -31,12 +40,17 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import URL, Engine, make_url
 
 from jwt_audit_middleware._jsonfast import dumps as _dumps
-from jwt_audit_middleware.audit import RECORD_ATTRIBUTE, JSONFormatter
+from jwt_audit_middleware.audit import RECORD_ATTRIBUTE, JSONFormatter, make_record
+from jwt_audit_middleware.chain import CLOSING_EVENT, Chain, canonical_json, load_key
+from jwt_audit_middleware.errors import ConfigurationError
+from jwt_audit_middleware.events import rfc3339
 from jwt_audit_middleware.schema import (
+    CHAIN_COLUMNS,
     DEFAULT_TABLE,
     REQUIRED_STRINGS,
     SCHEMA_VERSION,
     STRING_COLUMNS,
+    chain_columns,
     event_tables,
 )
 
@@ -100,6 +114,10 @@ def ensure_schema(engine: Engine, metadata: sa.MetaData, version_table: sa.Table
             time.sleep(0.2 * (attempt + 1))
     with engine.begin() as connection:
         stored = connection.execute(sa.select(sa.func.max(version_table.c.version))).scalar()
+    if stored is not None and stored < SCHEMA_VERSION:
+        events = next(t for t in metadata.sorted_tables if t is not version_table)
+        _add_chain_columns(engine, events.name)
+        stored = None  # record this version
     if stored is None:
         try:
             with engine.begin() as connection:
@@ -113,6 +131,32 @@ def ensure_schema(engine: Engine, metadata: sa.MetaData, version_table: sa.Table
             f"the audit table has schema version {stored}; this version of "
             f"jwt_audit_middleware writes version {SCHEMA_VERSION}: upgrade it"
         )
+
+
+def _add_chain_columns(engine: Engine, table: str) -> None:
+    """Schema version 1 to 2: the nullable chain columns, added where missing.
+
+    Several processes may upgrade one table at once: a column another has just
+    added is not an error.
+    """
+    quote = engine.dialect.identifier_preparer
+    for attempt in range(3):
+        present = {column["name"] for column in sa.inspect(engine).get_columns(table)}
+        missing = [column for column in chain_columns() if column.name not in present]
+        if not missing:
+            return
+        try:
+            for column in missing:
+                kind = column.type.compile(dialect=engine.dialect)
+                with engine.begin() as connection:
+                    connection.exec_driver_sql(
+                        f"ALTER TABLE {quote.quote(table)} "
+                        f"ADD COLUMN {quote.quote(column.name)} {kind}"
+                    )
+        except sa_exc.DBAPIError:
+            if attempt == 2:
+                raise
+            time.sleep(0.2 * (attempt + 1))  # added by another process meanwhile: look again
 
 
 def _utcnow() -> datetime.datetime:
@@ -181,10 +225,16 @@ def new_event_ids(count: int) -> list[str]:
     return [stamp + noise[i : i + 20] for i in range(0, 20 * count, 20)]
 
 
-def event_row(event: dict[str, Any], level: str, event_id: str, when: Any) -> tuple[Any, ...]:
+def event_row(
+    event: dict[str, Any],
+    level: str,
+    event_id: str,
+    when: Any,
+    encode: Callable[[Any], str] = _dumps,
+) -> tuple[Any, ...]:
     """The table row of one event, in ``ROW_COLUMNS`` order.
 
-    ``time`` is ``when`` and ``data`` the event's JSON text.  Strings longer
+    ``time`` is ``when`` and ``data`` the event's JSON text (``encode``'s).  Strings longer
     than their column end in "…", other values become ``str()``; a missing
     ``event`` or ``outcome`` is "unknown".  Values are what every driver takes
     as they are, so the insert skips per-value type processing.
@@ -207,7 +257,7 @@ def event_row(event: dict[str, Any], level: str, event_id: str, when: Any) -> tu
     duration = get("duration_ms")
     append(status if type(status) is int else None)
     append(duration if type(duration) is float else _number(duration))
-    append(_dumps(event))
+    append(encode(event))
     return tuple(row)
 
 
@@ -251,6 +301,12 @@ class SQLAuditHandler(BackgroundHandler):
     everything queued, waiting up to ``close_timeout`` seconds for an outage to
     end, and spills what is still left.
 
+    ``chain=True`` makes the table tamper-evident (``jwt-audit verify-log``):
+    each row gets ``chain_id``, ``seq``, ``prev_hash`` and ``hash``; with
+    ``chain_key`` (bytes or str) or ``chain_key_file`` the hash is an
+    HMAC-SHA256, so only holders of the key can re-chain an edited table.
+    ``close()`` stores a closing row (``event="chain_closed"``).
+
     ``engine_options`` go to ``sqlalchemy.create_engine`` (for SQLite the
     default ``isolation_level`` is ``"AUTOCOMMIT"``: a full batch is one
     statement, hence its own transaction; the others get an explicit one).
@@ -270,7 +326,17 @@ class SQLAuditHandler(BackgroundHandler):
         max_retry_delay: float = 5.0,
         spill_path: str | os.PathLike[str] | None = None,
         engine_options: dict[str, Any] | None = None,
+        chain: bool = False,
+        chain_key: bytes | str | None = None,
+        chain_key_file: str | os.PathLike[str] | None = None,
     ) -> None:
+        key = load_key(chain_key, chain_key_file)
+        if key is not None and not chain:
+            option = "chain_key" if chain_key is not None else "chain_key_file"
+            raise ConfigurationError(option, "a chain key needs chain=True")
+        self._chain = Chain(key) if chain else None
+        #: The columns an insert fills, in the order of a row.
+        self._columns = (*ROW_COLUMNS, *CHAIN_COLUMNS) if chain else ROW_COLUMNS
         super().__init__(
             level,
             queue_size=queue_size,
@@ -334,7 +400,7 @@ class SQLAuditHandler(BackgroundHandler):
         positions are None for a driver that takes named parameters.
         """
         name = self.engine.dialect.name
-        values: dict[str, Any] = {column: sa.bindparam(column) for column in ROW_COLUMNS}
+        values: dict[str, Any] = {column: sa.bindparam(column) for column in self._columns}
         statement: Any
         if name == "postgresql":
             statement = (
@@ -360,13 +426,13 @@ class SQLAuditHandler(BackgroundHandler):
         compiled = statement.compile(dialect=dialect)
         if not compiled.positional:
             return str(compiled), None
-        order = tuple(ROW_COLUMNS.index(column) for column in compiled.positiontup or ())
+        order = tuple(self._columns.index(column) for column in compiled.positiontup or ())
         return str(compiled), order
 
     def _copy_statement(self) -> str:
         """PostgreSQL's ``COPY ... FROM STDIN`` of a row's columns."""
         quote = self.engine.dialect.identifier_preparer
-        columns = ", ".join(quote.quote(column) for column in ROW_COLUMNS)
+        columns = ", ".join(quote.quote(column) for column in self._columns)
         return f"COPY {quote.format_table(self.table)} ({columns}) FROM STDIN"
 
     # -- the writer thread ------------------------------------------------------------
@@ -377,6 +443,8 @@ class SQLAuditHandler(BackgroundHandler):
         append = rows.append
         ids = new_event_ids(len(records))
         as_text = self._time_as_text
+        # a chained row's data is canonical JSON (sorted keys): hashed as stored
+        encode = _dumps if self._chain is None else canonical_json
         last_time: object = None
         when: Any = None
         for record in records:
@@ -391,8 +459,26 @@ class SQLAuditHandler(BackgroundHandler):
                     parsed = _parse_time(None, record.created)
                 # SQLAlchemy's storage format for DateTime on SQLite
                 when = parsed.isoformat(" ", "microseconds") if as_text else parsed
-            append(event_row(event, record.levelname, ids[len(rows)], when))
+            append(event_row(event, record.levelname, ids[len(rows)], when, encode))
+        if self._chain is not None:
+            return self._sealed(rows)
         return rows
+
+    def _sealed(self, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """The rows with their chain columns, in the order they are inserted."""
+        assert self._chain is not None
+        seal = self._chain.seal_row
+        sealed: list[tuple[Any, ...]] = []
+        append = sealed.append
+        last_when: Any = None
+        when_text = ""
+        for row in rows:
+            when = row[1]
+            if when is not last_when:
+                last_when = when
+                when_text = when if type(when) is str else when.isoformat(" ", "microseconds")
+            append((*row, *seal(row[0], row[2], when_text, row[-1])))
+        return sealed
 
     def write_batch(self, prepared: list[tuple[Any, ...]]) -> None:
         """Insert the rows in one transaction."""
@@ -418,8 +504,8 @@ class SQLAuditHandler(BackgroundHandler):
         order = self._order
         parameters: Any
         if order is None:
-            parameters = [dict(zip(ROW_COLUMNS, row, strict=True)) for row in rows]
-        elif order == tuple(range(len(ROW_COLUMNS))):
+            parameters = [dict(zip(self._columns, row, strict=True)) for row in rows]
+        elif order == tuple(range(len(self._columns))):
             parameters = rows
         else:
             parameters = [tuple(row[i] for i in order) for row in rows]
@@ -487,7 +573,7 @@ class SQLAuditHandler(BackgroundHandler):
                 contextlib.suppress(AttributeError),
             ):
                 limit = probe.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-            size = max(1, min(self.batch_size, 2048, limit // len(ROW_COLUMNS)))
+            size = max(1, min(self.batch_size, 2048, limit // len(self._columns)))
             sizes = [size]
             while size // 2 >= 32:
                 size //= 2
@@ -497,8 +583,8 @@ class SQLAuditHandler(BackgroundHandler):
 
     def _multirow_insert(self, count: int) -> str:
         quote = self.engine.dialect.identifier_preparer
-        columns = ", ".join(quote.quote(column) for column in ROW_COLUMNS)
-        row = "(" + ", ".join("?" * len(ROW_COLUMNS)) + ")"
+        columns = ", ".join(quote.quote(column) for column in self._columns)
+        row = "(" + ", ".join("?" * len(self._columns)) + ")"
         return (  # identifiers quoted by the dialect, values all parameters
             f"INSERT INTO {quote.format_table(self.table)} ({columns}) "  # noqa: S608
             f"VALUES {', '.join([row] * count)} ON CONFLICT (event_id) DO NOTHING"
@@ -655,10 +741,35 @@ class SQLAuditHandler(BackgroundHandler):
             handler.close()
         self.engine.dispose()
 
+    def close(self) -> None:
+        """Store everything queued and (``chain=True``) the stream's closing row.
+
+        See ``BackgroundHandler.close``.  The closing row goes in last, through
+        the writer, and only for a stream that has rows.
+        """
+        chain = self._chain
+        if chain is not None and not self._closed and (chain.seq or self._queue):
+            event = {
+                "schema": "jwt-audit/1",
+                "event": CLOSING_EVENT,
+                "outcome": "closed",
+                "time": rfc3339(time.time()),
+                "detail": "the writer closed this stream",
+            }
+            self.emit(make_record(logging.getLogger("jwt_audit"), logging.INFO, (), event))
+        super().close()
+
+    @property
+    def chain_id(self) -> str | None:
+        """The id of this handler's stream (``chain=True``), else None."""
+        return None if self._chain is None else self._chain.chain_id
+
     def _after_fork(self) -> None:
         super()._after_fork()
         self.engine.dispose(close=False)  # the parent's connections stay the parent's
         self._spill_handler = None
+        if self._chain is not None:
+            self._chain.restart()  # the child is a writer of its own: a stream of its own
 
     def __repr__(self) -> str:
         url = self.engine.url.render_as_string(hide_password=True)
