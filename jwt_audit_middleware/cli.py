@@ -24,6 +24,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from . import verify_log as _verify_log
 from .asgi import JWTAuditMiddleware, Scope
 from .audit import JSONFormatter
 from .errors import ConfigurationError, Denied
@@ -344,6 +345,11 @@ def _parser() -> argparse.ArgumentParser:
     explain_.add_argument("--leeway", type=float, help="seconds of clock skew allowed")
     explain_.add_argument("--token-type", help="expected JOSE typ, e.g. at+jwt")
     explain_.add_argument("--json", action="store_true", help="machine-readable output")
+
+    verify_ = commands.add_parser(
+        "verify-log", help="check the hash chains of a trail (chain=True): 0 intact, 1 tampered"
+    )
+    _verify_log.add_arguments(verify_)
     return parser
 
 
@@ -357,6 +363,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return demo(sys.stdout, args.db)
         if args.command == "report":
             return report(args, sys.stdout)
+        if args.command == "verify-log":
+            return _verify_log.run(args, sys.stdout)
         if args.env and any(
             getattr(args, name) is not None
             for name in ("algorithms", "secret_file", "public_key_file", "jwks_file", "issuer")
