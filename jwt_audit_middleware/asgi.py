@@ -173,11 +173,14 @@ class JWTAuditMiddleware:
         )
         lifecycle = self._lifecycle
         gate = self._gate
-        preflight = info.method == "OPTIONS" and _is_preflight(scope)
-        verdict = gate.decide(path, authorization, info.client_ip, preflight)
+        method = info.method
+        preflight = method == "OPTIONS" and _is_preflight(scope)
+        verdict = gate.decide(path, authorization, info.client_ip, preflight, method)
         if verdict.unsettled:  # a key refetch, the revocation hook, the store: off the loop
             try:
-                verdict = await gate.settle_async(verdict, path, authorization, info.client_ip)
+                verdict = await gate.settle_async(
+                    verdict, path, authorization, info.client_ip, method
+                )
             except BaseException:  # cancelled (the client left): still one event
                 lifecycle.begin(verdict, info).finish(None)
                 raise

@@ -78,13 +78,46 @@ class _Prefixes:
 
     __slots__ = ("_exact", "_prefixes")
 
-    def __init__(self, paths: tuple[str, ...]) -> None:
+    def __init__(self, paths: Iterable[str]) -> None:
         stripped = [p.rstrip("/") for p in paths]
         self._exact = frozenset(p or "/" for p in stripped)
         self._prefixes = tuple(p + "/" for p in stripped if p)
 
     def __contains__(self, path: object) -> bool:
         return isinstance(path, str) and (path in self._exact or path.startswith(self._prefixes))
+
+
+class _MethodPrefixes:
+    """``exempt_paths`` / ``optional_paths``: prefixes for every method, and per method.
+
+    ``"GET /docs"`` holds for ``GET`` and ``HEAD`` (a server answers ``HEAD``
+    with the ``GET`` route: the rule must not be dodged by asking for ``HEAD``).
+    """
+
+    __slots__ = ("_any", "_by_method")
+
+    def __init__(self, rules: tuple[str, ...]) -> None:
+        self._any = _Prefixes(rule for rule in rules if rule.startswith("/"))
+        by_method: dict[str, list[str]] = {}
+        for rule in rules:
+            if not rule.startswith("/"):
+                method, _, path = rule.partition(" ")
+                by_method.setdefault(method, []).append(path)
+        self._by_method = {method: _Prefixes(paths) for method, paths in by_method.items()}
+
+    def matches(self, path: str, method: str) -> bool:
+        if path in self._any:
+            return True
+        by_method = self._by_method
+        if not by_method:
+            return False
+        prefixes = by_method.get(_rule_method(method))
+        return prefixes is not None and path in prefixes
+
+
+def _rule_method(method: str) -> str:
+    """The method a rule names for ``method``: ``HEAD`` is answered as ``GET``."""
+    return "GET" if method == "HEAD" else method
 
 
 class PathPolicy:
@@ -100,33 +133,39 @@ class PathPolicy:
     """
 
     def __init__(self, settings: Settings) -> None:
-        self._exempt = _Prefixes(tuple(settings.exempt_paths))
-        self._optional = _Prefixes(tuple(settings.optional_paths))
-        rules = sorted(settings.path_scopes.items(), key=lambda item: -len(item[0].rstrip("/")))
-        # (exact path, prefix + "/", scopes); the "/" rule has an empty prefix: every path
-        self._scopes = tuple(
-            (prefix.rstrip("/"), prefix.rstrip("/") + "/", tuple(scopes))
-            for prefix, scopes in rules
-        )
+        self._exempt = _MethodPrefixes(tuple(settings.exempt_paths))
+        self._optional = _MethodPrefixes(tuple(settings.optional_paths))
+        rules = []
+        for key, scopes in settings.path_scopes.items():
+            method, _, prefix = key.rpartition(" ")  # "GET /orders" or "/orders"
+            stripped = prefix.rstrip("/")
+            rules.append((method or None, stripped, stripped + "/", tuple(scopes)))
+        # the longest prefix first; at the same length a method's own rule first.
+        # (method, exact path, prefix + "/", scopes); "/" has an empty prefix: every path
+        rules.sort(key=lambda rule: (-len(rule[1]), rule[0] is None))
+        self._scopes = tuple(rules)
         self.has_rules = bool(settings.exempt_paths or settings.optional_paths or rules)
 
-    def rule(self, path: str) -> tuple[str, tuple[str, ...]]:
+    def rule(self, path: str, method: str = "GET") -> tuple[str, tuple[str, ...]]:
         """``(kind, required scopes)`` for ``path``: ``exempt``, ``optional`` or ``required``."""
         normalised = normalise_path(path)
         if normalised != path:
-            return REQUIRED, self._required({path, normalised})
-        if path in self._exempt:
+            return REQUIRED, self._required({path, normalised}, method)
+        if self._exempt.matches(path, method):
             return EXEMPT, ()
-        required = self._required((path,))
-        if path in self._optional and not required:
+        required = self._required((path,), method)
+        if not required and self._optional.matches(path, method):
             return OPTIONAL, ()
         return REQUIRED, required
 
-    def _required(self, paths: Iterable[str]) -> tuple[str, ...]:
-        """The scopes of the longest matching ``path_scopes`` prefix of each path, together."""
+    def _required(self, paths: Iterable[str], method: str) -> tuple[str, ...]:
+        """The scopes of the longest matching ``path_scopes`` rule of each path, together."""
         required: dict[str, None] = {}
+        method = _rule_method(method)
         for path in paths:
-            for exact, prefix, scopes in self._scopes:
+            for rule_method, exact, prefix, scopes in self._scopes:
+                if rule_method is not None and rule_method != method:
+                    continue
                 if not exact or path == exact or path.startswith(prefix):
                     required.update(dict.fromkeys(scopes))
                     break
@@ -188,6 +227,7 @@ class Gate:
         authorization: list[str],
         client_ip: str | None = None,
         preflight: bool = False,
+        method: str = "GET",
     ) -> Verdict:
         """The verdict as far as it goes without I/O; a bug of ours is ``internal_error``.
 
@@ -203,7 +243,7 @@ class Gate:
             if preflight and self._preflight is not None and not authorization:
                 return self._preflight
             paths = self.paths
-            kind, required = paths.rule(path) if paths.has_rules else _REQUIRED_RULE
+            kind, required = paths.rule(path, method) if paths.has_rules else _REQUIRED_RULE
             if kind == EXEMPT:
                 return self._exempt
             guard = self.guard
@@ -245,15 +285,21 @@ class Gate:
         authorization: list[str],
         client_ip: str | None = None,
         preflight: bool = False,
+        method: str = "GET",
     ) -> Verdict:
         """The whole verdict, the blocking steps in this thread (WSGI, Django sync)."""
-        verdict = self.decide(path, authorization, client_ip, preflight)
+        verdict = self.decide(path, authorization, client_ip, preflight, method)
         if verdict.unsettled:
-            return self.settle_sync(verdict, path, authorization, client_ip)
+            return self.settle_sync(verdict, path, authorization, client_ip, method)
         return verdict
 
     def settle_sync(
-        self, verdict: Verdict, path: str, authorization: list[str], client_ip: str | None = None
+        self,
+        verdict: Verdict,
+        path: str,
+        authorization: list[str],
+        client_ip: str | None = None,
+        method: str = "GET",
     ) -> Verdict:
         """Run an unsettled verdict's key refetch, revocation hook and store probe here.
 
@@ -264,7 +310,7 @@ class Gate:
             if not verdict.pending_state:  # decide() left the guard for after these steps
                 if verdict.refresh_keys is not None:
                     verdict.refresh_keys()  # blocks up to jwks_timeout; one fetch for all waiting
-                    verdict = self._evaluate_again(path, authorization)
+                    verdict = self._evaluate_again(path, authorization, method)
                 verdict = self.resolve_sync(verdict)
                 if guard is None:
                     return verdict
@@ -276,7 +322,12 @@ class Gate:
             return self.internal_error("settle")
 
     async def settle_async(
-        self, verdict: Verdict, path: str, authorization: list[str], client_ip: str | None = None
+        self,
+        verdict: Verdict,
+        path: str,
+        authorization: list[str],
+        client_ip: str | None = None,
+        method: str = "GET",
     ) -> Verdict:
         """``settle_sync()`` from an event loop: blocking calls run in a worker thread."""
         try:
@@ -284,7 +335,7 @@ class Gate:
             if not verdict.pending_state:
                 if verdict.refresh_keys is not None:
                     await anyio.to_thread.run_sync(verdict.refresh_keys)
-                    verdict = self._evaluate_again(path, authorization)
+                    verdict = self._evaluate_again(path, authorization, method)
                 verdict = await self.resolve_async(verdict)
                 if guard is None:
                     return verdict
@@ -471,8 +522,8 @@ class Gate:
             ),
         )
 
-    def _evaluate_again(self, path: str, authorization: list[str]) -> Verdict:
-        kind, required = self.paths.rule(path)
+    def _evaluate_again(self, path: str, authorization: list[str], method: str) -> Verdict:
+        kind, required = self.paths.rule(path, method)
         if kind == EXEMPT:
             return self._exempt
         verdict = self._token_verdict(authorization, kind, required)

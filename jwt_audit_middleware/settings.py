@@ -88,12 +88,23 @@ def _optional_strings(option: str, value: object) -> tuple[str, ...] | None:
     return None if value is None else _strings(option, value, allow_empty=False)
 
 
+_METHOD_RULE = re.compile(r"([A-Za-z]+) +(/.*)")
+
+
 def _paths(option: str, value: object) -> tuple[str, ...]:
-    paths = _strings(option, value)
-    for path in paths:
-        if not path.startswith("/"):
-            raise _fail(option, f"paths must start with '/': {path!r}")
-    return paths
+    """Path prefixes, each optionally after a method: ``"/health"``, ``"GET /docs"``."""
+    rules = []
+    for given in _strings(option, value):
+        method_rule = _METHOD_RULE.fullmatch(given)
+        if method_rule is not None:  # "get  /docs" is kept as "GET /docs"
+            rules.append(f"{method_rule[1].upper()} {method_rule[2]}")
+        elif given.startswith("/"):
+            rules.append(given)
+        else:
+            raise _fail(
+                option, f"expected '/path' or 'METHOD /path' (e.g. 'GET /orders'): {given!r}"
+            )
+    return tuple(dict.fromkeys(rules))
 
 
 def _number(option: str, value: object, *, minimum: float, integer: bool = False) -> float:

@@ -126,8 +126,9 @@ class JWTAuditWSGIMiddleware:
         info = self._reader.info_from_environ(environ, full_path, started)
         headers = [] if authorization is None else [authorization]
         lifecycle = self._lifecycle
-        preflight = info.method == "OPTIONS" and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ
-        verdict = self._gate.decide_sync(path, headers, info.client_ip, preflight)
+        method = info.method
+        preflight = method == "OPTIONS" and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ
+        verdict = self._gate.decide_sync(path, headers, info.client_ip, preflight, method)
         exchange = lifecycle.begin(verdict, info)
         if exchange.denied:
             challenge = exchange.challenge()

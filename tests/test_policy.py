@@ -225,3 +225,62 @@ def test_a_failing_key_refetch_fails_closed(rsa_key: SigningKey) -> None:
     assert pending.unsettled
     settled = g.settle_sync(pending, "/", [])
     assert (settled.allow, settled.reason, settled.status) == (False, "internal_error", 500)
+
+
+# -- method-aware rules: "GET /orders" (issue 13 item 7) ------------------------------------
+
+
+def decide_method(
+    g: Gate, method: str, path: str, token: str | None
+) -> tuple[bool, str | None, int | None]:
+    verdict = g.decide_sync(path, bearer(token), None, False, method)
+    return verdict.allow, verdict.reason, verdict.status
+
+
+@pytest.mark.parametrize(
+    ("method", "scopes", "expected"),
+    [
+        ("GET", "orders:read", ALLOWED),
+        ("HEAD", "orders:read", ALLOWED),  # HEAD is answered by the GET route: GET's rule
+        ("HEAD", "", SCOPE),  # ... so it cannot dodge it either
+        ("POST", "orders:read", SCOPE),
+        ("POST", "orders:write", ALLOWED),
+        ("DELETE", "orders:read", SCOPE),  # no rule of its own: the method-less one
+        ("DELETE", "admin", ALLOWED),
+    ],
+)
+def test_a_method_rule_beats_a_method_less_one_of_the_same_prefix(
+    rsa_key: SigningKey, method: str, scopes: str, expected: tuple[object, ...]
+) -> None:
+    g = gate(
+        rsa_key,
+        path_scopes={
+            "/orders": ["admin"],
+            "GET /orders": ["orders:read"],
+            "post /orders": ["orders:write"],  # the method's case does not matter
+        },
+    )
+    assert decide_method(g, method, "/orders/42", rsa_key.token(scope=scopes)) == expected
+
+
+def test_the_longest_prefix_still_wins_over_a_method_rule(rsa_key: SigningKey) -> None:
+    g = gate(rsa_key, path_scopes={"GET /": ["api"], "/orders/public": []})
+    assert decide_method(g, "GET", "/orders/public/1", rsa_key.token(scope="")) == ALLOWED
+    assert decide_method(g, "GET", "/orders/1", rsa_key.token(scope="")) == SCOPE
+
+
+def test_exempt_and_optional_paths_take_a_method_too(rsa_key: SigningKey) -> None:
+    g = gate(rsa_key, exempt_paths=["GET /docs"], optional_paths=["GET /catalogue"])
+    assert decide_method(g, "GET", "/docs", None) == ALLOWED
+    assert decide_method(g, "HEAD", "/docs/openapi.json", None) == ALLOWED
+    assert decide_method(g, "POST", "/docs", None) == MISSING
+    assert decide_method(g, "GET", "/catalogue", None) == ALLOWED
+    assert decide_method(g, "PUT", "/catalogue", None) == MISSING
+
+
+@pytest.mark.parametrize("rule", ["orders", "GET orders", "GET", "G3T /orders"])
+def test_a_rule_is_a_path_or_a_method_and_a_path(rsa_key: SigningKey, rule: str) -> None:
+    with pytest.raises(ConfigurationError, match="METHOD /path"):
+        gate(rsa_key, exempt_paths=[rule])
+    with pytest.raises(ConfigurationError, match="METHOD /path"):
+        gate(rsa_key, path_scopes={rule: ["x"]})

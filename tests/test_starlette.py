@@ -387,3 +387,19 @@ async def test_jwks_selects_by_kid(keys: dict[str, SigningKey], events: Captured
     assert statuses == [200, 200, 401]
     assert [e["reason"] for e in events] == [None, None, "unknown_key"]
     assert [e["kid"] for e in events] == [rsa.kid, ec.kid, "retired"]
+
+
+async def test_method_rules_reach_the_middleware(
+    rsa_key: SigningKey, events: CapturedEvents
+) -> None:
+    app = make_app(rsa_key, path_scopes={"POST /orders": ["orders:write"]})
+    weak = good_token(rsa_key, scope="orders:read")
+    async with client(app) as http:
+        refused = await http.post("/orders", headers={"Authorization": f"Bearer {weak}"})
+        read = await http.get("/whoami", headers={"Authorization": f"Bearer {weak}"})
+    assert (refused.status_code, read.status_code) == (403, 200)
+    assert 'scope="orders:write"' in refused.headers["www-authenticate"]
+    assert [(e["method"], e["reason"]) for e in events] == [
+        ("POST", "insufficient_scope"),
+        ("GET", None),
+    ]

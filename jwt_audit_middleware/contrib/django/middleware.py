@@ -65,7 +65,7 @@ class JWTAuditMiddleware:
             return self.__acall__(request)
         info = self._info(request)
         verdict = self._gate.decide_sync(
-            request.path_info, _bearer(request), info.client_ip, _preflight(request)
+            request.path_info, _bearer(request), info.client_ip, _preflight(request), info.method
         )
         exchange = self._begin(request, verdict, info)
         if exchange.denied:
@@ -82,13 +82,14 @@ class JWTAuditMiddleware:
         authorization = _bearer(request)
         info = self._info(request)
         client_ip = info.client_ip
+        method = info.method
         verdict = self._gate.decide(
-            request.path_info, authorization, client_ip, _preflight(request)
+            request.path_info, authorization, client_ip, _preflight(request), method
         )
         if verdict.unsettled:  # a key refetch, the revocation hook, the store: off the loop
             try:
                 verdict = await self._gate.settle_async(
-                    verdict, request.path_info, authorization, client_ip
+                    verdict, request.path_info, authorization, client_ip, method
                 )
             except BaseException:  # cancelled (the client left): still one event
                 self._begin(request, verdict, info).finish(None)
