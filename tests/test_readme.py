@@ -194,6 +194,30 @@ with TestClient(app) as client:
           client.get("/docs").status_code)
 """
 
+
+def test_quick_start_cli_key_and_token(
+    readme: tuple[Path, dict[int, Outcome]], tmp_path: Path
+) -> None:
+    """The quick start's `jwt-audit keygen` / `jwt-audit token` lines, then main.py."""
+    lines = [
+        command
+        for block in BLOCKS
+        if block.lang == "sh"
+        for command in _commands(block.text)
+        if command.startswith(("jwt-audit keygen", "TOKEN=$(jwt-audit token "))
+    ]
+    assert [line.split()[0] for line in lines[:2]] == ["jwt-audit", "TOKEN=$(jwt-audit"]
+    (tmp_path / "main.py").write_text((readme[0] / "main.py").read_text())
+    (tmp_path / "scenario_fastapi.py").write_text(SCENARIO_FASTAPI)
+    script = "set -e\n" + "\n".join(lines[:2]) + '\npython scenario_fastapi.py "$TOKEN"\n'
+    bin_dir = str(Path(sys.executable).parent)
+    result = run(["bash", "-c", script], tmp_path, PATH=bin_dir + os.pathsep + os.environ["PATH"])
+    assert result.returncode == 0, result.stderr
+    body, statuses = result.stdout.splitlines()[-2:]
+    assert body == str({"owner": "alice", "user": "alice"})
+    assert statuses == "401 200 200"
+
+
 SCENARIO_FLASK = """
 import sys
 from app import app
