@@ -20,10 +20,25 @@ import threading
 import time
 from collections.abc import Mapping, MutableMapping
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .events import CLOSED, DENIED, DISCONNECT, WOULD_DENY, app_event, clean, rfc3339
+from .events import (
+    ACCESS,
+    CLOSED,
+    DENIAL,
+    DENIED,
+    DISCONNECT,
+    WOULD_DENY,
+    app_event,
+    clean,
+    rfc3339,
+)
 from .model import RequestInfo, Verdict
+from .telemetry import CURRENT_SPAN as _CURRENT_SPAN
+from .telemetry import annotate, correlate
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 LOGGER_NAME = "jwt_audit"
 RECORD_ATTRIBUTE = "jwt_audit"
@@ -167,7 +182,16 @@ class AuditLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
 
     Unlike the stdlib default before Python 3.13, a call's own ``extra``
     is merged with the adapter's instead of being dropped.
+
+    With the OpenTelemetry API installed and a recording span current, every
+    event gets that span's ``trace_id`` and ``span_id``, and a request's event
+    sets its verdict on the span (``telemetry.py``).  After ``publish(metrics)``
+    each request's verdict and each ``alert`` event are counted.
     """
+
+    #: ``Metrics.requests`` once ``publish()``ed: ``(outcome, reason)`` -> counter child
+    _request_counters: dict[tuple[str, str | None], Any] | None = None
+    _metrics: Metrics | None = None
 
     def __init__(
         self,
@@ -187,8 +211,18 @@ class AuditLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         kwargs["extra"] = {**self.extra, **own} if own else self.extra  # type: ignore[dict-item]
         return msg, kwargs
 
+    def publish(self, metrics: Metrics) -> None:
+        """Count every request's verdict and every ``alert`` event on ``metrics``."""
+        self._metrics = metrics
+        self._request_counters = metrics.requests
+
     def emit(self, event: dict[str, Any], level: int = logging.INFO) -> None:
         """Emit one event dict (``record.jwt_audit``) with a one-line message."""
+        if _CURRENT_SPAN is not None:
+            correlate(event)
+        metrics = self._metrics
+        if metrics is not None and event.get("event") == "alert":
+            metrics.alert(str(event.get("reason")))
         self._emit(event, level, None)
 
     def _emit(self, event: dict[str, Any], level: int, now: float | None) -> None:
@@ -246,6 +280,15 @@ class AuditLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         claims = base["claims"]
         event["claims"] = {**claims} if claims else {}
         reason = verdict.reason
+        counters = self._request_counters
+        if counters is not None:
+            counter = counters[event["outcome"], reason]
+            if counter is not None:
+                counter.inc()
+        if _CURRENT_SPAN is not None:
+            span = correlate(event)
+            if span is not None and event["event"] in _REQUEST_EVENTS:
+                annotate(span, event)
         if reason is None:
             level = logging.INFO
         elif reason == "internal_error":
@@ -338,6 +381,8 @@ class AuditLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         self.emit(event, logging.WARNING)
         return event
 
+
+_REQUEST_EVENTS = frozenset((ACCESS, DENIAL))
 
 #: The reasons ``AuditLogger.login_failed`` accepts.
 LOGIN_FAILURE_REASONS = frozenset(

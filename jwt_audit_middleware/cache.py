@@ -92,3 +92,41 @@ class TokenCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class ObservedTokenCache(TokenCache):
+    """A ``TokenCache`` that tells, per thread, whether its latest look-up hit.
+
+    What the verification-time histogram (``jwt_audit_verify_seconds``,
+    ``metrics.py``) labels ``cache="hit"``: ``last.hit`` is ``True`` after a
+    hit, ``False`` after a miss, and whatever the reader reset it to if this
+    thread made no look-up since.  ``hits`` and ``misses`` count as in the
+    base class, so the histogram's ``hit`` count and ``hits`` agree.
+    """
+
+    __slots__ = ("last",)
+
+    def __init__(
+        self,
+        size: int,
+        ttl: float = DEFAULT_TTL,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(size, ttl, monotonic=monotonic)
+        self.last = threading.local()
+
+    @classmethod
+    def like(cls, cache: TokenCache) -> ObservedTokenCache:
+        """An observed cache with ``cache``'s size, lifetime, clock, entries and counts."""
+        observed = cls(cache.size, cache.ttl, monotonic=cache._monotonic)
+        with cache._lock:
+            observed._entries.update(cache._entries)
+        observed.hits, observed.misses = cache.hits, cache.misses
+        return observed
+
+    def get(self, digest: bytes, now: float, ring: int) -> Verdict | None:
+        """``TokenCache.get()``, leaving the answer's kind in ``last.hit``."""
+        verdict = TokenCache.get(self, digest, now, ring)
+        self.last.hit = verdict is not None
+        return verdict

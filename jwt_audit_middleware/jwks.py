@@ -42,11 +42,14 @@ import time
 import urllib.parse
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .events import app_event
 from .keys import KeyRing, VerificationKey, parse_jwks
 from .urls import check_url, is_loopback, safe_location  # the URL checks moved; names kept here
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 EmitEvent = Callable[[dict[str, Any], int], None]
 
@@ -221,7 +224,12 @@ class RemoteKeySet:
         self.version = 0
         """Changes whenever ``ring`` is replaced (a cache of verdicts keys on it)."""
         self.fetches = 0
+        """Fetches started; ``failures`` of those ended failed (``jwt_audit_jwks_fetches``)."""
+        self.failures = 0
         self.fetched_at: float | None = None
+        self._succeeded = 0
+        self._published: list[Metrics] = []
+        self._count_lock = threading.Lock()
         self._emit = emit
         self._clock = clock
         self._body: bytes | None = None
@@ -333,6 +341,26 @@ class RemoteKeySet:
             self._unknown.clear()
         self._unknown[kid] = self._clock() + self.min_refresh_seconds
 
+    def publish(self, metrics: Metrics) -> None:
+        """Count this set's fetches on ``metrics`` too, those already ended included (once)."""
+        with self._count_lock:
+            if metrics in self._published:
+                return
+            self._published = [*self._published, metrics]
+            if self._succeeded:
+                metrics.jwks_ok.inc(self._succeeded)
+            if self.failures:
+                metrics.jwks_error.inc(self.failures)
+
+    def _count_fetch(self, ok: bool) -> None:
+        with self._count_lock:
+            if ok:
+                self._succeeded += 1
+            else:
+                self.failures += 1
+            for metrics in self._published:
+                metrics.jwks_fetch(ok)
+
     def _fetch_and_swap(self) -> None:
         self.fetches += 1
         try:
@@ -341,8 +369,13 @@ class RemoteKeySet:
             if body != self._body:
                 keys = parse_document(body, self.algorithms, self.max_keys)
         except FetchError as failure:
+            self._count_fetch(ok=False)
             self._failed(failure)
             return
+        except Exception:
+            self._count_fetch(ok=False)  # _run_fetch logs it
+            raise
+        self._count_fetch(ok=True)
         self._failures = 0
         self.fetched_at = self._clock()
         if keys is not None:
@@ -435,6 +468,7 @@ class RemoteKeySet:
         # In the child, which has only the thread that forked: the refresh thread,
         # a fetch in flight and whoever held the lock stayed in the parent.
         self._condition = threading.Condition(threading.Lock())
+        self._count_lock = threading.Lock()
         self._fetching = False
         self._first = _event(self._first.is_set())
         closed = self._closed.is_set()

@@ -26,6 +26,15 @@ when ``close()`` starts and never sleeps past its deadline; a write still in
 progress when ``close()`` stops waiting stays the writer's, which spills the
 batch itself if that write fails.  So a batch is written or spilled, never
 both, and never left on a queue nobody drains.
+
+Metrics (contract §11): a handler given ``metrics=`` (``True`` or a
+``prometheus_client`` registry), or attached to ``jwt_audit`` when a
+middleware built with ``metrics=`` exists, counts ``written`` and ``spilled``
+into ``jwt_audit_sink_events_total{sink,result}`` exactly where ``stats()``
+counts them (the events of ``stats()`` before the binding are added then, so
+the two agree), and its queue depth into ``jwt_audit_sink_queue_depth{sink}``,
+refreshed by the writer thread at each wake-up and batch (at most
+``flush_interval`` old) and on the spill path: nothing is added to ``emit()``.
 """
 
 from __future__ import annotations
@@ -37,9 +46,10 @@ import threading
 import time
 import weakref
 from collections import deque
-from typing import Any
+from typing import Any, ClassVar
 
-from jwt_audit_middleware.audit import RECORD_ATTRIBUTE
+from jwt_audit_middleware.audit import LOGGER_NAME, RECORD_ATTRIBUTE
+from jwt_audit_middleware.metrics import SINK_NAMES, SinkSeries, metrics_for, middleware_metrics
 
 #: Problems of the sinks themselves; not under "jwt_audit", so they never loop back.
 sink_logger = logging.getLogger("jwt_audit_middleware.sinks")
@@ -82,6 +92,8 @@ class BackgroundHandler(logging.Handler):
 
     #: How long ``close()`` waits for the writer before spilling what is left.
     close_timeout: float
+    #: The ``sink`` label of its metrics (default: ``jsonl``, ``sql``, or the class name).
+    sink_name: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -92,6 +104,7 @@ class BackgroundHandler(logging.Handler):
         flush_interval: float = 0.5,
         block_timeout: float = 0.1,
         close_timeout: float = 30.0,
+        metrics: object = None,
     ) -> None:
         super().__init__(level)
         if queue_size < 1 or batch_size < 1:
@@ -104,8 +117,14 @@ class BackgroundHandler(logging.Handler):
         self.block_timeout = block_timeout
         self.close_timeout = close_timeout
         self._counters = {"written": 0, "spilled": 0, "retries": 0, "failed_batches": 0}
+        self._series: tuple[SinkSeries, ...] = ()
+        self._own_metrics = False  # given metrics=: never rebound to a middleware's registry
+        self._metrics_lock = threading.Lock()
+        self._depth_reported = 0
         self._init_state()
         _live.add(self)
+        if metrics is not None and metrics is not False:
+            self.publish_metrics(metrics)
 
     # -- state (rebuilt after fork) --------------------------------------------
 
@@ -131,8 +150,12 @@ class BackgroundHandler(logging.Handler):
         # copies here is what keeps them from being written twice.
         self.createLock()
         self._init_state()
+        self._metrics_lock = threading.Lock()
+        self._depth_reported = 0  # the parent's queue is not this process's
 
     def _start(self) -> None:
+        if not self._own_metrics and self in logging.getLogger(LOGGER_NAME).handlers:
+            self.publish_to_middleware_metrics()
         with self._start_lock:
             if self._thread is None and not self._closed:
                 thread = threading.Thread(
@@ -210,6 +233,16 @@ class BackgroundHandler(logging.Handler):
     def _count_spilled(self, count: int) -> None:
         with self._spill_lock:
             self._counters["spilled"] += count
+            for series in self._series:
+                series.spilled.inc(count)
+        if self._series:
+            self._report_depth()
+
+    def _count_written(self, count: int) -> None:
+        with self._spill_lock:  # one lock for the counters that metrics mirror
+            self._counters["written"] += count
+            for series in self._series:
+                series.written.inc(count)
 
     # -- the writer thread ------------------------------------------------------
 
@@ -239,6 +272,8 @@ class BackgroundHandler(logging.Handler):
             self._wake.wait(self.flush_interval)
             self._wake.clear()
             closing = self._closing
+            if self._series:
+                self._report_depth()
             while self._queue:
                 if closing and time.monotonic() > self._deadline:
                     return  # close() spills what is left
@@ -251,6 +286,8 @@ class BackgroundHandler(logging.Handler):
                     return  # closing and out of time: close() spills the rest
                 for marker in markers:
                     marker.done.set()
+                if self._series:
+                    self._report_depth()
             self.idle()
             if closing:
                 return
@@ -295,6 +332,8 @@ class BackgroundHandler(logging.Handler):
                     )
                 self._counters["retries"] += 1
                 failing = True
+                if self._series:  # an outage is when the queue depth matters
+                    self._report_depth()
                 if self._closing and time.monotonic() > self._deadline:
                     self._give_back(batch)
                     return False
@@ -307,7 +346,7 @@ class BackgroundHandler(logging.Handler):
                 delay = min(delay * 2, self.max_retry_delay())
             else:
                 self._release()
-                self._counters["written"] += len(batch)
+                self._count_written(len(batch))
                 if failing:
                     sink_logger.warning("%s: writing again", type(self).__name__)
                 if self._abandoned:  # a write that outlasted close(): what it reopened
@@ -458,6 +497,8 @@ class BackgroundHandler(logging.Handler):
                 self.spill_target(),
             )
         self.release_resources()
+        if self._series:
+            self._report_depth()
         _live.discard(self)
         super().close()
 
@@ -482,7 +523,69 @@ class BackgroundHandler(logging.Handler):
         return leftover, markers, 0 if in_hand is None else len(in_hand)
 
     def stats(self) -> dict[str, int]:
-        """Counters: ``written``, ``spilled``, ``retries``, ``failed_batches``, ``queued``."""
+        """Counters: ``written``, ``spilled``, ``retries``, ``failed_batches``, ``queued``.
+
+        ``written`` and ``spilled`` are what ``jwt_audit_sink_events_total``
+        publishes for this handler, when it publishes metrics.
+        """
         return {**self._counters, "queued": len(self._queue)}
+
+    # -- metrics ------------------------------------------------------------------------
+
+    def publish_metrics(self, metrics: object = True) -> None:
+        """Publish on ``metrics`` (``True``: the default registry, or a ``CollectorRegistry``).
+
+        What ``metrics=`` does at construction.  A handler that publishes by
+        its own choice is not also bound to a middleware's registry.
+        """
+        found = metrics_for(metrics)
+        if found is None:
+            raise ValueError("metrics: expected True or a prometheus_client CollectorRegistry")
+        self._own_metrics = True
+        self._bind(found.sink(self.metrics_label()))
+
+    def publish_to_middleware_metrics(self) -> None:
+        """Publish on the registries of the middlewares built with ``metrics=`` (contract §11).
+
+        Done by such a middleware for the handlers attached to ``jwt_audit``
+        then, and by a handler attached later when it starts; a handler given
+        its own ``metrics=`` keeps to that.
+        """
+        if self._own_metrics:
+            return
+        label = self.metrics_label()
+        for metrics in middleware_metrics():
+            self._bind(metrics.sink(label))
+
+    def metrics_label(self) -> str:
+        """The ``sink`` label: ``sink_name``, else ``jsonl`` / ``sql``, else the class name."""
+        name = type(self).__name__
+        return self.sink_name or SINK_NAMES.get(name) or name
+
+    def _bind(self, series: SinkSeries) -> None:
+        with self._spill_lock, self._metrics_lock:
+            if series in self._series:
+                return
+            self._series = (*self._series, series)
+            # what stats() counted before: from now on both say the same
+            if self._counters["written"]:
+                series.written.inc(self._counters["written"])
+            if self._counters["spilled"]:
+                series.spilled.inc(self._counters["spilled"])
+            if self._depth_reported:
+                series.queue.inc(self._depth_reported)
+
+    def _report_depth(self) -> None:
+        """Move the queue-depth gauges by this handler's change since its last report.
+
+        A delta, not a set: handlers sharing a ``sink`` label sum up.
+        """
+        with self._metrics_lock:
+            depth = len(self._queue)
+            delta = depth - self._depth_reported
+            if delta:
+                self._depth_reported = depth
+                for series in self._series:
+                    series.queue.inc(delta)
 
     _deadline: float = float("inf")
