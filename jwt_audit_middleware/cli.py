@@ -24,7 +24,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from . import verify_log as _verify_log
+from . import state_cli as _state_cli
 from .asgi import JWTAuditMiddleware, Scope
 from .audit import JSONFormatter
 from .errors import ConfigurationError, Denied
@@ -346,10 +346,15 @@ def _parser() -> argparse.ArgumentParser:
     explain_.add_argument("--token-type", help="expected JOSE typ, e.g. at+jwt")
     explain_.add_argument("--json", action="store_true", help="machine-readable output")
 
-    verify_ = commands.add_parser(
-        "verify-log", help="check the hash chains of a trail (chain=True): 0 intact, 1 tampered"
+    _state_cli.add_revoke_arguments(
+        commands.add_parser("revoke", help="revoke a token (--jti) or a subject's tokens")
     )
-    _verify_log.add_arguments(verify_)
+    _state_cli.add_revocations_arguments(
+        commands.add_parser("revocations", help="list the revocations in force")
+    )
+    _state_cli.add_lockouts_arguments(
+        commands.add_parser("lockouts", help="list lockouts in force, or end them")
+    )
     return parser
 
 
@@ -363,8 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return demo(sys.stdout, args.db)
         if args.command == "report":
             return report(args, sys.stdout)
-        if args.command == "verify-log":
-            return _verify_log.run(args, sys.stdout)
+        if args.command in ("revoke", "revocations", "lockouts"):
+            return _state_cli.run(args, sys.stdout)
         if args.env and any(
             getattr(args, name) is not None
             for name in ("algorithms", "secret_file", "public_key_file", "jwks_file", "issuer")

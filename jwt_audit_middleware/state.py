@@ -459,15 +459,23 @@ def _sweep(mapping: dict[str, Any], cutoff: float, target: int) -> None:
             del mapping[key]
 
 
-def open_store(url: str | None, events: StateEvents | None = None) -> StateStore:
+def open_store(
+    url: str | None, events: StateEvents | None = None, *, timeout: float | None = None
+) -> StateStore:
     """The store ``state_url`` names: process memory for ``None``, else Redis.
 
-    A Redis store falls back to process memory while Redis is unreachable
-    (``events`` receives one ``state_event`` when it is lost and one when it
-    is back).  redis-py is imported only here, only for a URL.
+    A Redis store falls back to process memory while Redis is unreachable or
+    misses its deadline (``timeout`` seconds per probe, default
+    ``state_redis.PROBE_TIMEOUT``); ``events`` receives one ``state_event`` when it
+    is lost and one when it is back.  redis-py is imported only for a URL.
     """
     if url is None:
         return MemoryStore()
-    from .state_redis import FailoverStore, RedisStore  # noqa: PLC0415 - optional extra
+    from .state_redis import (  # noqa: PLC0415 - optional extra
+        PROBE_TIMEOUT,
+        FailoverStore,
+        RedisStore,
+    )
 
-    return FailoverStore(RedisStore(url), MemoryStore(), events)
+    redis_store = RedisStore(url, timeout=PROBE_TIMEOUT if timeout is None else timeout)
+    return FailoverStore(redis_store, MemoryStore(), events)
