@@ -240,14 +240,31 @@ class MemoryStore:
                 return Answer(ip_until, sub_until, revoked)
             denial = probe.denial
             fingerprint = probe.fingerprint
-            if denial is None and not revoked and (fingerprint is None or ip is None):
+            if denial is None and not revoked:
+                if fingerprint is not None and ip is not None:
+                    seen = self._token_ips.get(fingerprint)
+                    # the common case, a token again from an IP it came from: refresh only
+                    if seen is None or ip not in seen or len(seen) >= thresholds.ips_per_token:
+                        return self._counted(probe, thresholds, ip_until, sub_until)
+                    seen[ip] = now
                 if ip_until or sub_until:
                     return Answer(ip_until, sub_until)
                 return NOTHING
-            alerts = self._count(probe, thresholds, revoked)
-            if ip_until or sub_until or revoked or alerts:
-                return Answer(ip_until, sub_until, revoked, alerts)
-            return NOTHING
+            return self._counted(probe, thresholds, ip_until, sub_until, revoked)
+
+    def _counted(
+        self,
+        probe: Probe,
+        thresholds: Thresholds,
+        ip_until: float | None,
+        sub_until: float | None,
+        revoked: bool = False,
+    ) -> Answer:
+        """Count a probe that has something to count (the lock is held)."""
+        alerts = self._count(probe, thresholds, revoked)
+        if ip_until or sub_until or revoked or alerts:
+            return Answer(ip_until, sub_until, revoked, alerts)
+        return NOTHING
 
     async def aprobe(self, probe: Probe, thresholds: Thresholds | None) -> Answer:
         """``probe()``: memory only, nothing to wait for."""
