@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import binascii
 import hashlib
-import hmac
 import json
 import math
 import os
@@ -62,20 +61,36 @@ MIN_KEY_BYTES: Final = 32
 _GENESIS: Final = b"jwt-audit chain "
 _hexlify = binascii.hexlify
 _sha256 = hashlib.sha256
-_hmac_digest = hmac.digest
+_BLOCK = 64  # SHA-256's block size, for HMAC's pads
+_IPAD = bytes(b ^ 0x36 for b in range(256))
+_OPAD = bytes(b ^ 0x5C for b in range(256))
+_EMPTY_SHA256 = _sha256()
 
 
 class ChainKey:
-    """An HMAC key for the chain: compared and used, never shown (``repr`` hides it)."""
+    """An HMAC key for the chain: used, never shown (``repr`` hides it).
 
-    __slots__ = ("_secret",)
+    HMAC-SHA256 (RFC 2104) from two SHA-256 states keyed once, copied per
+    record: ``hmac.digest`` sets up the key on every call, which costs more
+    than hashing a record (OpenSSL 3.0 fetches the algorithm each time).
+    """
+
+    __slots__ = ("_inner", "_outer")
 
     def __init__(self, secret: bytes) -> None:
-        self._secret = secret
+        if len(secret) > _BLOCK:
+            secret = _sha256(secret).digest()
+        padded = secret.ljust(_BLOCK, b"\0")
+        self._inner = _sha256(padded.translate(_IPAD))
+        self._outer = _sha256(padded.translate(_OPAD))
 
-    def digest(self, body: bytes) -> bytes:
+    def digest(self, body: bytes | memoryview) -> bytes:
         """HMAC-SHA256 of ``body``, as 64 hex digits (bytes)."""
-        return _hexlify(_hmac_digest(self._secret, body, "sha256"))
+        inner = self._inner.copy()
+        inner.update(body)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return _hexlify(outer.digest())
 
     def __repr__(self) -> str:
         return "ChainKey(<hidden>)"
@@ -117,12 +132,14 @@ def load_key(
     return ChainKey(secret)
 
 
-def sha256_hex(body: bytes) -> bytes:
+def sha256_hex(body: bytes | memoryview) -> bytes:
     """SHA-256 of ``body``, as 64 hex digits (bytes): the digest without a key."""
-    return _hexlify(_sha256(body).digest())
+    state = _EMPTY_SHA256.copy()  # a copy skips OpenSSL 3.0's per-call algorithm fetch
+    state.update(body)
+    return _hexlify(state.digest())
 
 
-def digest_function(key: ChainKey | None) -> Callable[[bytes], bytes]:
+def digest_function(key: ChainKey | None) -> Callable[[bytes | memoryview], bytes]:
     """The digest of a chain: HMAC-SHA256 with ``key``, else SHA-256."""
     return sha256_hex if key is None else key.digest
 

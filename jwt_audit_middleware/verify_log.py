@@ -50,12 +50,6 @@ from .events import clean
 #: Exit statuses.
 INTACT, TAMPERED, UNUSABLE = 0, 1, 2
 
-_TAIL = re.compile(
-    rb',"chain_id":"([0-9a-f]{32})","seq":([1-9][0-9]{0,18}),'
-    rb'"prev_hash":"([0-9a-f]{64})","hash":"([0-9a-f]{64})"\}\r?\n?\Z'
-)
-_TAIL_MAX = 260  # bytes of a line that can hold the chain fields
-_HASH_KEY = len(b',"hash":"')
 _CLOSING_LINE = b'{"schema":"jwt-audit/1","event":"' + CLOSING_EVENT.encode() + b'",'
 _BACKUP_SUFFIX = re.compile(r"\.(\d{8}T\d{6}Z)(?:-(\d+))?$")
 
@@ -78,7 +72,7 @@ class Finding:
         return f"TAMPERED: {stream}{self.where}: {self.kind}: {self.message}"
 
 
-@dataclass
+@dataclass(slots=True)
 class Stream:
     """What is known of one stream so far."""
 
@@ -88,7 +82,6 @@ class Stream:
     head: bytes
     source: str
     position: int
-    records: int = 1
     closed: bool = False
     finding: Finding | None = None
 
@@ -132,7 +125,6 @@ class Checker:
     def unchained(self, position: int, damaged: bool = False) -> None:
         """A record without (valid) chain fields."""
         result = self.result
-        result.records += 1
         if not self.chained and not damaged:
             result.unchained_prefix += 1
             return
@@ -162,7 +154,6 @@ class Checker:
 
         ``note`` says why a record whose hash matched is still not ``hash_ok``.
         """
-        self.result.records += 1
         self.chained = True
         stream = self.streams.get(chain_id)
         if stream is None:
@@ -177,7 +168,6 @@ class Checker:
                 note=note,
             )
             return
-        stream.records += 1
         if stream.finding is not None:
             self._after_finding(stream, seq, given, hash_ok, position, closing)
             return
@@ -302,8 +292,8 @@ class Checker:
         """Later records of a broken stream: refine the finding, keep the bounds."""
         finding = stream.finding
         assert finding is not None
-        if finding.key_suspect and stream.records == 2 and hash_ok:
-            finding.key_suspect = False  # the next record verifies: the first was edited
+        if finding.key_suspect and hash_ok:
+            finding.key_suspect = False  # a later record verifies: the first was edited
         missing = finding.missing
         if missing is not None and missing[0] <= seq <= missing[1]:
             finding.kind = "reordered"
@@ -356,30 +346,77 @@ def check_files(paths: Sequence[str], key: ChainKey | None, progress: Progress) 
 
 
 def _check_file(path: str, checker: Checker, progress: Progress) -> None:
-    search = _TAIL.search
+    """Check one file's lines; the common case (the next record of a sound stream) inline."""
     digest = checker.digest
-    link = checker.link
+    streams = checker.streams
+    result = checker.result
+    source = checker.source
     ticks = progress.ticks
+    number = 0
     with open(path, "rb", buffering=1 << 20) as handle:
-        for number, line in enumerate(handle, 1):
-            match = search(line, len(line) - _TAIL_MAX)
-            if match is None:
+        for line in handle:
+            number += 1
+            fields = _fields(line)
+            if fields is None:
                 checker.unchained(number, damaged=b'"chain_id":' in line)
+                continue
+            cut, chain_id, seq, prev, given = fields
+            hash_ok = digest(memoryview(line)[:cut]) == given
+            stream = streams.get(chain_id)
+            if (
+                hash_ok
+                and stream is not None
+                and stream.finding is None
+                and not stream.closed
+                and seq == stream.seq + 1
+                and prev == stream.head
+            ):
+                stream.seq = seq
+                stream.head = given
+                stream.source = source
+                stream.position = number
+                stream.closed = line.startswith(_CLOSING_LINE)
             else:
-                chain_id, seq, prev, given = match.group(1, 2, 3, 4)
-                body = line[: match.start(4) - _HASH_KEY]
-                link(
-                    chain_id,
-                    int(seq),
-                    prev,
-                    given,
-                    digest(body) == given,
-                    number,
-                    line.startswith(_CLOSING_LINE),
+                checker.link(
+                    chain_id, seq, prev, given, hash_ok, number, line.startswith(_CLOSING_LINE)
                 )
             if not number & 0x3FFF and ticks:
                 progress.update(handle.tell())
         progress.file_done(handle.tell())
+    result.records += number
+
+
+def _fields(line: bytes) -> tuple[int, bytes, int, bytes, bytes] | None:
+    """``(end of the hashed body, chain_id, seq, prev_hash, hash)`` of a chained line.
+
+    The chain fields are the line's last keys, in the fixed form the sink
+    writes (``chain.Chain.seal_lines``), so they are read at fixed offsets
+    from its end.  None for a line without them (or with a damaged tail).
+    """
+    cut = len(line) - (76 if line.endswith(b'"}\n') else 75)
+    if not (
+        line.startswith(b',"hash":"', cut)
+        and line.startswith(b',"prev_hash":"', cut - 79)
+        and line.startswith(b'"}', cut + 73)
+    ):
+        return None
+    start = line.rfind(b',"seq":', cut - 106, cut - 79)
+    digits = line[start + 7 : cut - 79]
+    if (
+        start < 46
+        or not digits.isdigit()
+        or digits[0] == 0x30  # no leading zero
+        or not line.startswith(b',"chain_id":"', start - 46)
+        or line[start - 1] != 0x22  # '"'
+    ):
+        return None
+    return (
+        cut,
+        line[start - 33 : start - 1],
+        int(digits),
+        line[cut - 65 : cut - 1],
+        line[cut + 9 : cut + 73],
+    )
 
 
 # -- SQL tables ------------------------------------------------------------------------
@@ -422,6 +459,7 @@ def check_database(url: str, table: str | None, key: ChainKey | None, progress: 
             rows = db.execution_options(stream_results=True, yield_per=2000).execute(query)
             for count, row in enumerate(rows, 1):
                 _check_row(row._mapping, checker)
+                result.records = count
                 if not count & 0x3FFF and progress.ticks:
                     progress.update(row.id)
         progress.done()
