@@ -39,6 +39,7 @@ from .report import (
 )
 from .request import get_claims
 from .settings import Settings
+from .state import StateStore
 from .testing import SigningKey, asgi_request, capture_events
 
 
@@ -70,8 +71,11 @@ async def _request(
     return response.status, response.body
 
 
-def demo(out: TextIO, db: str | None = None) -> int:
-    """Run the demo; print events, store them in SQLite (``db``) and report to ``out``."""
+def demo(out: TextIO, db: str | None = None, *, abuse: bool = False) -> int:
+    """Run the demo; print events, store them in SQLite (``db``) and report to ``out``.
+
+    ``abuse``: the abuse detection demo instead (``jwt-audit demo --abuse``).
+    """
     try:
         from .sinks.sql import SQLAuditHandler  # noqa: PLC0415 - SQLAlchemy only when needed
     except ImportError:
@@ -87,7 +91,7 @@ def demo(out: TextIO, db: str | None = None) -> int:
     logger = logging.getLogger("jwt_audit")
     logger.addHandler(store)
     try:
-        _demo_requests(out)
+        (_demo_abuse if abuse else _demo_requests)(out)
     finally:
         logger.removeHandler(store)
         store.close()
@@ -151,6 +155,83 @@ def _demo_requests(out: TextIO) -> None:
         f"\n{len(requests)} requests, {len(events)} audit events: one each, even on the"
         " exempt /health path.\n"
     )
+
+
+# -- demo --abuse ----------------------------------------------------------------------
+
+#: The abuse demo's thresholds: small, so that a burst of a few requests crosses them.
+_DEMO_ABUSE = {"window_seconds": 60, "denials_per_ip": 5, "lockout_seconds": 60}
+_DEMO_ATTACKER, _DEMO_USER = "198.51.100.66", "203.0.113.7"
+
+
+def _demo_abuse(out: TextIO) -> None:
+    """The abuse demo: a burst of forged tokens, its alert, the lockout, a revocation."""
+    issuer, audience = "https://idp.example.test/", "orders-api"
+    key = SigningKey.generate("RS256", kid="demo-key")
+    forger = SigningKey.generate("RS256", kid="demo-key")
+    app = JWTAuditMiddleware(
+        _demo_app,
+        **key.options(issuer=issuer, audience=audience),
+        exempt_paths=["/health"],
+        abuse_detection=_DEMO_ABUSE,
+    )
+    claims = {"iss": issuer, "aud": audience}
+    alice = key.token(claims, sub="alice", jti="demo-alice-1")
+    formatter = JSONFormatter()
+    rows: list[tuple[str, str, int, str]] = []
+    out.write(
+        f"abuse_detection={json.dumps(_DEMO_ABUSE)}; the state in this process's memory"
+        " (state_url=redis://... shares it between processes)\n\n"
+    )
+    with capture_events() as events:
+
+        def send(label: str, ip: str, token: str) -> None:
+            before = len(events)
+            headers = {"user-agent": "jwt-audit-demo/1", "authorization": "Bearer " + token}
+            headers["x-request-id"] = f"demo-{next(_DEMO_IDS)}"
+            response = asyncio.run(
+                asgi_request(app, "/orders", headers=headers, client=(ip, 50000))
+            )
+            for record in events.records[before:]:
+                out.write(formatter.format(record) + "\n")
+            answer = [e for e in events[before:] if e["event"] in ("access", "denial")]
+            reason = (answer[-1]["reason"] if answer else None) or "-"
+            if "retry-after" in response.headers:
+                reason += f" (Retry-After: {response.headers['retry-after']})"
+            rows.append((label, ip, response.status or 0, reason))
+
+        send("alice, valid token", _DEMO_USER, alice)
+        burst = _DEMO_ABUSE["denials_per_ip"]
+        for n in range(1, burst + 1):
+            send(f"forged token {n}/{burst}", _DEMO_ATTACKER, forger.token(claims, sub="alice"))
+        send("valid token, locked IP", _DEMO_ATTACKER, key.token(claims, sub="bob"))
+        send("alice, from her own IP", _DEMO_USER, alice)
+        # what `jwt-audit revoke --jti demo-alice-1 --state-url redis://...` does to a shared store
+        now = time.time()
+        _demo_store(app).revoke_jti("demo-alice-1", now + 300, now)
+        out.write("-- revoked jti demo-alice-1 in the state store (alice's token, cached) --\n")
+        send("alice, revoked token", _DEMO_USER, alice)
+        alerts = [e for e in events if e["event"] == "alert"]
+    out.write("\nrequest                  client IP       status  reason\n")
+    for label, ip, status, reason in rows:
+        out.write(f"{label:<24} {ip:<15} {status:<7} {reason}\n")
+    out.write(f"\n{len(alerts)} alerts:\n")
+    for alert in alerts:
+        about = alert["client_ip"] or alert["subject"] or alert["token_fingerprint"]
+        out.write(f"  {alert['reason']:<20} {about}: {alert['detail']}\n")
+    out.write(
+        f"\n{burst} denials from {_DEMO_ATTACKER} within {_DEMO_ABUSE['window_seconds']} s: one"
+        " alert and a lockout; the next request\nfrom that address got 429 before any"
+        " signature check, whatever its token.  A revoked token\nis refused even on a"
+        " cache hit.\n"
+    )
+
+
+def _demo_store(app: JWTAuditMiddleware) -> StateStore:
+    """The state store of the demo's middleware (the list ``jwt-audit revoke`` writes to)."""
+    guard = app._gate.guard  # the demo's own middleware: no public accessor yet
+    assert guard is not None  # abuse_detection is on
+    return guard.store
 
 
 # -- explain -------------------------------------------------------------------------
@@ -319,6 +400,11 @@ def _parser() -> argparse.ArgumentParser:
 
     demo_ = commands.add_parser("demo", help="run a small app in-process and show its audit trail")
     demo_.add_argument("--db", help="SQLAlchemy URL to store the events (default: a temp SQLite)")
+    demo_.add_argument(
+        "--abuse",
+        action="store_true",
+        help="abuse detection: a burst of forged tokens, the alert, the lockout, a revocation",
+    )
 
     report_ = commands.add_parser("report", help="summarise stored audit events")
     source = report_.add_mutually_exclusive_group(required=True)
@@ -365,7 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("jwt_audit").propagate = False
     try:
         if args.command == "demo":
-            return demo(sys.stdout, args.db)
+            return demo(sys.stdout, args.db, abuse=args.abuse)
         if args.command == "report":
             return report(args, sys.stdout)
         if args.command in ("revoke", "revocations", "lockouts"):
