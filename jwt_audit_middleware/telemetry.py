@@ -1,10 +1,11 @@
 """OpenTelemetry trace correlation (contract §11): the event joins its trace.
 
-With the OpenTelemetry API importable and a *recording* span current when an
-event is emitted, the event gets ``trace_id`` (32 hex digits) and ``span_id``
-(16 hex digits) of that span, spelled as OpenTelemetry's logging
-instrumentation spells ``otelTraceID`` / ``otelSpanID``; otherwise the fields
-are absent.  A request's ``access`` or ``denial`` event also sets the span's
+With the OpenTelemetry API importable and a span current when an event is
+emitted, the event gets ``trace_id`` (32 hex digits) and ``span_id`` (16 hex
+digits) of that span, spelled as OpenTelemetry's logging instrumentation
+spells ``otelTraceID`` / ``otelSpanID``, and under the same condition (a valid
+span context, recording or not); otherwise the fields are absent.  While the
+span is recording, a request's ``access`` or ``denial`` event also sets its
 ``jwt_audit.outcome``, ``jwt_audit.reason`` and ``jwt_audit.subject``
 attributes (each only when not null; never the token or its fingerprint), and
 a denial (or would-deny) adds the span event ``jwt_audit.denial``.
@@ -53,19 +54,24 @@ CURRENT_SPAN = _detect()
 
 
 def correlate(event: dict[str, Any]) -> Span | None:
-    """Add ``trace_id`` and ``span_id`` of the current recording span to ``event``.
+    """Add ``trace_id`` and ``span_id`` of the current span to ``event``; the span if recording.
 
-    Returns that span, or ``None`` (no span, or one that is not recording:
-    the fields are left out).  Only call it when ``CURRENT_SPAN`` is set.
+    The ids are added whenever the current span context is valid, as
+    OpenTelemetry's logging instrumentation does: a span that was sampled out
+    still joins this event to the logs of the services around it, and one
+    that has just ended (the ASGI instrumentation ends its span with the last
+    body message) still names the span the event belongs to.  Returns the
+    span when it is recording (its attributes can still be set), else
+    ``None``.  Only call it when ``CURRENT_SPAN`` is set.
     """
     assert CURRENT_SPAN is not None
     span = CURRENT_SPAN()
-    if not span.is_recording():
-        return None
     context = span.get_span_context()
+    if not context.is_valid:
+        return None
     event["trace_id"] = format(context.trace_id, "032x")
     event["span_id"] = format(context.span_id, "016x")
-    return span
+    return span if span.is_recording() else None
 
 
 def annotate(span: Span, event: dict[str, Any]) -> None:
