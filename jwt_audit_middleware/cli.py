@@ -1,11 +1,12 @@
-"""The ``jwt-audit`` command line: demo, report, explain.
+"""The ``jwt-audit`` command line: demo, report, explain, keygen, token.
 
 ``jwt-audit demo`` runs a small app wrapped in the middleware, in-process,
 sends it good and bad requests, prints the audit events as JSON lines, stores
 them in an embedded SQLite file and ends with the report: the whole job in one
 command.  ``jwt-audit report`` summarises a SQL store or JSON-lines files;
 ``jwt-audit explain`` says why a token would be allowed or denied (and never
-prints or logs the token).
+prints or logs the token); ``jwt-audit keygen`` and ``jwt-audit token`` make
+test keys and test tokens (``token_tool``).
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any, TextIO
 
 from . import state_cli as _state_cli
+from . import token_tool as _token_tool
+from . import verify_log as _verify_log
 from .asgi import JWTAuditMiddleware, Scope
 from .audit import JSONFormatter
 from .errors import ConfigurationError, Denied
@@ -35,7 +39,7 @@ from .report import (
     parse_since,
     render,
     report_from_database,
-    report_from_files,
+    report_from_sources,
 )
 from .request import get_claims
 from .settings import Settings
@@ -297,11 +301,7 @@ def _explain_settings(args: argparse.Namespace) -> Settings:
     if args.secret_file:
         options["secret_file"] = args.secret_file
     if args.public_key_file:
-        pems = []
-        for path in args.public_key_file:
-            with open(path, encoding="utf-8") as handle:
-                pems.append(handle.read())
-        options["public_key"] = pems
+        options["public_key_file"] = args.public_key_file
     if args.jwks_file:
         options["jwks_file"] = args.jwks_file
     if args.issuer:
@@ -374,19 +374,19 @@ def explain(args: argparse.Namespace, out: TextIO, stdin: TextIO) -> int:
 
 
 def report(args: argparse.Namespace, out: TextIO) -> int:
-    """Print the report of a SQL store or JSON-lines files.
+    """Print the report of a SQL store, JSON-lines files, or both together.
 
     Bad records are skipped and counted in the report; a bad ``--since`` or
-    ``--top``, or a source that cannot be read, is a ``ValueError`` or
+    ``--top``, or a source that cannot be read (a file that is no database or
+    holds no audit event, a server that is down), is a ``ValueError`` or
     ``OSError`` that ``main`` turns into one line and exit status 2.
     """
     since = parse_since(args.since)
     if not 1 <= args.top <= COUNTER_CAPACITY:
         raise ValueError(f"--top {args.top}: give a number of rows from 1 to {COUNTER_CAPACITY}")
-    if args.db:
-        result = report_from_database(args.db, since, args.top, args.table)
-    else:
-        result = report_from_files(args.file, since, args.top)
+    if not args.db and not args.file:
+        raise ValueError("report: give --db URL, --file PATH, or both")
+    result = report_from_sources(args.db, args.file or (), since, args.top, args.table)
     if args.json:
         out.write(json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n")
     else:
@@ -394,11 +394,46 @@ def report(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+#: What ``--help`` says of the command and each of its subcommands: plain text.
+_DESCRIPTIONS = {
+    "jwt-audit": "The command line of jwt_audit_middleware: demo, report, explain, and test"
+    " keys and tokens (keygen, token).",
+    "demo": "Run a small app wrapped in the middleware, in-process; send it good and bad"
+    " requests; print the audit events as JSON lines, store them in a SQLite file and"
+    " end with their report.",
+    "report": """\
+Summarise stored audit events: totals by outcome and event; refusals by reason,
+client IP, subject ((anonymous) when no verified subject) and path; alerts of
+abuse detection by reason and key; losses of the shared state store; and a
+histogram whose buckets widen with the span (at most about 48 rows).
+
+Sources: --db (a SQLAuditHandler store; a SQLite store's spill file,
+<database>.spill.jsonl, is counted with it), --file (JSON-lines files, rotated
+files, a server store's spill file), or both at once.  Exit status 2 when a
+source cannot be read.""",
+    "explain": "Say why a token would be allowed or denied under a configuration, with its"
+    " decoded header and claims.  The token is never printed or logged, only its"
+    " fingerprint.  Exit status 0 when it would be allowed, 1 when not.",
+}
+
+
+def _version() -> str:
+    try:
+        return version("jwt-audit-middleware")
+    except PackageNotFoundError:  # pragma: no cover - run from a source tree, not installed
+        return "(not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jwt-audit", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="jwt-audit", description=_DESCRIPTIONS["jwt-audit"])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo_ = commands.add_parser("demo", help="run a small app in-process and show its audit trail")
+    demo_ = commands.add_parser(
+        "demo",
+        help="run a small app in-process and show its audit trail",
+        description=_DESCRIPTIONS["demo"],
+    )
     demo_.add_argument("--db", help="SQLAlchemy URL to store the events (default: a temp SQLite)")
     demo_.add_argument(
         "--abuse",
@@ -406,11 +441,17 @@ def _parser() -> argparse.ArgumentParser:
         help="abuse detection: a burst of forged tokens, the alert, the lockout, a revocation",
     )
 
-    report_ = commands.add_parser("report", help="summarise stored audit events")
-    source = report_.add_mutually_exclusive_group(required=True)
-    source.add_argument("--db", help="SQLAlchemy URL of a SQLAuditHandler store")
-    source.add_argument(
-        "--file", action="append", help="a JSON-lines file (repeat for rotated files)"
+    report_ = commands.add_parser(
+        "report",
+        help="summarise stored audit events",
+        description=_DESCRIPTIONS["report"],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    report_.add_argument("--db", help="SQLAlchemy URL of a SQLAuditHandler store")
+    report_.add_argument(
+        "--file",
+        action="append",
+        help="a JSON-lines file (repeat for rotated files or a spill file; with --db: added)",
     )
     report_.add_argument("--since", default="24h", help="24h, 30m, 7d, 2w or all (default 24h)")
     report_.add_argument("--top", type=int, default=10, help="rows per table (default 10)")
@@ -418,7 +459,9 @@ def _parser() -> argparse.ArgumentParser:
     report_.add_argument("--json", action="store_true", help="machine-readable output")
 
     explain_ = commands.add_parser(
-        "explain", help="why a token would be allowed or denied (never prints the token)"
+        "explain",
+        help="why a token would be allowed or denied (never prints the token)",
+        description=_DESCRIPTIONS["explain"],
     )
     explain_.add_argument("token", help="the token, or - to read it from stdin (preferred)")
     explain_.add_argument("--env", action="store_true", help="configuration from JWT_AUDIT_*")
@@ -432,6 +475,26 @@ def _parser() -> argparse.ArgumentParser:
     explain_.add_argument("--token-type", help="expected JOSE typ, e.g. at+jwt")
     explain_.add_argument("--json", action="store_true", help="machine-readable output")
 
+    keygen_ = commands.add_parser(
+        "keygen",
+        help=_token_tool.KEYGEN_HELP,
+        description=_token_tool.KEYGEN_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _token_tool.add_keygen_arguments(keygen_)
+    token_ = commands.add_parser(
+        "token",
+        help=_token_tool.MINT_HELP,
+        description=_token_tool.MINT_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _token_tool.add_token_arguments(token_)
+
+    verify_ = commands.add_parser(
+        "verify-log", help="check the hash chains of a trail (chain=True): 0 intact, 1 tampered"
+    )
+    _verify_log.add_arguments(verify_)
+
     _state_cli.add_revoke_arguments(
         commands.add_parser("revoke", help="revoke a token (--jti) or a subject's tokens")
     )
@@ -441,21 +504,45 @@ def _parser() -> argparse.ArgumentParser:
     _state_cli.add_lockouts_arguments(
         commands.add_parser("lockouts", help="list lockouts in force, or end them")
     )
+
+    ingest_ = commands.add_parser(
+        "ingest",
+        help="load JSON-lines audit files into the SQL table, each line once (restartable)",
+    )
+    ingest_.add_argument(
+        "--file", action="append", required=True, help="the live JSON-lines file (repeatable)"
+    )
+    ingest_.add_argument("--db", required=True, help="SQLAlchemy URL of the audit table")
+    ingest_.add_argument("--table", help="table name (default jwt_audit_events)")
+    ingest_.add_argument(
+        "--follow", action="store_true", help="keep loading new lines and rotated files"
+    )
+    ingest_.add_argument("--batch", type=int, default=5000, help="lines per transaction")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``jwt-audit`` console script."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_token_tool.negative_values(sys.argv[1:] if argv is None else argv))
     logging.getLogger("jwt_audit").propagate = False
     try:
         if args.command == "demo":
             return demo(sys.stdout, args.db, abuse=args.abuse)
         if args.command == "report":
             return report(args, sys.stdout)
+        if args.command == "keygen":
+            return _token_tool.keygen(args, sys.stdout)
+        if args.command == "token":
+            return _token_tool.token(args, sys.stdout)
         if args.command in ("revoke", "revocations", "lockouts"):
             return _state_cli.run(args, sys.stdout)
+        if args.command == "verify-log":
+            return _verify_log.run(args, sys.stdout)
+        if args.command == "ingest":
+            from . import ingest  # noqa: PLC0415 - SQLAlchemy only when needed
+
+            return ingest.main(args, sys.stdout)
         if args.env and any(
             getattr(args, name) is not None
             for name in ("algorithms", "secret_file", "public_key_file", "jwks_file", "issuer")
