@@ -105,8 +105,7 @@ class _Children(dict[tuple[str, str | None], Any]):
     def __init__(self, counter: Any) -> None:
         super().__init__()
         self._counter = counter
-        for outcome in REQUEST_OUTCOMES:
-            self[outcome, None] = counter.labels(outcome, "")
+        self[ALLOWED, None] = counter.labels(ALLOWED, "")
         for reason in REASONS:
             for outcome in (DENIED, WOULD_DENY):
                 self[outcome, reason] = counter.labels(outcome, reason)
