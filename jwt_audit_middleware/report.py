@@ -2,10 +2,15 @@
 
 From a SQL store (the ``SQLAuditHandler`` table; grouped by the database, using
 its indexes) or from JSON-lines files (``JSONLinesHandler`` output, rotated files,
-a spill file; counted in Python): totals by outcome and event, what was not
-allowed by reason, client IP and subject, the paths most often refused, and an
-hourly histogram.  "Refused" means any outcome other than ``allowed``:
-``denied``, ``would_deny`` (report-only mode) and failed logins.
+a spill file; counted in Python), or both (``merge``): totals by outcome and
+event, what was refused by reason, client IP and subject (``(anonymous)`` for a
+request without a verified subject), the paths most often refused, the alerts
+of abuse detection by reason and key, the shared-state store's losses, and a
+histogram whose buckets widen with the span (an hour, ... a day, a week), so
+that it stays about ``MAX_ROWS`` rows.  "Refused" means any outcome other than
+``allowed`` (``denied``, ``would_deny`` in report-only mode, failed logins) of
+an event about a request or a login: alerts, key and state events and
+websocket disconnects (``NOT_REQUESTS``) are counted apart.
 
 The input is not trusted: any unauthenticated client chooses the path of its
 401s, and a store or file may be damaged or forged.  So a bad record (a line
@@ -42,7 +47,18 @@ MAX_LINE = 64 * 1024
 MAX_SHOWN = 256
 #: Rows of the outcome and event totals.
 MAX_TOTALS = 100
+#: Most rows the histogram draws: its buckets widen to keep within it.
+MAX_ROWS = 48
+#: Events that are no request's outcome: never counted as refused, nor in the request tables.
+NOT_REQUESTS = ("alert", "state_event", "key_event", "disconnect")
+#: How ``refused_by_subject`` shows a refusal without a verified subject.
+ANONYMOUS = "(anonymous)"
+#: The event of abuse detection's alerts, and of the shared store's losses (contract §9).
+ALERT, STATE_EVENT = "alert", "state_event"
+#: The field that names what an alert is about, by its reason (else the fingerprint).
+ALERT_KEYS = {"denial_burst_ip": "client_ip", "denial_burst_subject": "subject"}
 
+_SQLITE_MAGIC = b"SQLite format 3\x00"
 _SINCE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _HOUR_TEXT = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2})$")
@@ -54,6 +70,8 @@ _TABLES = (
     "refused_paths",
     "top_client_ips",
     "top_subjects",
+    "alerts_by_reason",
+    "alert_keys",
 )
 
 
@@ -68,7 +86,8 @@ def parse_since(text: str | None, now: datetime.datetime | None = None) -> datet
     match = _SINCE.match(text)
     if match is None:
         raise ValueError(
-            f"--since {clean(text, 64)!r}: use a number and s, m, h, d or w (e.g. 24h), or all"
+            f"--since {clean(text, 64)!r}: use a number and s, m, h, d or w (e.g. 24h, 3d),"
+            " or all for every event"
         )
     seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()]
     try:
@@ -97,7 +116,10 @@ class Report:
     and ``to_dict`` escape them.  ``approximate`` names the tables whose counts
     are upper bounds, because more distinct values than ``COUNTER_CAPACITY``
     were seen.  ``events_before_histogram`` counts the events of hours older
-    than the ``HOUR_CAPACITY`` hours drawn.
+    than the ``HOUR_CAPACITY`` hours drawn.  ``alert_keys`` holds
+    ``"<reason> <key>"`` values (a reason has no space); ``state_events``
+    counts the ``state_event`` outcomes (``store_lost``, ``store_restored``);
+    ``notes`` are lines for the reader (a spill file left out, ...).
     """
 
     source: str
@@ -111,10 +133,14 @@ class Report:
     refused_paths: list[tuple[str, int]] = field(default_factory=list)
     top_client_ips: list[tuple[str, int]] = field(default_factory=list)
     top_subjects: list[tuple[str, int]] = field(default_factory=list)
+    alerts_by_reason: list[tuple[str, int]] = field(default_factory=list)
+    alert_keys: list[tuple[str, int]] = field(default_factory=list)
+    state_events: dict[str, int] = field(default_factory=dict)
     hourly: list[tuple[str, int, int]] = field(default_factory=list)
     events_before_histogram: int = 0
     skipped_records: int = 0
     approximate: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data, every value from the data escaped and capped."""
@@ -122,8 +148,13 @@ class Report:
         data["source"] = shown(self.source)
         data["by_outcome"] = _shown_totals(self.by_outcome)
         data["by_event"] = _shown_totals(self.by_event)
+        data["state_events"] = _shown_totals(self.state_events)
         for key in _TABLES:
             data[key] = [{"value": shown(value), "count": count} for value, count in data[key]]
+        data["alert_keys"] = [
+            {"reason": shown(reason), "key": shown(key), "count": count}
+            for (reason, key), count in ((_split_alert_key(v), n) for v, n in self.alert_keys)
+        ]
         data["hourly"] = [
             {"hour": hour, "events": total, "refused": refused}
             for hour, total, refused in self.hourly
@@ -138,6 +169,11 @@ def _shown_totals(totals: Mapping[str, int]) -> dict[str, int]:
         key = shown(value)
         result[key] = result.get(key, 0) + count
     return result
+
+
+def _split_alert_key(value: str) -> tuple[str, str]:
+    reason, _, key = value.partition(" ")
+    return reason, key
 
 
 def _key(value: object) -> str:
@@ -320,7 +356,8 @@ class Tally:
         self.since = since
         self.total = 0
         self.skipped = 0
-        names = ("by_outcome", "by_event", *_TABLES)
+        self.read = 0  # audit events read, in the window or not
+        names = ("by_outcome", "by_event", "state_events", *_TABLES)
         self.counters: dict[str, TopK] = {name: TopK(capacity) for name in names}
         self.hours = _Hours(hour_capacity)
 
@@ -333,19 +370,48 @@ class Tally:
                 self.skipped += 1
                 continue
             if parsed is not None:
+                self.read += 1
                 self.add(*parsed)
+        return self
+
+    def feed_file(self, path: str) -> Tally:
+        """Count the lines of a JSON-lines file; a file with no audit event is refused.
+
+        A SQLite database, a compressed file or any file of which not one line
+        is an audit event (and some are unreadable) is a ``ValueError``
+        saying so, rather than a report of 0 events.
+        """
+        with open(path, "rb") as handle:
+            head = handle.read(len(_SQLITE_MAGIC))
+        if head == _SQLITE_MAGIC:
+            raise ValueError(
+                f"{shown(path)} is a SQLite database, not JSON lines:"
+                f" use --db sqlite:///{shown(os.path.abspath(path))}"
+            )
+        read, skipped = self.read, self.skipped
+        self.feed(read_lines(path))
+        if self.read == read and self.skipped > skipped:
+            raise ValueError(
+                f"{shown(path)}: none of its {self.skipped - skipped} lines is an audit event"
+                " in JSON: is it a JSON-lines audit file (not compressed)?"
+            )
         return self
 
     def add(self, event: Mapping[str, Any], when: datetime.datetime) -> None:
         """Count one audit event that happened at ``when`` (naive UTC)."""
         if self.since is not None and when < self.since:
             return
-        refused = event["outcome"] != "allowed"
+        kind, outcome = event["event"], event["outcome"]
+        refused = outcome != "allowed" and kind not in NOT_REQUESTS
         self.total += 1
         self.hours.add(when, refused)
         counters = self.counters
-        counters["by_outcome"].add(_key(event["outcome"]))
-        counters["by_event"].add(_key(event["event"]))
+        counters["by_outcome"].add(_key(outcome))
+        counters["by_event"].add(_key(kind))
+        if kind in NOT_REQUESTS:
+            if kind in (ALERT, STATE_EVENT):
+                self._add_detection(event)
+            return
         ip, subject, path = event.get("client_ip"), event.get("subject"), event.get("path")
         for value, everyone, refusals in (
             (ip, "top_client_ips", "refused_by_client_ip"),
@@ -353,6 +419,8 @@ class Tally:
             (path, None, "refused_paths"),
         ):
             if not value:
+                if refused and refusals == "refused_by_subject":
+                    counters[refusals].add(ANONYMOUS)
                 continue
             if everyone:
                 counters[everyone].add(_key(value))
@@ -361,12 +429,23 @@ class Tally:
         if refused:
             counters["refused_by_reason"].add(_key(event.get("reason")))
 
+    def _add_detection(self, event: Mapping[str, Any]) -> None:
+        """Count an alert by reason and key, or a state event by outcome."""
+        if event["event"] == STATE_EVENT:
+            self.counters["state_events"].add(_key(event["outcome"]))
+            return
+        reason = _key(event.get("reason"))
+        key = event.get(ALERT_KEYS.get(reason, "token_fingerprint"))
+        self.counters["alerts_by_reason"].add(reason)
+        self.counters["alert_keys"].add(_key(f"{reason} {_key(key or '-')}"))
+
     def report(self, source: str, limit: int = 10) -> Report:
         """The ``Report`` of what was counted, ``limit`` rows per table."""
         counters = self.counters
         report = Report(source=source, since=_iso(self.since), total=self.total)
         report.by_outcome = dict(counters["by_outcome"].most_common(MAX_TOTALS))
         report.by_event = dict(counters["by_event"].most_common(MAX_TOTALS))
+        report.state_events = dict(counters["state_events"].most_common(MAX_TOTALS))
         for name in _TABLES:
             setattr(report, name, counters[name].most_common(limit))
         report.hourly = _fill_hours(self.hours.counts)
@@ -404,13 +483,123 @@ def read_lines(path: str, limit: int = MAX_LINE) -> Iterator[str | None]:
 def report_from_files(
     paths: Sequence[str], since: datetime.datetime | None = None, limit: int = 10
 ) -> Report:
-    """The report of one or more JSON-lines files, read in order, line by line."""
+    """The report of one or more JSON-lines files, read in order, line by line.
 
-    def lines() -> Iterator[str | None]:
-        for path in paths:
-            yield from read_lines(path)
+    A file that holds no audit event at all is a ``ValueError`` (``Tally.feed_file``).
+    """
+    tally = Tally(since)
+    for path in paths:
+        tally.feed_file(path)
+    return tally.report(", ".join(paths), limit)
 
-    return report_from_lines(lines(), ", ".join(paths), since, limit)
+
+# -- several sources ---------------------------------------------------------------------
+
+
+def report_from_sources(
+    db: str | None,
+    files: Sequence[str] = (),
+    since: datetime.datetime | None = None,
+    limit: int = 10,
+    table: str | None = None,
+) -> Report:
+    """The report of a SQL store and JSON-lines files together, as if one.
+
+    A SQLite store's spill file (``<database>.spill.jsonl``, where
+    ``SQLAuditHandler`` puts what the database could not take) is counted with
+    it.  A server's spill file lies on the machine that wrote it; a note says
+    so when the default one is here (give it with ``--file`` to count it).
+    Events are only ever in one of a store and its spill, so counts add up.
+    """
+    notes: list[str] = []
+    spills: list[str] = []
+    if db is not None:
+        spill, local = _spill_file(db)
+        if spill is not None and local and spill not in files:
+            spills.append(spill)
+            notes.append(f"the store's spill file counted too: {shown(spill)}")
+        elif spill is not None and not local:
+            notes.append(f"a spill file is in {shown(spill)}: if it is this store's, add --file")
+    parts = []
+    wide = COUNTER_CAPACITY if db is not None and (files or spills) else limit
+    if db is not None:
+        parts.append(report_from_database(db, since, wide, table))
+    if files or spills:
+        tally = Tally(since)
+        for path in files:
+            tally.feed_file(path)
+        for path in spills:  # a damaged spill file is counted as bad records, never fatal
+            tally.feed(read_lines(path))
+        parts.append(tally.report(", ".join([*files, *spills]), wide))
+    result = parts[0] if len(parts) == 1 else merge(parts, limit)
+    result.notes.extend(notes)
+    return result
+
+
+def _spill_file(url: str) -> tuple[str | None, bool]:
+    """The spill file of a SQL store if it exists here, and whether it is the store's own.
+
+    A SQLite store's spill file is beside it; for a server the default spill
+    file (``$XDG_STATE_HOME/jwt-audit/``) may be another store's.
+    """
+    from sqlalchemy.engine import make_url  # noqa: PLC0415
+
+    from .sinks._private import SPILL_NAME, default_spill_dir  # noqa: PLC0415
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - report_from_database says what is wrong with it
+        return None, False
+    database = parsed.database or ""
+    if parsed.get_backend_name() == "sqlite":
+        if database in ("", ":memory:"):
+            return None, False
+        path = os.path.abspath(database) + ".spill.jsonl"
+        return (path if os.path.isfile(path) else None), True
+    path = os.path.join(default_spill_dir(), SPILL_NAME)
+    return (path if os.path.isfile(path) and os.path.getsize(path) else None), False
+
+
+def merge(reports: Sequence[Report], limit: int = 10) -> Report:
+    """One report of several sources (each made with rows enough: ``COUNTER_CAPACITY``).
+
+    Counts add up; a table cut short in one source (as many rows as it could
+    hold) is marked approximate.
+    """
+    result = Report(
+        source=" + ".join(r.source for r in reports),
+        since=reports[0].since,
+        total=sum(r.total for r in reports),
+        events_before_histogram=sum(r.events_before_histogram for r in reports),
+        skipped_records=sum(r.skipped_records for r in reports),
+    )
+    for name in ("by_outcome", "by_event", "state_events"):
+        summed = _summed(item for r in reports for item in getattr(r, name).items())
+        setattr(result, name, dict(summed[:MAX_TOTALS]))
+    approximate = {name for r in reports for name in r.approximate}
+    for name in _TABLES:
+        setattr(result, name, _summed(row for r in reports for row in getattr(r, name))[:limit])
+        if any(len(getattr(r, name)) >= COUNTER_CAPACITY for r in reports):
+            approximate.add(name)
+    result.approximate = sorted(approximate)
+    hours: dict[datetime.datetime, list[int]] = {}
+    for r in reports:
+        for text, total, refused in r.hourly:
+            moment = _parse_hour(text)
+            if moment is not None:
+                counts = hours.setdefault(moment, [0, 0])
+                counts[0] += total
+                counts[1] += refused
+    result.hourly = _fill_hours(hours)
+    result.notes = [note for r in reports for note in r.notes]
+    return result
+
+
+def _summed(rows: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
+    totals: dict[str, int] = {}
+    for value, count in rows:
+        totals[value] = totals.get(value, 0) + count
+    return sorted(totals.items(), key=lambda item: (-item[1], item[0]))
 
 
 # -- SQL ---------------------------------------------------------------------------------
@@ -532,21 +721,33 @@ def _count_rows(
     window = [c.time >= since] if since is not None else []
     hour, valid, bad = _time_checks(db.dialect.name, c.time, window)
     rows = [*window, valid]
-    refused = c.outcome != "allowed"
+    refused = sa.and_(c.outcome != "allowed", c.event.not_in(NOT_REQUESTS))
     count = sa.select(sa.func.count()).select_from(events)
     report.skipped_records = int(db.scalar(count.where(bad)) or 0)
     report.total = int(db.scalar(count.where(*rows)) or 0)
     report.by_outcome = dict(_top_values(db, c.outcome, rows, MAX_TOTALS))
     report.by_event = dict(_top_values(db, c.event, rows, MAX_TOTALS))
+    state = [c.event == STATE_EVENT]
+    report.state_events = dict(_top_values(db, c.outcome, [*rows, *state], MAX_TOTALS))
+    requests = [*rows, c.event.not_in(NOT_REQUESTS)]
+    alerts = [*rows, c.event == ALERT]
+    subject = sa.func.coalesce(sa.func.nullif(c.subject, ""), ANONYMOUS)
+    key = sa.case(
+        *((c.reason == reason, c[column]) for reason, column in ALERT_KEYS.items()),
+        else_=c.token_fingerprint,
+    )
+    alert_key = sa.func.coalesce(c.reason, "None") + " " + sa.func.coalesce(key, "-")
     for name, column, where in (
-        ("refused_by_reason", c.reason, [refused]),
-        ("refused_by_client_ip", c.client_ip, [refused, c.client_ip.is_not(None)]),
-        ("refused_by_subject", c.subject, [refused, c.subject.is_not(None)]),
-        ("refused_paths", c.path, [refused, c.path.is_not(None)]),
-        ("top_client_ips", c.client_ip, [c.client_ip.is_not(None)]),
-        ("top_subjects", c.subject, [c.subject.is_not(None)]),
+        ("refused_by_reason", c.reason, [*requests, refused]),
+        ("refused_by_client_ip", c.client_ip, [*requests, refused, c.client_ip.is_not(None)]),
+        ("refused_by_subject", subject, [*requests, refused]),
+        ("refused_paths", c.path, [*requests, refused, c.path.is_not(None)]),
+        ("top_client_ips", c.client_ip, [*requests, c.client_ip.is_not(None)]),
+        ("top_subjects", c.subject, [*requests, c.subject.is_not(None)]),
+        ("alerts_by_reason", c.reason, alerts),
+        ("alert_keys", alert_key, alerts),
     ):
-        setattr(report, name, _top_values(db, column, [*rows, *where], limit))
+        setattr(report, name, _top_values(db, column, where, limit))
     _hourly(db, hour, refused, rows, report)
     return report
 
@@ -623,7 +824,12 @@ def render(report: Report, out: TextIO, width: int = 40) -> None:
         )
     if report.by_event:
         out.write("by event: " + _joined(report.by_event) + "\n")
+    if report.state_events:
+        out.write("shared state store: " + _joined(report.state_events) + "\n")
+    for note in report.notes:
+        out.write(f"({note})\n")
     _render_tables(report, out)
+    _render_alerts(report, out)
     _render_hours(report, out, width)
 
 
@@ -652,21 +858,86 @@ def _render_tables(report: Report, out: TextIO) -> None:
             out.write(f"  {n:>8}  {shown(value)}\n")
 
 
-def _render_hours(report: Report, out: TextIO, width: int) -> None:
-    if not report.hourly:
+def _render_alerts(report: Report, out: TextIO) -> None:
+    if not report.alerts_by_reason:
         return
-    peak = max(total for _, total, _ in report.hourly) or 1
-    out.write(f"\nEvents per hour (UTC)   {'█'} allowed  {'░'} refused\n")
+    out.write("\nAlerts (abuse detection), by reason\n")
+    for value, n in report.alerts_by_reason:
+        out.write(f"  {n:>8}  {shown(value)}\n")
+    out.write("Alerts, top keys (client IP, subject or token fingerprint)\n")
+    for value, n in report.alert_keys:
+        reason, key = _split_alert_key(value)
+        out.write(f"  {n:>8}  {shown(key)}  ({shown(reason)})\n")
+
+
+#: Bucket sizes of the histogram, in hours: the first that keeps within ``MAX_ROWS``.
+_BUCKET_HOURS = (1, 2, 3, 4, 6, 12, 24, 48, 168, 336)
+
+
+def histogram(
+    hourly: Sequence[tuple[str, int, int]], max_rows: int = MAX_ROWS
+) -> tuple[int, list[tuple[str, int, int]]]:
+    """The hourly counts in buckets wide enough for at most ``max_rows`` rows.
+
+    Returns the bucket size in hours (1, 2, 3, 4, 6, 12, a day, two, 7, 14,
+    then whole days) and a row per bucket from the first to the last with
+    events, empty ones included: (label, events, refused).  Buckets of hours
+    start at midnight; buckets of days at the first day with events.
+    """
+    counts: dict[datetime.datetime, tuple[int, int]] = {}
+    for text, total, refused in hourly:
+        moment = _parse_hour(text)
+        if moment is not None:
+            counts[moment] = (total, refused)
+    if not counts:
+        return 1, []
+    first, last = min(counts), max(counts)
+    origin = first.replace(hour=0)
+
+    def index(moment: datetime.datetime, size: int) -> int:
+        return (moment - origin) // (size * _HOUR)
+
+    span_days = (last - first) // datetime.timedelta(days=1) + 1
+    sizes = (*_BUCKET_HOURS, 24 * -(-span_days // (max_rows - 1)))
+    size = next(n for n in sizes if index(last, n) - index(first, n) < max_rows)
+    buckets: dict[int, list[int]] = {}
+    for moment, (total, refused) in counts.items():
+        bucket = buckets.setdefault(index(moment, size), [0, 0])
+        bucket[0] += total
+        bucket[1] += refused
+    rows = []
+    for number in range(index(first, size), index(last, size) + 1):
+        total, refused = buckets.get(number, (0, 0))
+        start = origin + number * size * _HOUR  # within first and last: no overflow
+        label = _hour_key(start)[:10] if size >= 24 else _hour_key(start).replace("T", " ") + ":00"
+        rows.append((label, total, refused))
+    return size, rows
+
+
+def _bucket_name(size: int) -> str:
+    if size == 1:
+        return "hour"
+    if size % 24 == 0:
+        return "day" if size == 24 else f"{size // 24} days"
+    return f"{size} hours"
+
+
+def _render_hours(report: Report, out: TextIO, width: int) -> None:
+    size, rows = histogram(report.hourly)
+    if not rows:
+        return
+    peak = max(total for _, total, _ in rows) or 1
+    out.write(f"\nEvents per {_bucket_name(size)} (UTC)   {'█'} allowed  {'░'} refused\n")
     if report.events_before_histogram:
         out.write(f"  ({report.events_before_histogram} events in earlier hours not drawn)\n")
-    for hour, total, refused in report.hourly:
+    for label, total, refused in rows:
         cells = round(width * total / peak)
         shaded = round(width * refused / peak) if refused else 0
         if refused and not shaded:
             shaded = 1
         cells = max(cells, shaded)
         bar = "█" * (cells - shaded) + "░" * shaded
-        label = hour.replace("T", " ") + ":00"
         out.write(
-            f"  {label}  {bar:<{width}}  {total}" + (f" ({refused} refused)\n" if refused else "\n")
+            f"  {label:<16}  {bar:<{width}}  {total}"
+            + (f" ({refused} refused)\n" if refused else "\n")
         )

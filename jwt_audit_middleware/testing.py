@@ -4,13 +4,17 @@
   on formatted text) and every formatted line of the ``jwt_audit`` loggers
   (to prove a token never reaches a log).
 - ``SigningKey`` makes a fresh key pair (or HMAC secret) per test run and mints
-  tokens with it, so no key of value is ever committed.
+  tokens with it, so no key of value is ever committed.  A key can be saved
+  (``save_private_pem``, a 0600 file) and loaded again (``from_private_pem``)
+  to mint tokens for a running app: ``jwt-audit keygen`` and ``jwt-audit
+  token`` do that from the command line.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 import time
 import uuid
@@ -24,6 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from .audit import LOGGER_NAME, RECORD_ATTRIBUTE, JSONFormatter
+from .keys import algorithms_for_key
 
 __all__ = [
     "ASGIResponse",
@@ -91,6 +96,10 @@ _CURVES: dict[str, type[ec.EllipticCurve]] = {
 }
 
 
+#: The algorithm a private key signs with when none is named.
+_DEFAULT_ALGORITHMS = ("RS256", "ES256", "ES384", "ES512", "EdDSA")
+
+
 @dataclass
 class SigningKey:
     """A fresh signing key for one algorithm, and a token factory.
@@ -98,6 +107,10 @@ class SigningKey:
     >>> key = SigningKey.generate("RS256", kid="k1")
     >>> token = key.token(sub="alice", scope="read")
     >>> middleware_options = key.options(audience="api")
+    >>> key.save_private_pem("private.pem")  # doctest: +SKIP
+    >>> same = SigningKey.from_private_pem("private.pem", kid="k1")  # doctest: +SKIP
+
+    The private key (or HMAC secret) is never part of ``repr()``.
     """
 
     __test__ = False
@@ -129,6 +142,60 @@ class SigningKey:
             .decode()
         )
         return cls(alg, private, public_pem, kid)
+
+    @classmethod
+    def from_private_pem(
+        cls,
+        source: str | bytes | os.PathLike[str],
+        alg: str | None = None,
+        kid: str | None = None,
+    ) -> SigningKey:
+        """A key loaded from a private PEM (PKCS#8 or traditional, unencrypted).
+
+        ``source`` is the PEM itself (``bytes``, or a ``str`` holding
+        ``-----BEGIN``) or the path of a file holding it.  ``alg`` defaults to
+        what the key type signs with: ``RS256`` for RSA, ``ES256``/``ES384``/
+        ``ES512`` by curve, ``EdDSA`` for Ed25519; a named ``alg`` must suit
+        the key (``PS256`` with an RSA key).  Errors are ``ValueError`` and
+        never quote the file's content.
+        """
+        if isinstance(source, bytes):
+            data = source
+        elif isinstance(source, str) and "-----BEGIN" in source:
+            data = source.encode()
+        else:
+            with open(source, "rb") as handle:
+                data = handle.read(1024 * 1024)
+        try:
+            private: Any = serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError):  # TypeError: an encrypted key, and no password
+            raise ValueError(
+                "not an unencrypted private key in PEM (e.g. from jwt-audit keygen)"
+            ) from None
+        usable = algorithms_for_key(private.public_key(), SUPPORTED_TEST_ALGORITHMS)
+        if alg is None:
+            alg = next((a for a in _DEFAULT_ALGORITHMS if a in usable), None)
+        if alg is None or alg not in usable:
+            kind = type(private).__name__.replace("PrivateKey", "").lstrip("_")
+            raise ValueError(f"this {kind} key cannot sign {alg or 'any supported algorithm'}")
+        public_pem = (
+            private.public_key()
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            .decode()
+        )
+        return cls(alg, private, public_pem, kid)
+
+    def save_private_pem(self, path: str | os.PathLike[str]) -> None:
+        """Write the private key (PKCS#8 PEM) to a new file only its owner can read (0600).
+
+        An existing file is refused (``FileExistsError``): a key is not
+        overwritten by mistake.  HMAC keys have no PEM: write ``secret``.
+        """
+        if isinstance(self.private, bytes):
+            raise ValueError("an HMAC key has no PEM: write .secret to a file of its own")
+        _write_private(path, self.private_pem.encode())
 
     @property
     def private_pem(self) -> str:
@@ -187,6 +254,22 @@ class SigningKey:
         if self.kid is not None:
             header.setdefault("kid", self.kid)
         return jwt.encode(payload, self.private, algorithm=self.alg, headers=header or None)
+
+
+#: What ``SigningKey.generate`` makes and ``from_private_pem`` loads.
+SUPPORTED_TEST_ALGORITHMS = (
+    *(f"{family}{bits}" for family in ("HS", "RS", "PS") for bits in (256, 384, 512)),
+    *_CURVES,
+    "EdDSA",
+)
+
+
+def _write_private(path: str | os.PathLike[str], data: bytes) -> None:
+    """``data`` in a new file, 0600 from its creation (never a symbolic link's target)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
 
 
 def jwks_document(*keys: SigningKey) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import base64
 import datetime
 import io
 import json
+import logging
 import os
 import re
 import sqlite3
@@ -95,7 +96,8 @@ def expected_counts(report: dict[str, Any]) -> None:
     ips = [(row["value"], row["count"]) for row in report["refused_by_client_ip"]]
     assert ips == [("10.0.0.3", 6), ("10.0.0.2", 3), ("10.0.0.9", 1)]
     subjects = [(row["value"], row["count"]) for row in report["refused_by_subject"]]
-    assert subjects == [("bob", 3), ("mallory", 1)]  # a forged token names nobody
+    # a forged token names nobody, nor does a missing one: 2 + 4 refusals of nobody
+    assert subjects == [("(anonymous)", 6), ("bob", 3), ("mallory", 1)]
     paths = [(row["value"], row["count"]) for row in report["refused_paths"]]
     assert paths == [("/admin", 5), ("/secret", 4), ("/login", 1)]
     top = [(row["value"], row["count"]) for row in report["top_subjects"]]
@@ -353,7 +355,9 @@ def test_times_at_the_ends_of_the_calendar_are_reported(
     assert len(hours) == 2  # years apart: only the hours with events are drawn
     text = jwt_audit("report", "--file", path, "--since", "all")
     assert text.returncode == 0, text.stderr
-    assert hour.replace("T", " ") + ":00" in text.stdout
+    first_day = min(hour[:10], recent_time()[:10])  # buckets years wide, from the first day
+    assert f"\n  {first_day}  " in text.stdout
+    assert len([line for line in text.stdout.splitlines() if "(1 refused)" in line]) == 2
 
 
 def test_adjacent_last_hours_of_the_calendar_are_filled_without_overflow(tmp_path: Path) -> None:
@@ -614,3 +618,249 @@ def test_explain_prints_hostile_claims_safely(
         assert not _TERMINAL_ACTS_ON.search(result.stdout)
         if extra:
             assert json.loads(result.stdout)["verdict"] == "denied"
+
+
+# -- issue 13 item 5: rough edges; issue 15: alerts and state events -------------------------
+
+
+def alert(reason: str, count: int = 20, **fields: Any) -> dict[str, Any]:
+    """An alert as abuse detection emits it (contract §9)."""
+    from jwt_audit_middleware.events import app_event
+
+    event = app_event("alert", "detected", reason=reason, detail=f"{count} in 60 s", **fields)
+    event.update(count=count, window_seconds=60)
+    return event
+
+
+def detections() -> list[dict[str, Any]]:
+    """3 alerts of 10.0.0.66, 1 of mallory, 2 of one shared token, 1 revoked; 2 state events."""
+    from jwt_audit_middleware.events import app_event
+
+    shared = "sha256:00112233aabbccdd"
+    return [
+        *(alert("denial_burst_ip", client_ip="10.0.0.66") for _ in range(3)),
+        alert("denial_burst_subject", count=10, subject="mallory"),
+        *(alert("token_shared", count=3, token_fingerprint=shared) for _ in range(2)),
+        alert("revoked_token_used", count=1, token_fingerprint="sha256:ffeeddccbbaa9988"),
+        app_event("state_event", "store_lost", reason="redis_unreachable"),
+        app_event("state_event", "store_restored"),
+        denial(),  # one refused request (as a JSON line)
+    ]
+
+
+def store_events(url: str | None, path: str | None, events: list[Any]) -> None:
+    """Log ``events`` (dicts, or JSON lines as text) through the SQL and/or JSON-lines sinks."""
+    handlers: list[logging.Handler] = []
+    if url:
+        handlers.append(SQLAuditHandler(url))
+    if path:
+        handlers.append(JSONLinesHandler(path))
+    for handler in handlers:
+        LOGGER.addHandler(handler)
+    try:
+        for event in events:
+            data = json.loads(event) if isinstance(event, str) else event
+            LOGGER.warning("%s", data["event"], extra={"jwt_audit": data})
+    finally:
+        for handler in handlers:
+            LOGGER.removeHandler(handler)
+            handler.close()
+
+
+def check_detections(data: dict[str, Any]) -> None:
+    assert data["total"] == 10
+    assert data["by_event"] == {"alert": 7, "state_event": 2, "denial": 1}
+    assert data["state_events"] == {"store_lost": 1, "store_restored": 1}
+    reasons = [(row["value"], row["count"]) for row in data["alerts_by_reason"]]
+    assert reasons == [
+        ("denial_burst_ip", 3),
+        ("token_shared", 2),
+        ("denial_burst_subject", 1),
+        ("revoked_token_used", 1),
+    ]
+    keys = [(row["reason"], row["key"], row["count"]) for row in data["alert_keys"]]
+    assert keys == [
+        ("denial_burst_ip", "10.0.0.66", 3),
+        ("token_shared", "sha256:00112233aabbccdd", 2),
+        ("denial_burst_subject", "mallory", 1),
+        ("revoked_token_used", "sha256:ffeeddccbbaa9988", 1),
+    ]
+    # alerts and state events are not requests: neither refusals nor "top" rows
+    assert [row["value"] for row in data["refused_by_reason"]] == ["missing_token"]
+    assert [row["value"] for row in data["top_client_ips"]] == ["10.0.0.1"]
+    assert sum(row["refused"] for row in data["hourly"]) == 1
+
+
+def test_alerts_and_state_events_are_reported_alike_from_sql_and_files(tmp_path: Path) -> None:
+    url, path = f"sqlite:///{tmp_path / 'a.db'}", str(tmp_path / "a.jsonl")
+    store_events(url, path, detections())
+    from_db, from_file = report_json("--db", url), report_json("--file", path)
+    check_detections(from_db)
+    check_detections(from_file)
+    for part in (from_db, from_file):
+        part.pop("source")
+        part.pop("since")
+    assert from_db == from_file
+    text = jwt_audit("report", "--db", url).stdout
+    assert "shared state store: 1 store_lost, 1 store_restored" in text
+    assert "Alerts (abuse detection), by reason" in text
+    assert re.search(r"\n\s+3\s+10\.0\.0\.66\s+\(denial_burst_ip\)\n", text)
+
+
+@pytest.mark.parametrize("server", ["postgresql", "mariadb"])
+def test_alerts_from_a_database_server_too(server: str) -> None:
+    import sqlalchemy as sa
+    from test_sinks_sql import server_url
+
+    url = server_url(server)
+    table = f"report_alerts_{os.getpid()}"
+    store_events_in(url, table)
+    try:
+        check_detections(report_json("--db", url, "--table", table))
+    finally:
+        engine = sa.create_engine(SQLAuditHandler(url, table=table).engine.url)
+        with engine.begin() as db:
+            db.execute(sa.text(f"DROP TABLE {table}"))
+            db.execute(sa.text(f"DROP TABLE {table}_schema"))
+        engine.dispose()
+
+
+def store_events_in(url: str, table: str) -> None:
+    handler = SQLAuditHandler(url, table=table)
+    LOGGER.addHandler(handler)
+    try:
+        for event in detections():
+            data = json.loads(event) if isinstance(event, str) else event
+            LOGGER.warning("%s", data["event"], extra={"jwt_audit": data})
+    finally:
+        LOGGER.removeHandler(handler)
+        handler.close()
+
+
+def test_db_and_file_together_add_up(filled: tuple[str, str]) -> None:
+    both = report_json("--db", filled[0], "--file", filled[1])
+    assert both["total"] == 32
+    assert both["by_outcome"] == {"denied": 20, "allowed": 12}
+    subjects = [(row["value"], row["count"]) for row in both["refused_by_subject"]]
+    assert subjects == [("(anonymous)", 12), ("bob", 6), ("mallory", 2)]
+    assert sum(h["events"] for h in both["hourly"]) == 32
+    assert " + " in both["source"]
+
+
+def test_a_sqlite_stores_spill_file_is_counted_with_it(tmp_path: Path) -> None:
+    database = tmp_path / "audit.db"
+    url = f"sqlite:///{database}"
+    store_events(url, None, [denial(subject="in-db")])
+    write_lines(Path(f"{database}.spill.jsonl"), denial(subject="spilled"), denial())
+    data = report_json("--db", url)
+    assert data["total"] == 3
+    subjects = {row["value"]: row["count"] for row in data["refused_by_subject"]}
+    assert subjects == {"in-db": 1, "spilled": 1, "(anonymous)": 1}
+    assert any("spill file counted" in note for note in data["notes"])
+    text = jwt_audit("report", "--db", url).stdout
+    assert "spill file counted too" in text
+
+
+def test_a_servers_default_spill_file_is_named_not_counted(tmp_path: Path) -> None:
+    from jwt_audit_middleware.report import _spill_file
+
+    state = tmp_path / "state"
+    (state / "jwt-audit").mkdir(parents=True)
+    spill = state / "jwt-audit" / "jwt-audit-spill.jsonl"
+    write_lines(spill, denial())
+    old = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(state)
+    try:
+        assert _spill_file("postgresql://db.example/audit") == (str(spill), False)
+        assert _spill_file(f"sqlite:///{tmp_path / 'none.db'}") == (None, True)
+    finally:
+        if old is None:
+            del os.environ["XDG_STATE_HOME"]
+        else:
+            os.environ["XDG_STATE_HOME"] = old
+
+
+def test_a_sqlite_file_given_as_file_is_refused(filled: tuple[str, str]) -> None:
+    database = filled[0].removeprefix("sqlite:///")
+    result = jwt_audit("report", "--file", database)
+    assert result.returncode == 2
+    message = one_line_error(result)
+    assert "is a SQLite database, not JSON lines: use --db sqlite:///" in message
+
+
+def test_a_file_without_one_audit_line_is_refused(tmp_path: Path) -> None:
+    import gzip
+
+    path = tmp_path / "audit.jsonl.gz"
+    path.write_bytes(gzip.compress((denial() + "\n").encode() * 50))
+    result = jwt_audit("report", "--file", str(path))
+    assert result.returncode == 2
+    assert "none of its" in one_line_error(result)
+    assert "is it a JSON-lines audit file" in one_line_error(result)
+    # an empty file, or another program's JSON, is no error: 0 events
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert report_json("--file", str(empty))["total"] == 0
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql://jwt:secret@127.0.0.1:1/audit", "mysql+pymysql://jwt:secret@127.0.0.1:1/audit"],
+)
+def test_a_server_that_is_down_is_a_one_line_error(url: str) -> None:
+    result = jwt_audit("report", "--db", url)
+    assert result.returncode == 2
+    message = one_line_error(result)
+    assert "127.0.0.1" in message
+    assert "secret" not in message
+
+
+def test_a_since_without_a_unit_mentions_all(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "a.jsonl", denial())
+    result = jwt_audit("report", "--file", path, "--since", "3days")
+    assert result.returncode == 2
+    assert "or all" in one_line_error(result)
+
+
+def test_report_needs_a_source() -> None:
+    result = jwt_audit("report")
+    assert result.returncode == 2
+    assert "--db URL, --file PATH, or both" in one_line_error(result)
+
+
+def _spread(days: int, per_hour: int = 1) -> Tally:
+    tally = Tally()
+    start = datetime.datetime(2026, 1, 1)
+    for hour in range(days * 24):
+        for _ in range(per_hour):
+            event = {"event": "denial", "outcome": "denied", "reason": "expired"}
+            tally.add(event, start + datetime.timedelta(hours=hour, minutes=5))
+    return tally
+
+
+@pytest.mark.parametrize(
+    ("days", "title", "rows"),
+    [(1, "hour", 24), (2, "hour", 48), (3, "2 hours", 36), (30, "day", 30), (90, "2 days", 45)],
+)
+def test_the_histogram_widens_its_buckets_for_long_spans(days: int, title: str, rows: int) -> None:
+    report = _spread(days).report("test")
+    out = io.StringIO()
+    render(report, out)
+    lines = out.getvalue().splitlines()
+    assert f"Events per {title} (UTC)   █ allowed  ░ refused" in lines
+    bars = [line for line in lines if "░" in line and "refused)" in line]
+    assert len(bars) == rows
+    assert sum(int(line.split()[-3]) for line in bars) == days * 24
+    assert len(report.hourly) == days * 24  # --json keeps every hour
+
+
+def test_histogram_buckets_cover_empty_stretches() -> None:
+    from jwt_audit_middleware.report import histogram
+
+    size, rows = histogram([("2026-01-01T00", 5, 1), ("2026-03-01T00", 7, 0)])
+    assert size == 48
+    assert rows[0] == ("2026-01-01", 5, 1)
+    assert rows[-1][1:] == (7, 0)
+    assert len(rows) <= 48
+    assert sum(total for _, total, _ in rows) == 12
+    assert histogram([]) == (1, [])
