@@ -1,6 +1,7 @@
 """Instructions per cached ASGI request, counted by callgrind (noise-free, unlike timers).
 
     python bench/callgrind_request.py            # runs valgrind twice, prints the figure
+    python bench/callgrind_request.py --abuse    # the same with abuse detection in memory
 
 Runs the middleware around a bare ASGI app in one event loop, with no audit
 handler (``--sink jsonl`` adds the JSON-lines file), for N1 and N2 cached
@@ -19,7 +20,7 @@ import sys
 import tempfile
 
 
-def serve(requests: int, sink: str) -> None:
+def serve(requests: int, sink: str, abuse: bool) -> None:
     import logging
 
     import jwt
@@ -40,7 +41,8 @@ def serve(requests: int, sink: str) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    middleware = JWTAuditMiddleware(app, algorithms=["HS256"], secret=secret)
+    options = {"abuse_detection": True} if abuse else {}
+    middleware = JWTAuditMiddleware(app, algorithms=["HS256"], secret=secret, **options)
     headers = [(b"authorization", f"Bearer {token}".encode()), (b"user-agent", b"bench")]
     scope = {
         "type": "http", "method": "GET", "path": "/orders", "root_path": "",
@@ -61,12 +63,13 @@ def serve(requests: int, sink: str) -> None:
     asyncio.run(run())
 
 
-def count(requests: int, sink: str) -> int:
+def count(requests: int, sink: str, abuse: bool) -> int:
     with tempfile.TemporaryDirectory() as out:
         subprocess.run(
             [
                 "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/cg.out",
                 sys.executable, __file__, "--serve", str(requests), "--sink", sink,
+                *(["--abuse"] if abuse else []),
             ],
             check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": "0"},
         )  # fmt: skip
@@ -80,15 +83,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--sink", choices=("none", "jsonl"), default="none")
+    parser.add_argument("--abuse", action="store_true", help="abuse_detection=True (in memory)")
     parser.add_argument("--n1", type=int, default=500)
     parser.add_argument("--n2", type=int, default=2500)
     args = parser.parse_args()
     if args.serve is not None:
-        serve(args.serve, args.sink)
+        serve(args.serve, args.sink, args.abuse)
         return
-    first, second = count(args.n1, args.sink), count(args.n2, args.sink)
+    first = count(args.n1, args.sink, args.abuse)
+    second = count(args.n2, args.sink, args.abuse)
     per_request = (second - first) / (args.n2 - args.n1)
-    print(f"instructions per cached ASGI request (sink={args.sink}): {per_request:,.0f}")
+    what = f"sink={args.sink}" + (", abuse_detection" if args.abuse else "")
+    print(f"instructions per cached ASGI request ({what}): {per_request:,.0f}")
 
 
 if __name__ == "__main__":

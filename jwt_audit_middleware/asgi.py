@@ -417,8 +417,9 @@ class JWTAuditMiddleware:
 
 
 def _is_preflight(scope: Scope) -> bool:
-    """A CORS preflight asks ``Access-Control-Request-Method`` (Fetch standard, §3.2.2)."""
-    return any(name == b"access-control-request-method" for name, _ in scope.get("headers", ()))
+    """A CORS preflight: ``Origin`` and ``Access-Control-Request-Method`` (Fetch, §3.2.2)."""
+    names = {name for name, _ in scope.get("headers", ())}
+    return b"origin" in names and b"access-control-request-method" in names
 
 
 def _in_event_loop() -> bool:

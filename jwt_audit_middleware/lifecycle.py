@@ -35,6 +35,7 @@ from .model import (
     EXEMPT,
     LATE_DENIAL_KEY,
     MODE_KEY,
+    PREFLIGHT_KEY,
     SCOPE_KEY,
     Challenge,
     RequestInfo,
@@ -156,6 +157,8 @@ class Lifecycle:
             carrier[MODE_KEY] = "report-only"
         if verdict.path_kind == EXEMPT:
             carrier.setdefault(SCOPE_KEY, None)
+            if verdict is self.gate.preflight:
+                carrier[PREFLIGHT_KEY] = True
             return None
         token = verdict.token
         carrier[SCOPE_KEY] = token

@@ -23,6 +23,8 @@ SCOPE_KEY: Final = "jwt_audit"
 LATE_DENIAL_KEY: Final = "jwt_audit.denial"
 #: Present (``"report-only"``) when the middleware lets denials through.
 MODE_KEY: Final = "jwt_audit.mode"
+#: Present (``True``) on a CORS preflight let through unauthenticated (``pass_cors_preflight``).
+PREFLIGHT_KEY: Final = "jwt_audit.preflight"
 
 #: What the path rules make of a request path.
 EXEMPT: Final = "exempt"

@@ -206,7 +206,8 @@ class Gate:
         self._denials: dict[tuple[str, str, str], Verdict] = {}
         self._exempt = Verdict(True, ALLOWED, path_kind=EXEMPT)
         self._anonymous = Verdict(True, ALLOWED, path_kind=OPTIONAL)
-        self._preflight = (
+        #: the verdict of a CORS preflight let through (``pass_cors_preflight``), if on
+        self.preflight = (
             Verdict(True, ALLOWED, path_kind=EXEMPT, detail="CORS preflight")
             if settings.pass_cors_preflight
             else None
@@ -240,8 +241,8 @@ class Gate:
         URL for an unknown key, the revocation hook, or a store in Redis.
         """
         try:
-            if preflight and self._preflight is not None and not authorization:
-                return self._preflight
+            if preflight and self.preflight is not None and not authorization:
+                return self.preflight
             paths = self.paths
             kind, required = paths.rule(path, method) if paths.has_rules else _REQUIRED_RULE
             if kind == EXEMPT:

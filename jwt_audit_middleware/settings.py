@@ -206,10 +206,13 @@ class Settings:
     ecdsa_low_s: bool = False
     websocket_expiry: WebsocketExpiry = "ignore"
     websocket_disconnect_events: bool = False
-    pass_cors_preflight: bool = True
+    pass_cors_preflight: bool = False
     """A CORS preflight (``OPTIONS`` with ``Origin`` and ``Access-Control-Request-Method``
     and no ``Authorization``: browsers never send credentials on one) goes to the app
-    unauthenticated, so that a CORS layer inside can answer it; audited as exempt."""
+    unauthenticated, so that a CORS layer inside can answer it; audited as exempt.
+    Off by default: a handler that ignores the method (a Django function view, a
+    plain WSGI app) would answer such a request as a ``GET``.  The Flask extension
+    makes it safe (only Flask's automatic ``OPTIONS`` answer may run)."""
     state_url: str | None = None
     abuse_detection: bool | Mapping[str, Any] = False
     report_only: Sequence[str] = ()

@@ -34,6 +34,11 @@ def _text(raw: str) -> str:
         return raw
 
 
+def _is_preflight(environ: Environ) -> bool:
+    """A CORS preflight: ``Origin`` and ``Access-Control-Request-Method`` (Fetch, §3.2.2)."""
+    return "HTTP_ORIGIN" in environ and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ
+
+
 class _AuditedResponse:
     """The app's response: the access event is emitted once, when it is exhausted or closed.
 
@@ -127,7 +132,7 @@ class JWTAuditWSGIMiddleware:
         headers = [] if authorization is None else [authorization]
         lifecycle = self._lifecycle
         method = info.method
-        preflight = method == "OPTIONS" and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ
+        preflight = method == "OPTIONS" and _is_preflight(environ)
         verdict = self._gate.decide_sync(path, headers, info.client_ip, preflight, method)
         exchange = lifecycle.begin(verdict, info)
         if exchange.denied:

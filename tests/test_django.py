@@ -611,11 +611,20 @@ async def test_lockout_async(events: CapturedEvents) -> None:
     assert [e["reason"] for e in events if e["event"] == "alert"] == ["denial_burst_ip"]
 
 
+@override_settings(JWT_AUDIT={**JWT_AUDIT, "PASS_CORS_PREFLIGHT": True})
 def test_a_cors_preflight_reaches_the_view_unauthenticated(events: CapturedEvents) -> None:
-    # django-cors-headers sits above us in MIDDLEWARE and answers preflights itself;
-    # below us, or without it, a preflight still must not meet a 401
+    # the documented order puts django-cors-headers above us, and it answers preflights
+    # itself; with the option on, a preflight passes us unauthenticated
     response = Client().options(
         "/me/", headers={"Origin": "http://127.0.0.1:9", "Access-Control-Request-Method": "GET"}
     )
     assert response.status_code == 200
     assert events.only()["detail"] == "CORS preflight"
+
+
+def test_by_default_a_function_view_never_sees_a_tokenless_options(events: CapturedEvents) -> None:
+    response = Client().options(
+        "/me/", headers={"Origin": "http://127.0.0.1:9", "Access-Control-Request-Method": "GET"}
+    )
+    assert response.status_code == 401  # a function view would answer OPTIONS as a GET
+    assert events.only()["reason"] == "missing_token"

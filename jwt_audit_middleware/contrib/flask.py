@@ -24,10 +24,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask, request
+from flask.typing import ResponseReturnValue
 from werkzeug.local import LocalProxy
 
 from jwt_audit_middleware.errors import ConfigurationError
-from jwt_audit_middleware.request import get_claims
+from jwt_audit_middleware.model import PREFLIGHT_KEY
+from jwt_audit_middleware.request import deny_request, get_claims
 from jwt_audit_middleware.settings import Settings
 from jwt_audit_middleware.wsgi import JWTAuditWSGIMiddleware
 
@@ -73,6 +75,23 @@ def settings_from_config(config: Mapping[str, Any]) -> Settings:
     return Settings.from_mapping(options)
 
 
+def _only_flask_answers_preflights() -> ResponseReturnValue | None:
+    """A preflight let through unauthenticated reaches no view of the app.
+
+    Flask answers ``OPTIONS`` itself for a route that does not name it
+    (``provide_automatic_options``), with flask-cors's headers; a route that
+    handles ``OPTIONS`` would run its view without a token, so that request is
+    denied as the token-less request it is (401 ``missing_token``).
+    """
+    if not request.environ.get(PREFLIGHT_KEY):
+        return None
+    rule = request.url_rule
+    if rule is None or getattr(rule, "provide_automatic_options", False):
+        return None  # Flask's own answer (or its 404/405): no view runs
+    deny_request(request, "missing_token", detail="a CORS preflight to a view that handles OPTIONS")
+    return ("", 401)  # replaced by the middleware's challenge
+
+
 class JWTAudit:
     """The Flask extension.
 
@@ -95,3 +114,6 @@ class JWTAudit:
         middleware = JWTAuditWSGIMiddleware(app.wsgi_app, settings=settings)
         app.wsgi_app = middleware  # type: ignore[method-assign]
         app.extensions[EXTENSION_KEY] = middleware
+        if settings.pass_cors_preflight:
+            # first of the app's before_request hooks: nothing of the app runs before it
+            app.before_request_funcs.setdefault(None, []).insert(0, _only_flask_answers_preflights)

@@ -145,8 +145,13 @@ class JWTAuditMiddleware:
 
 
 def _preflight(request: Request) -> bool:
-    """A CORS preflight: ``OPTIONS`` asking ``Access-Control-Request-Method``."""
-    return request.method == "OPTIONS" and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in request.META
+    """A CORS preflight: ``OPTIONS`` with ``Origin`` and ``Access-Control-Request-Method``."""
+    meta = request.META
+    return (
+        request.method == "OPTIONS"
+        and "HTTP_ORIGIN" in meta
+        and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in meta
+    )
 
 
 def _bearer(request: Request) -> list[str]:
