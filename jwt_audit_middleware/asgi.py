@@ -94,7 +94,7 @@ class JWTAuditMiddleware:
     server stops), and ``settings=Settings(...)`` fails at import already.
     """
 
-    def __init__(self, app: ASGIApp, settings: Settings | None = None, **options: Any) -> None:
+    def __init__(self, app: ASGIApp, /, settings: Settings | None = None, **options: Any) -> None:
         self.app = app
         self._startup_error: ConfigurationError | None = None
         try:
