@@ -92,6 +92,14 @@ class ChainKey:
         outer.update(inner.digest())
         return _hexlify(outer.digest())
 
+    def hexdigest(self, body: bytes) -> str:
+        """HMAC-SHA256 of ``body``, as 64 hex digits (str)."""
+        inner = self._inner.copy()
+        inner.update(body)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest()
+
     def __repr__(self) -> str:
         return "ChainKey(<hidden>)"
 
@@ -139,8 +147,15 @@ def sha256_hex(body: bytes | memoryview) -> bytes:
     return _hexlify(state.digest())
 
 
+def sha256_hexdigest(body: bytes) -> str:
+    """SHA-256 of ``body``, as 64 hex digits (str)."""
+    state = _EMPTY_SHA256.copy()
+    state.update(body)
+    return state.hexdigest()
+
+
 def digest_function(key: ChainKey | None) -> Callable[[bytes | memoryview], bytes]:
-    """The digest of a chain: HMAC-SHA256 with ``key``, else SHA-256."""
+    """The digest of a chain (bytes, for checking): HMAC-SHA256 with ``key``, else SHA-256."""
     return sha256_hex if key is None else key.digest
 
 
@@ -160,7 +175,7 @@ class Chain:
 
     def __init__(self, key: ChainKey | None = None) -> None:
         self._key = key
-        self._digest = digest_function(key)
+        self._digest = sha256_hexdigest if key is None else key.hexdigest
         self.lock = threading.Lock()
         self.restart()
 
@@ -185,18 +200,20 @@ class Chain:
         """
         digest = self._digest
         seq = self.seq
-        prev = self.prev_hash.encode("ascii")
+        prev = self.prev_hash
         middle = f',"chain_id":"{self.chain_id}","seq":'
         out: list[bytes] = []
         append = out.append
         for line in lines:
             seq += 1
-            body = f'{line[:-2]}{middle}{seq},"prev_hash":"'.encode("utf-8", "backslashreplace")
-            body += prev + b'"'
+            body = f'{line[:-2]}{middle}{seq},"prev_hash":"{prev}"'.encode(
+                "utf-8", "backslashreplace"
+            )
             prev = digest(body)
-            append(body + b',"hash":"' + prev + b'"}\n')
+            append(body)
+            append(b',"hash":"%s"}\n' % prev.encode())
         self.seq = seq
-        self.prev_hash = prev.decode("ascii")
+        self.prev_hash = prev
         return b"".join(out)
 
     def seal_row(self, event_id: str, level: str, time_text: str, data: str) -> tuple[Any, ...]:
@@ -212,7 +229,7 @@ class Chain:
             time_text=time_text,
             data=data,
         )
-        self.prev_hash = self._digest(body).decode("ascii")
+        self.prev_hash = self._digest(body)
         return (self.chain_id, self.seq, prev, self.prev_hash)
 
     def __repr__(self) -> str:
