@@ -35,16 +35,16 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .events import app_event
-from .state import (
+from .state_types import (
     NOTHING,
     UNCOUNTED,
     Alert,
     Answer,
     Lockout,
-    MemoryStore,
     Probe,
     Revocation,
     StateEvents,
+    StateStore,
     Thresholds,
 )
 
@@ -420,7 +420,7 @@ class FailoverStore:
     def __init__(
         self,
         primary: RedisStore,
-        fallback: MemoryStore,
+        fallback: StateStore,
         events: StateEvents | None = None,
         *,
         ping_interval: float = PING_INTERVAL,
@@ -524,12 +524,12 @@ class FailoverStore:
     def revocations(self, now: float) -> list[Revocation]:
         """Redis's list (or memory's while lost)."""
         found = self._admin(lambda: self.primary.revocations(now))
-        return self.fallback.revocations(now) if found is None else found
+        return list(self.fallback.revocations(now) if found is None else found)
 
     def lockouts(self, now: float) -> list[Lockout]:
         """Redis's lockouts (or memory's while lost)."""
         found = self._admin(lambda: self.primary.lockouts(now))
-        return self.fallback.lockouts(now) if found is None else found
+        return list(self.fallback.lockouts(now) if found is None else found)
 
     def clear_lockout(self, kind: str, value: str) -> bool:
         """End one lockout in Redis and in memory."""
