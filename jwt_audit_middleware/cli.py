@@ -6,7 +6,7 @@ them in an embedded SQLite file and ends with the report: the whole job in one
 command.  ``jwt-audit report`` summarises a SQL store or JSON-lines files;
 ``jwt-audit explain`` says why a token would be allowed or denied (and never
 prints or logs the token); ``jwt-audit keygen`` and ``jwt-audit token`` make
-test keys and test tokens (``token_tool``).
+test keys and test tokens (``testing``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any, TextIO
 
 from . import state_cli as _state_cli
-from . import token_tool as _token_tool
+from . import testing as _testing
 from . import verify_log as _verify_log
 from .asgi import JWTAuditMiddleware, Scope
 from .audit import JSONFormatter
@@ -477,18 +477,18 @@ def _parser() -> argparse.ArgumentParser:
 
     keygen_ = commands.add_parser(
         "keygen",
-        help=_token_tool.KEYGEN_HELP,
-        description=_token_tool.KEYGEN_DESCRIPTION,
+        help=_testing.KEYGEN_HELP,
+        description=_testing.KEYGEN_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _token_tool.add_keygen_arguments(keygen_)
+    _testing.add_keygen_arguments(keygen_)
     token_ = commands.add_parser(
         "token",
-        help=_token_tool.MINT_HELP,
-        description=_token_tool.MINT_DESCRIPTION,
+        help=_testing.MINT_HELP,
+        description=_testing.MINT_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _token_tool.add_token_arguments(token_)
+    _testing.add_token_arguments(token_)
 
     verify_ = commands.add_parser(
         "verify-log", help="check the hash chains of a trail (chain=True): 0 intact, 1 tampered"
@@ -524,7 +524,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``jwt-audit`` console script."""
     parser = _parser()
-    args = parser.parse_args(_token_tool.negative_values(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(_testing.negative_values(sys.argv[1:] if argv is None else argv))
     logging.getLogger("jwt_audit").propagate = False
     try:
         if args.command == "demo":
@@ -532,9 +532,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "report":
             return report(args, sys.stdout)
         if args.command == "keygen":
-            return _token_tool.keygen(args, sys.stdout)
+            return _testing.keygen_command(args, sys.stdout)
         if args.command == "token":
-            return _token_tool.token(args, sys.stdout)
+            return _testing.token_command(args, sys.stdout)
         if args.command in ("revoke", "revocations", "lockouts"):
             return _state_cli.run(args, sys.stdout)
         if args.command == "verify-log":
