@@ -39,7 +39,6 @@ import hashlib
 import json
 import math
 import os
-import threading
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
@@ -171,12 +170,11 @@ class Chain:
     writes (the JSON-lines file lock; the SQL writer is one thread).
     """
 
-    __slots__ = ("_digest", "_key", "chain_id", "lock", "prev_hash", "seq")
+    __slots__ = ("_digest", "_key", "chain_id", "prev_hash", "seq")
 
     def __init__(self, key: ChainKey | None = None) -> None:
         self._key = key
         self._digest = sha256_hexdigest if key is None else key.hexdigest
-        self.lock = threading.Lock()
         self.restart()
 
     def restart(self) -> None:
@@ -184,7 +182,6 @@ class Chain:
         self.chain_id = os.urandom(16).hex()
         self.seq = 0
         self.prev_hash = genesis(self.chain_id, self._key)
-        self.lock = threading.Lock()
 
     @property
     def keyed(self) -> bool:
@@ -249,9 +246,11 @@ def canonical_row(
     quoted = _LEVELS.get(level)
     if quoted is None:
         quoted = _LEVELS[level] = json.dumps(level)  # a few level names, ever
+    # the sink's ids are hex: quoted as JSON would, without its encoder
+    event = f'"{event_id}"' if event_id.isascii() and event_id.isalnum() else json.dumps(event_id)
     return (
         f'{{"chain_id":"{chain_id}","seq":{seq},"prev_hash":"{prev_hash}",'
-        f'"event_id":{json.dumps(event_id)},"level":{quoted},"time":"{time_text}","data":{data}}}'
+        f'"event_id":{event},"level":{quoted},"time":"{time_text}","data":{data}}}'
     ).encode("utf-8", "backslashreplace")
 
 

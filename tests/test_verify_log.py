@@ -9,7 +9,9 @@ and fail when ``CI=true``.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import io
 import json
 import logging
 import os
@@ -18,6 +20,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import tracemalloc
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,10 +31,12 @@ import sqlalchemy as sa
 from test_sinks_sql import server_url
 
 from jwt_audit_middleware import AuditLogger
+from jwt_audit_middleware.chain import Chain
 from jwt_audit_middleware.cli import main
 from jwt_audit_middleware.schema import event_tables
 from jwt_audit_middleware.sinks import JSONLinesHandler, SQLAuditHandler
 from jwt_audit_middleware.sinks._worker import BackgroundHandler
+from jwt_audit_middleware.verify_log import Progress, check_files, run
 
 KEY = b"an example chain key of 32 bytes+"
 
@@ -523,3 +528,53 @@ def test_two_processes_sharing_one_table_each_keep_a_whole_stream(
         assert out.count("seq 1-5001, closed") == 2
     finally:
         made.drop()
+
+
+class Terminal(io.StringIO):
+    """stderr as a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_long_run_on_a_terminal_shows_progress_then_clears_it(trail: Path) -> None:
+    err = Terminal()
+    progress = Progress(err)
+    progress.start(1000)
+    progress.started -= 5  # a run that has lasted a while
+    progress.update(250)
+    assert err.getvalue().startswith("\rverify-log [#######")
+    assert "25.0%" in err.getvalue()
+    progress.done()
+    assert err.getvalue().endswith("\r")
+    quiet = io.StringIO()  # not a terminal: nothing
+    args = argparse.Namespace(
+        db=None, file=[str(trail)], chain_key_file=None, table=None, require_closed=False
+    )
+    assert run(args, io.StringIO(), quiet) == 0
+    assert quiet.getvalue() == ""
+
+
+def test_memory_stays_flat_on_a_long_file(tmp_path: Path) -> None:
+    """Checking reads line by line: 30,000 lines (about 20 MB) take no more memory than 1,000."""
+    line = json.dumps({"schema": "jwt-audit/1", "event": "access", "path": "/x" * 200}) + "\n"
+
+    def trail_of(count: int) -> Path:
+        path = tmp_path / f"{count}.jsonl"
+        chain = Chain()
+        with path.open("wb") as handle:
+            for _ in range(count // 1000):
+                handle.write(chain.seal_lines([line] * 1000))
+        return path
+
+    def peak(file: Path) -> int:
+        tracemalloc.start()
+        try:
+            result = check_files([str(file)], None, Progress(None))
+            assert not result.findings
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    long, short = trail_of(30_000), trail_of(1_000)
+    assert peak(long) < peak(short) + 256 * 1024
