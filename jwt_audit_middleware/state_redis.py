@@ -52,6 +52,8 @@ LOG = logging.getLogger("jwt_audit.state")
 
 #: Default deadline of one probe, seconds: a request never waits longer on Redis.
 PROBE_TIMEOUT = 0.01
+#: Missed deadlines in a row that count as Redis lost (a connection error counts at once).
+LOSE_AFTER_TIMEOUTS = 3
 #: Default key prefix (several apps can share one Redis under different prefixes).
 PREFIX = "jwt_audit:"
 #: How often a lost Redis is pinged, seconds.
@@ -410,10 +412,13 @@ async def _quietly_close(client: redis.asyncio.Redis) -> None:
 class FailoverStore:
     """A ``RedisStore`` that falls back to a ``MemoryStore`` while Redis is unreachable.
 
-    The first error or missed deadline switches every probe to memory at once
-    (no request waits on Redis while it is lost) and emits one ``state_event``
-    ``store_lost``; a daemon thread pings Redis every ``ping_interval`` seconds and,
-    when it answers, switches back and emits ``store_restored``.  Counts made in
+    A connection error, or ``LOSE_AFTER_TIMEOUTS`` missed deadlines in a row,
+    switches every probe to memory at once (no request waits on Redis while it
+    is lost) and emits one ``state_event`` ``store_lost``; a single missed
+    deadline is answered from memory without declaring Redis lost, so one slow
+    answer on a busy machine does not flap the store.  A daemon thread then pings
+    Redis every ``ping_interval`` seconds and, when it answers, switches back and
+    emits ``store_restored``.  Counts made in
     memory meanwhile stay there: detection continues, not the shared view.
     """
 
@@ -430,6 +435,7 @@ class FailoverStore:
         self.events = events
         self.ping_interval = ping_interval
         self.lost = False
+        self._timeouts = 0  # missed deadlines in a row
         self._switch = threading.Lock()
         self._closed = threading.Event()
         self._pinger: threading.Thread | None = None
@@ -443,19 +449,33 @@ class FailoverStore:
         """Redis's answer, or memory's while Redis is lost."""
         if not self.lost:
             try:
-                return self.primary.probe(probe, thresholds)
+                answer = self.primary.probe(probe, thresholds)
             except (redis.RedisError, OSError) as error:
-                self._lose(error)
+                self._failed(error)
+            else:
+                self._timeouts = 0
+                return answer
         return self.fallback.probe(probe, thresholds)
 
     async def aprobe(self, probe: Probe, thresholds: Thresholds | None) -> Answer:
         """``probe()`` without blocking the event loop."""
         if not self.lost:
             try:
-                return await self.primary.aprobe(probe, thresholds)
+                answer = await self.primary.aprobe(probe, thresholds)
             except (redis.RedisError, OSError) as error:
-                self._lose(error)
+                self._failed(error)
+            else:
+                self._timeouts = 0
+                return answer
         return self.fallback.probe(probe, thresholds)
+
+    def _failed(self, error: BaseException) -> None:
+        """A probe failed: lose Redis now, or after a few missed deadlines in a row."""
+        if isinstance(error, redis.TimeoutError | TimeoutError):
+            self._timeouts += 1
+            if self._timeouts < LOSE_AFTER_TIMEOUTS:
+                return  # this probe is answered from memory; Redis stays in use
+        self._lose(error)
 
     def _lose(self, error: BaseException) -> None:
         with self._switch:

@@ -574,7 +574,7 @@ def test_async_probe_falls_back_too(private_redis: PrivateRedis) -> None:
 
 
 def test_a_redis_that_does_not_answer_is_a_timeout() -> None:
-    from jwt_audit_middleware.state_redis import FailoverStore, RedisStore
+    from jwt_audit_middleware.state_redis import LOSE_AFTER_TIMEOUTS, FailoverStore, RedisStore
 
     with socket.socket() as silent:  # accepts connections, never answers
         silent.bind(("127.0.0.1", 0))
@@ -584,9 +584,11 @@ def test_a_redis_that_does_not_answer_is_a_timeout() -> None:
         redis_store = RedisStore(url, timeout=0.01)
         store = FailoverStore(redis_store, MemoryStore(), events.append, ping_interval=5)
         try:
-            took = timed(lambda: deny(store, T0))
-            assert took < 0.1  # the 10 ms deadline, and a loaded machine's scheduling
-            assert timed(lambda: deny(store, T0 + 1)) < 0.02  # lost: not even tried
+            for n in range(LOSE_AFTER_TIMEOUTS):  # a slow answer or two is no outage
+                assert events == []
+                took = timed(lambda n=n: deny(store, T0 + n))
+                assert took < 0.1  # the 10 ms deadline, and a loaded machine's scheduling
+            assert timed(lambda: deny(store, T0 + 10)) < 0.02  # lost: not even tried
             (lost,) = events
             assert lost["reason"] == "timeout"
             assert "pw-not-shown" not in str(lost)
