@@ -47,6 +47,9 @@ from .state import (
 ALERT = "alert"
 DETECTED = "detected"
 
+#: how long a lockout learnt from the store is trusted here without asking again: a
+#: locked client's flood costs one probe per this many seconds, not one per request
+MIRROR_SECONDS = 1.0
 #: local lockout mirror entries kept at most (beyond it the oldest are dropped:
 #: the store still has them, so a dropped one comes back on the client's next probe)
 _MAX_MIRRORED = 65536
@@ -88,26 +91,29 @@ class Guard:
         self._emit = emit
         self._deny = deny
         self._window = 0 if abuse is None else abuse.window_seconds
-        #: client IPs known here to be locked out → until when (wall clock)
-        self.mirror: dict[str, float] = {}
+        #: client IPs known here to be locked out → (trusted until, locked until), wall
+        #: clock; trusted for at most MIRROR_SECONDS, so a lockout ended elsewhere (the
+        #: ``jwt-audit lockouts --clear`` command) ends here within that time too
+        self.mirror: dict[str, tuple[float, float]] = {}
 
     # -- step 1: before any token work -------------------------------------------
 
-    def locked(self, client_ip: str | None, verdict: Verdict | None = None) -> Verdict | None:
+    def locked(self, client_ip: str | None) -> Verdict | None:
         """The ``locked_out`` verdict for a client IP known to be locked, else ``None``."""
         mirror = self.mirror
         if not mirror or client_ip is None:
             return None
-        until = mirror.get(client_ip)
-        if until is None:
+        known = mirror.get(client_ip)
+        if known is None:
             return None
         now = time.time()
-        if until <= now:
-            mirror.pop(client_ip, None)
+        trusted_until, until = known
+        if trusted_until <= now:  # ask the store again (it may have ended meanwhile)
+            del mirror[client_ip]
             return None
         if not self.enforce_lockout:
             return None  # report-only: the token work goes on, after() reports it
-        return self._locked_out(verdict, until, now)
+        return self._locked_out(None, until, now)
 
     # -- step 2: the probe ---------------------------------------------------------
 
@@ -183,9 +189,9 @@ class Guard:
         for alert in answer.alerts:
             self._alert(alert, now)
             if alert.locked_until is not None and alert.reason == DENIAL_BURST_IP:
-                self._mirror(alert.key, alert.locked_until)
+                self._mirror(alert.key, alert.locked_until, now)
         if answer.ip_locked_until is not None and probe.client_ip is not None:
-            self._mirror(probe.client_ip, answer.ip_locked_until)
+            self._mirror(probe.client_ip, answer.ip_locked_until, now)
         ends = [u for u in (answer.ip_locked_until, answer.subject_locked_until) if u]
         until = max(ends, default=0.0)
         if until > now:
@@ -198,16 +204,15 @@ class Guard:
             return self._deny("revoked", verdict, self.report_revocation, None)
         return verdict
 
-    def _mirror(self, client_ip: str, until: float) -> None:
-        """Remember a lockout of ``client_ip`` here, for ``locked()``."""
+    def _mirror(self, client_ip: str, until: float, now: float) -> None:
+        """Remember a lockout of ``client_ip`` here for a moment, for ``locked()``."""
         mirror = self.mirror
         if len(mirror) >= _MAX_MIRRORED and client_ip not in mirror:
-            now = time.time()
-            for key in [k for k, end in mirror.items() if end <= now]:
+            for key in [k for k, (trusted, _) in mirror.items() if trusted <= now]:
                 del mirror[key]
             while len(mirror) >= _MAX_MIRRORED:
                 del mirror[next(iter(mirror))]
-        mirror[client_ip] = until
+        mirror[client_ip] = (min(until, now + MIRROR_SECONDS), until)
 
     def _locked_out(self, verdict: Verdict | None, until: float, now: float) -> Verdict:
         return self._deny("locked_out", verdict or _NO_VERDICT, False, _seconds_left(until, now))
@@ -227,6 +232,12 @@ class Guard:
         event["count"] = alert.count
         event["window_seconds"] = self._window
         self._emit(event, logging.WARNING)
+
+    async def aclose(self) -> None:
+        """Close the store's client of the running event loop, if it has one."""
+        aclose = getattr(self.store, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
     def close(self) -> None:
         """Release the store's connections and threads."""

@@ -371,6 +371,7 @@ class JWTAuditMiddleware:
         async def lifespan_send(message: Message) -> None:
             await send(message)
             if message["type"] == "lifespan.shutdown.complete":
+                await self._gate.aclose()  # this loop's connections (a store in Redis)
                 self.close()
 
         return lifespan_send

@@ -532,6 +532,11 @@ class Gate:
             verdict = replace(verdict, refresh_keys=None)
         return verdict
 
+    async def aclose(self) -> None:
+        """Close what belongs to the running event loop (the store's asyncio client)."""
+        if self.guard is not None:
+            await self.guard.aclose()
+
     def close(self) -> None:
         """Stop background work (``jwks_url`` refresh threads, the state store's)."""
         self.verifier.close()
