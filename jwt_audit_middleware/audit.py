@@ -203,6 +203,10 @@ class AuditLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         if clash:  # Logger.makeRecord refuses these too, but only when a record is made
             raise ValueError(f"extra cannot replace LogRecord attributes: {sorted(clash)}")
         super().__init__(logger or _logger, extra)
+        # instance attributes, not only the class defaults: a read of one the instance
+        # holds is the specialised fast path, and request_event() reads this per request
+        self._request_counters = None
+        self._metrics = None
 
     def process(
         self, msg: Any, kwargs: MutableMapping[str, Any]

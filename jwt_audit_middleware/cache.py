@@ -18,6 +18,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from time import perf_counter
 
 from .model import Verdict
 
@@ -95,16 +96,14 @@ class TokenCache:
 
 
 class ObservedTokenCache(TokenCache):
-    """A ``TokenCache`` that tells, per thread, whether its latest look-up hit.
+    """A ``TokenCache`` that times each hit for ``jwt_audit_verify_seconds{cache="hit"}``.
 
-    What the verification-time histogram (``jwt_audit_verify_seconds``,
-    ``metrics.py``) labels ``cache="hit"``: ``last.hit`` is ``True`` after a
-    hit, ``False`` after a miss, and whatever the reader reset it to if this
-    thread made no look-up since.  ``hits`` and ``misses`` count as in the
-    base class, so the histogram's ``hit`` count and ``hits`` agree.
+    ``observe_hit(seconds)`` (``metrics.py`` sets it) is called once per hit,
+    with the look-up's own time, so the histogram's ``hit`` count and
+    ``hits`` agree; misses are the verifier's to time.
     """
 
-    __slots__ = ("last",)
+    __slots__ = ("observe_hit",)
 
     def __init__(
         self,
@@ -114,7 +113,7 @@ class ObservedTokenCache(TokenCache):
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(size, ttl, monotonic=monotonic)
-        self.last = threading.local()
+        self.observe_hit: Callable[[float], object] | None = None
 
     @classmethod
     def like(cls, cache: TokenCache) -> ObservedTokenCache:
@@ -126,7 +125,11 @@ class ObservedTokenCache(TokenCache):
         return observed
 
     def get(self, digest: bytes, now: float, ring: int) -> Verdict | None:
-        """``TokenCache.get()``, leaving the answer's kind in ``last.hit``."""
+        """``TokenCache.get()``; a hit is timed and observed."""
+        start = perf_counter()
         verdict = TokenCache.get(self, digest, now, ring)
-        self.last.hit = verdict is not None
+        if verdict is not None:
+            observe = self.observe_hit
+            if observe is not None:
+                observe(perf_counter() - start)
         return verdict

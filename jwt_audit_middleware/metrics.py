@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
+from bisect import bisect_left
 from collections.abc import Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Protocol
@@ -43,8 +44,7 @@ from .events import ALLOWED, DENIED, REASONS, WOULD_DENY
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
-
-    from .model import Verdict
+    from prometheus_client.metrics_core import Metric
 
 
 # What ``instrument()`` needs of the audit logger and the gate, which sit above
@@ -56,7 +56,6 @@ class _Audit(Protocol):
 class _Gate(Protocol):
     cache: Any
     verifier: Any
-    decide: Callable[..., Verdict]
 
 
 #: Upper bounds of ``jwt_audit_verify_seconds``: a cache hit takes a few
@@ -121,6 +120,112 @@ class _Children(dict[tuple[str, str | None], Any]):
         return child
 
 
+def multiprocess_mode() -> bool:
+    """Whether prometheus_client runs in multiprocess mode (its own test, at import)."""
+    from prometheus_client import values  # noqa: PLC0415 - optional extra
+
+    return bool(getattr(values.ValueClass, "_multiprocess", False))
+
+
+class _Count:
+    """One counter series on the request path: an ``int`` incremented without a lock.
+
+    ``prometheus_client``'s ``inc()`` takes a lock and checks its argument
+    (about 0.4 µs); this is one attribute add, atomic under the GIL as
+    ``TokenCache.hits`` is.  Read at scrape time by ``_Collector``.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self, amount: int = 1) -> None:
+        self.value += amount
+
+
+class _Observations:
+    """One histogram series on the request path: a count per bucket and a sum, no lock."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(VERIFY_BUCKETS)
+        self.sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        self.counts[bisect_left(VERIFY_BUCKETS, amount)] += 1  # le: the first bound >= amount
+        self.sum += amount
+
+
+class _FastCounter:
+    """A labelled counter of ``_Count`` children (the request path's, single-process mode)."""
+
+    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = labelnames
+        self._children: dict[tuple[str, ...], _Count] = {}
+        self._lock = threading.Lock()
+
+    def labels(self, *values: str) -> _Count:
+        """The child of ``values`` (made once)."""
+        with self._lock:
+            return self._children.setdefault(values, _Count())
+
+    def family(self, *, samples: bool = True) -> Metric:
+        from prometheus_client.core import CounterMetricFamily  # noqa: PLC0415 - optional
+
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        if samples:
+            for values, child in list(self._children.items()):
+                family.add_metric(list(values), child.value)
+        return family
+
+
+class _FastHistogram:
+    """A labelled histogram of ``_Observations`` children, over ``VERIFY_BUCKETS``."""
+
+    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = labelnames
+        self._children: dict[tuple[str, ...], _Observations] = {}
+        self._lock = threading.Lock()
+
+    def labels(self, *values: str) -> _Observations:
+        """The child of ``values`` (made once)."""
+        with self._lock:
+            return self._children.setdefault(values, _Observations())
+
+    def family(self, *, samples: bool = True) -> Metric:
+        from prometheus_client.core import HistogramMetricFamily  # noqa: PLC0415 - optional
+        from prometheus_client.utils import floatToGoString  # noqa: PLC0415 - optional
+
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        if samples:
+            for values, child in list(self._children.items()):
+                total, buckets = 0, []
+                for bound, count in zip(VERIFY_BUCKETS, list(child.counts), strict=True):
+                    total += count
+                    buckets.append((floatToGoString(bound), total))  # type: ignore[no-untyped-call]
+                family.add_metric(list(values), buckets, child.sum)
+        return family
+
+
+class _Collector:
+    """Publishes the request path's lock-free series on a registry, read at scrape time."""
+
+    def __init__(self, *families: _FastCounter | _FastHistogram) -> None:
+        self._families = families
+
+    def describe(self) -> list[Metric]:
+        return [family.family(samples=False) for family in self._families]
+
+    def collect(self) -> list[Metric]:
+        return [family.family() for family in self._families]
+
+
 class SinkSeries:
     """The series one sink label publishes on one registry: written, spilled, queue depth."""
 
@@ -142,21 +247,29 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         from prometheus_client import Counter, Gauge, Histogram  # noqa: PLC0415 - optional extra
 
-        self.requests_counter = Counter(
-            "jwt_audit_requests",
-            "Requests by outcome (allowed, denied, would_deny) and denial reason",
-            ("outcome", "reason"),
-            registry=registry,
-        )
+        requests_doc = "Requests by outcome (allowed, denied, would_deny) and denial reason"
+        verify_doc = "Time to decide on a presented token: a cache look-up (hit) or verified (miss)"
+        self.requests_counter: Any
+        self.verify: Any
+        if multiprocess_mode():  # the values must be prometheus_client's own, in its files
+            self.requests_counter = Counter(
+                "jwt_audit_requests", requests_doc, ("outcome", "reason"), registry=registry
+            )
+            self.verify = Histogram(
+                "jwt_audit_verify_seconds",
+                verify_doc,
+                ("cache",),
+                buckets=VERIFY_BUCKETS,
+                registry=registry,
+            )
+        else:
+            self.requests_counter = _FastCounter(
+                "jwt_audit_requests", requests_doc, ("outcome", "reason")
+            )
+            self.verify = _FastHistogram("jwt_audit_verify_seconds", verify_doc, ("cache",))
+            registry.register(_Collector(self.requests_counter, self.verify))
         #: ``(outcome, reason)`` -> counter child (``AuditLogger.request_event`` counts here)
         self.requests = _Children(self.requests_counter)
-        self.verify = Histogram(
-            "jwt_audit_verify_seconds",
-            "Time to decide on a presented token: from the verified-token cache or verified",
-            ("cache",),
-            buckets=VERIFY_BUCKETS,
-            registry=registry,
-        )
         self.verify_hit = self.verify.labels("hit")
         self.verify_miss = self.verify.labels("miss")
         self.jwks = Counter(
@@ -258,8 +371,8 @@ def instrument(option: object, audit: _Audit, gate: _Gate) -> Metrics | None:
 
     Called once at construction (``Lifecycle``); ``option`` is
     ``settings.metrics``.  Counts each request's verdict (the audit logger),
-    times each decision on a presented token (the gate, with its cache
-    observed), counts JWKS fetches (the gate's key sets), and makes the sink
+    times each cache hit and each verification (the gate's cache and
+    verifier), counts JWKS fetches (the gate's key sets), and makes the sink
     handlers attached to ``jwt_audit`` (now or later) publish here unless
     they have a registry of their own.  A second call for the same gate does
     nothing more.  Returns the ``Metrics`` (``None`` with metrics off).
@@ -275,7 +388,7 @@ def instrument(option: object, audit: _Audit, gate: _Gate) -> Metrics | None:
             _middleware_metrics[:] = [ref for ref in _middleware_metrics if ref() is not None]
             _middleware_metrics.append(weakref.ref(metrics))
     audit.publish(metrics)
-    _time_decisions(gate, metrics)
+    _time_verifications(gate, metrics)
     for keyset in gate.verifier.remote_key_sets:
         keyset.publish(metrics)
     _bind_attached_sinks()
@@ -296,50 +409,33 @@ def _bind_attached_sinks() -> None:
             bind()
 
 
-def _time_decisions(gate: _Gate, metrics: Metrics) -> None:
-    """Wrap ``gate.decide`` to observe ``jwt_audit_verify_seconds`` for presented tokens.
+def _time_verifications(gate: _Gate, metrics: Metrics) -> None:
+    """Observe ``jwt_audit_verify_seconds``: cache hits by the cache, the rest by the verifier.
 
-    A decision is observed ``hit`` when the (observed) cache answered it, else
-    ``miss`` when a token was verified (the verdict has a fingerprint);
-    requests without a token, or on an exempt path, are not observed.  The
-    gate's cache becomes an ``ObservedTokenCache`` of the same size: this runs
-    at construction, before any request filled it.
+    ``hit``: the look-up in the verified-token cache that answered the
+    request (``ObservedTokenCache``, which the gate's cache becomes: this runs
+    at construction, before any request filled it), so the ``hit`` count is
+    the cache's ``hits``.  ``miss``: one verification of a token's signature
+    and claims (``Verifier.verify``, timed whether it accepts or refuses).
+    Requests without a token, or on an exempt path, are not observed.
     """
     cache = gate.cache
-    last = None
     if cache is not None:
         if not isinstance(cache, ObservedTokenCache):
             cache = gate.cache = ObservedTokenCache.like(cache)
-        last = cache.last
-    decide: Callable[..., Verdict] = gate.decide
-    hit = metrics.verify_hit.observe
+        cache.observe_hit = metrics.verify_hit.observe
+    verifier = gate.verifier
+    verify: Callable[[str, str], Any] = verifier.verify
     miss = metrics.verify_miss.observe
 
-    # (*args, **kwargs): whatever the gate's signature grows (client_ip, ...) passes through
-    if last is None:
+    def timed_verify(token: str, fingerprint: str) -> Any:
+        start = perf_counter()
+        try:
+            return verify(token, fingerprint)
+        finally:
+            miss(perf_counter() - start)
 
-        def timed(*args: Any, **kwargs: Any) -> Verdict:
-            start = perf_counter()
-            verdict = decide(*args, **kwargs)
-            if verdict.fingerprint is not None:
-                miss(perf_counter() - start)
-            return verdict
-
-    else:
-        local = last
-
-        def timed(*args: Any, **kwargs: Any) -> Verdict:
-            local.hit = False
-            start = perf_counter()
-            verdict = decide(*args, **kwargs)
-            elapsed = perf_counter() - start
-            if local.hit:
-                hit(elapsed)
-            elif verdict.fingerprint is not None:
-                miss(elapsed)
-            return verdict
-
-    gate.decide = timed
+    verifier.verify = timed_verify
 
 
 __all__ = [
