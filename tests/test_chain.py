@@ -246,3 +246,16 @@ def test_a_formatter_that_does_not_make_json_objects_is_replaced_when_chaining(
     write_events(handler, 2)
     assert all(json.loads(line)["seq"] for line in path.read_text().splitlines())
     assert run_verify("--file", str(path)) == 0, capsys.readouterr().out
+
+
+def test_a_record_logged_after_close_starts_a_new_stream(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    handler = JSONLinesHandler(path, chain=True)
+    write_events(handler, 3)  # and closed
+    write_events(handler, 1)  # a late event, e.g. from another atexit hook
+    assert run_verify("--file", str(path)) == 0
+    out = capsys.readouterr().out
+    assert "seq 1-4, closed" in out
+    assert "seq 1-1, NOT CLOSED" in out

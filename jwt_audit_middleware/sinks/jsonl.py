@@ -163,7 +163,8 @@ class JSONLinesHandler(BackgroundHandler):
             self._period = unit * interval
         self._json = JSONFormatter()
         self._file_lock = threading.Lock()
-        self._closing_written = False
+        self._closing_written = False  # close() has begun (it writes the closing line)
+        self._stream_closed = False  # the closing line is in the file
         self._fd: int | None = None
         self._next_rollover = self._rollover_after(time.time())
         self._open()  # fail fast: a missing directory or a permission problem shows now
@@ -280,6 +281,9 @@ class JSONLinesHandler(BackgroundHandler):
         """
         with self._file_lock:
             if lines.unsealed is not None and self._chain is not None:
+                if self._stream_closed:  # a record logged after close(): a new stream
+                    self._chain.restart()
+                    self._stream_closed = False
                 lines.data = self._chain.seal_lines(lines.unsealed)
                 lines.unsealed = None
             fd = self._current_fd()
@@ -432,7 +436,9 @@ class JSONLinesHandler(BackgroundHandler):
         """Write everything queued, then (``chain=True``) the stream's closing line.
 
         See ``BackgroundHandler.close``.  The closing line is written once, by
-        the first ``close()``, and only for a stream that has lines.
+        the first ``close()``, and only for a stream that has lines.  A record
+        logged after that (written at once, as by any closed handler) starts a
+        new stream, which stays open: the closed one stays whole.
         """
         with self._file_lock:
             first = not self._closing_written
@@ -444,6 +450,8 @@ class JSONLinesHandler(BackgroundHandler):
                 pending = chain.seq > 0
             if pending:
                 self.spill([self._closing_line(chain)])
+                with self._file_lock:
+                    self._stream_closed = True
                 self.release_resources()
 
     def _closing_line(self, chain: Chain) -> str:
@@ -466,7 +474,7 @@ class JSONLinesHandler(BackgroundHandler):
     def _after_fork(self) -> None:
         super()._after_fork()
         self._file_lock = threading.Lock()
-        self._closing_written = False
+        self._closing_written = self._stream_closed = False
         if self._chain is not None:
             self._chain.restart()  # the child is a writer of its own: a stream of its own
 
