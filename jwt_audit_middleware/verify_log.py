@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import binascii
 import hashlib
+import json
 import math
 import os
 import re
@@ -593,6 +594,48 @@ class Progress:
             self.shown = False
 
 
+def status(result: Result, *, require_closed: bool) -> int:
+    """The exit status of a result."""
+    if result.wrong_key():
+        return UNUSABLE
+    if result.findings or (require_closed and result.open_streams):
+        return TAMPERED
+    return INTACT
+
+
+def to_dict(result: Result, *, require_closed: bool) -> dict[str, Any]:
+    """The result as JSON-ready data (``--json``): findings, and each stream's head."""
+    code = status(result, require_closed=require_closed)
+    return {
+        "result": {INTACT: "intact", TAMPERED: "tampered", UNUSABLE: "wrong_key"}[code],
+        "source": result.source,
+        "records": result.records,
+        "unchained_prefix": result.unchained_prefix,
+        "findings": [
+            {
+                "kind": f.kind,
+                "chain_id": f.chain_id,
+                "seq": f.seq,
+                "where": f.where,
+                "message": f.message,
+            }
+            for f in result.findings
+        ],
+        "streams": [
+            {
+                "chain_id": s.chain_id,
+                "first_seq": s.first_seq,
+                "seq": s.seq,
+                "closed": s.closed,
+                "head": s.head.decode("ascii", "replace"),
+                "last": f"{s.source} {s.position}",
+                "intact": s.finding is None,
+            }
+            for s in result.streams.values()
+        ],
+    }
+
+
 def render(result: Result, out: TextIO, *, require_closed: bool, keyed: bool) -> int:
     """Print the result; return the exit status."""
     streams = result.streams
@@ -654,6 +697,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--chain-key-file", help="file holding the HMAC chain key")
     parser.add_argument("--table", help="table name (default jwt_audit_events)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument(
         "--require-closed",
         action="store_true",
@@ -675,4 +719,8 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO | None = None) -> int
         result = check_database(args.db, args.table, key, progress)
     else:
         result = check_files(args.file, key, progress)
+    if args.json:
+        data = to_dict(result, require_closed=args.require_closed)
+        out.write(json.dumps(data, indent=2, ensure_ascii=True) + "\n")
+        return status(result, require_closed=args.require_closed)
     return render(result, out, require_closed=args.require_closed, keyed=key is not None)

@@ -134,6 +134,20 @@ def test_an_edit_with_its_hash_recomputed_breaks_the_next_link(
     assert "line 7: edited: its hash is not the one seq 8" in out
 
 
+def test_json_output_holds_the_findings_and_each_streams_head(
+    trail: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out = verify(capsys, "--json", "--file", str(trail))
+    data = json.loads(out)
+    assert (status, data["result"], data["records"], data["findings"]) == (0, "intact", 21, [])
+    (stream,) = data["streams"]
+    assert stream["head"] == json.loads(lines_of(trail)[-1])["hash"]
+    assert (stream["seq"], stream["closed"], stream["intact"]) == (21, True, True)
+    trail.write_text("".join(lines_of(trail)[:-1]), encoding="utf-8")
+    status, out = verify(capsys, "--json", "--require-closed", "--file", str(trail))
+    assert (status, json.loads(out)["result"]) == (1, "tampered")
+
+
 def test_a_deleted_record_is_found(trail: Path, capsys: pytest.CaptureFixture[str]) -> None:
     lines = lines_of(trail)
     del lines[9]
@@ -549,7 +563,12 @@ def test_a_long_run_on_a_terminal_shows_progress_then_clears_it(trail: Path) -> 
     assert err.getvalue().endswith("\r")
     quiet = io.StringIO()  # not a terminal: nothing
     args = argparse.Namespace(
-        db=None, file=[str(trail)], chain_key_file=None, table=None, require_closed=False
+        db=None,
+        file=[str(trail)],
+        chain_key_file=None,
+        table=None,
+        require_closed=False,
+        json=False,
     )
     assert run(args, io.StringIO(), quiet) == 0
     assert quiet.getvalue() == ""
