@@ -396,6 +396,8 @@ class JWTAuditMiddleware:
                         "headers": list(challenge.headers),
                     }
                 )
+                # audited before the last message: a tracer ends its span with it
+                exchange.finish(status)
                 await send({"type": "http.response.body", "body": challenge.body})
             elif connected or (await receive())["type"] == "websocket.connect":
                 if "websocket.http.response" in (scope.get("extensions") or {}):

@@ -31,6 +31,7 @@ from typing import Any
 from .audit import AuditLogger
 from .errors import ConfigurationError
 from .events import WOULD_DENY
+from .metrics import instrument
 from .model import (
     EXEMPT,
     LATE_DENIAL_KEY,
@@ -128,6 +129,7 @@ class Lifecycle:
         self.gate = Gate(
             settings, Verifier(settings, key_events=self.audit.emit), events=self.audit.emit
         )
+        instrument(settings.metrics, self.audit, self.gate)  # metrics=: Prometheus
         self.reader = RequestReader(settings)
         self._report_only = self.gate.report_only  # attach() reads it on every request
         #: ``begin(verdict, info)``: the request's ``Exchange``, the one event still to emit

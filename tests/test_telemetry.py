@@ -153,11 +153,6 @@ def test_asgi_denial_carries_the_server_spans_ids(
     assert_correlated(events.only(), server_span(exporter))
 
 
-@pytest.mark.xfail(
-    reason="asgi.py emits a denial after the challenge's last body message, with which the "
-    "ASGI instrumentation ends its span; passes once _deny() finishes the exchange before it",
-    strict=False,
-)
 @pytest.mark.parametrize("build", [fastapi_app, starlette_app], ids=["fastapi", "starlette"])
 def test_asgi_denial_sets_the_reason_and_a_span_event(
     build: Any,
