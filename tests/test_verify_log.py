@@ -421,6 +421,24 @@ def test_an_edited_event_or_column_is_found(
     assert f"seq 7, row id {row['id']}: edited: the record does not match its hash" in out
 
 
+def test_data_that_is_not_json_is_an_edit_not_a_crash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SQLite stores any text (PostgreSQL's JSONB and MariaDB's JSON check refuse it)."""
+    table = Table(f"sqlite:///{tmp_path / 'audit.db'}")
+    table.write(5)
+    row = table.row(4)
+    with table.engine.begin() as db:
+        db.execute(
+            sa.text(f"UPDATE {table.name} SET data = :data WHERE id = :id"),
+            {"data": '{"outcome": "allowed", ', "id": row["id"]},
+        )
+    status, out = check(table, capsys)
+    table.drop()
+    assert status == 1, out
+    assert f"seq 4, row id {row['id']}: edited: its data is not JSON" in out
+
+
 def test_a_deleted_row_is_found(table: Table, capsys: pytest.CaptureFixture[str]) -> None:
     row = table.row(11)
     table.delete(10)
