@@ -25,6 +25,7 @@ from .errors import ConfigurationError, Denied
 from .lifecycle import Exchange, Lifecycle
 from .model import EXEMPT, LATE_DENIAL_KEY, Challenge, Verdict, VerifiedToken
 from .settings import Settings
+from .state import StateStore
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -334,6 +335,14 @@ class JWTAuditMiddleware:
         closing.append((1008, "the middleware at the token's expiry"))
         with contextlib.suppress(Exception):  # the client may be gone already
             await send({"type": "websocket.close", "code": 1008, "reason": "token expired"})
+
+    @property
+    def state(self) -> StateStore | None:
+        """The store of ``abuse_detection`` / ``state_url``: ``state.revoke_jti(...)`` and so on.
+
+        ``None`` when neither is configured.
+        """
+        return self._lifecycle.state
 
     def close(self) -> None:
         """Stop background work (``jwks_url`` refresh threads); also done at lifespan shutdown."""

@@ -233,9 +233,9 @@ def _demo_abuse(out: TextIO) -> None:
 
 def _demo_store(app: JWTAuditMiddleware) -> StateStore:
     """The state store of the demo's middleware (the list ``jwt-audit revoke`` writes to)."""
-    guard = app._gate.guard  # the demo's own middleware: no public accessor yet
-    assert guard is not None  # abuse_detection is on
-    return guard.store
+    store = app.state
+    assert store is not None  # abuse_detection is on
+    return store
 
 
 # -- explain -------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from .model import (
 from .policy import Gate
 from .request import RequestReader
 from .settings import Settings
+from .state import StateStore
 from .verifier import Verifier
 
 
@@ -189,6 +190,12 @@ class Lifecycle:
             if header_too:
                 environ["HTTP_REMOTE_USER"] = identity
         return token
+
+    @property
+    def state(self) -> StateStore | None:
+        """The abuse-detection store (revocations, lockouts); ``None`` when not configured."""
+        guard = self.gate.guard
+        return None if guard is None else guard.store
 
     def close(self) -> None:
         """Stop background work (the refresh threads of ``jwks_url`` key sets)."""

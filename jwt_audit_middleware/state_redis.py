@@ -48,7 +48,8 @@ from .state_types import (
     Thresholds,
 )
 
-LOG = logging.getLogger("jwt_audit.state")
+# not under "jwt_audit": the audit handlers would store these lines beside the events
+LOG = logging.getLogger("jwt_audit_middleware.state")
 
 #: Default deadline of one probe, seconds: a request never waits longer on Redis.
 PROBE_TIMEOUT = 0.01
@@ -347,8 +348,15 @@ class RedisStore:
                     yield str(name)[len(prefix) :], str(value)
 
     def ping(self) -> bool:
-        """Whether Redis answers now."""
-        return bool(self.client.ping())
+        """Whether Redis answers now; if so, the probe script is loaded there again.
+
+        A restarted Redis has lost its script cache: loading it here, in the ping
+        thread, spares the first probe after the switch back a reload (~11 ms).
+        """
+        if not self.client.ping():
+            return False
+        self.client.script_load(_PROBE)
+        return True
 
     def reconnect(self) -> None:
         """Drop every connection (after an outage they are dead); the next call reconnects."""

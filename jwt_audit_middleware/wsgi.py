@@ -17,6 +17,7 @@ from typing import Any
 
 from .lifecycle import Exchange, Lifecycle
 from .settings import Settings
+from .state import StateStore
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
 StartResponse = Callable[..., Callable[[bytes], object]]
@@ -118,6 +119,11 @@ class JWTAuditWSGIMiddleware:
         self.settings = lifecycle.settings
         self._gate = lifecycle.gate
         self._reader = lifecycle.reader
+
+    @property
+    def state(self) -> StateStore | None:
+        """The store of ``abuse_detection`` / ``state_url`` (``None`` when not configured)."""
+        return self._lifecycle.state
 
     def close(self) -> None:
         """Stop background work (``jwks_url`` refresh threads)."""

@@ -213,7 +213,8 @@ async def test_revocation_list_applies_to_cached_tokens_and_alerts_on_reuse(
     target = app(rsa_key, abuse_detection=True)
     token = rsa_key.token(sub="frank", jti="jti-frank-1")
     assert (await call(target, token)).status == 200  # now cached
-    store = target._gate.guard.store  # type: ignore[attr-defined]
+    store = target.state
+    assert store is not None
     store.revoke_jti("jti-frank-1", time.time() + 300, time.time())
     response = await call(target, token)
     assert response.status == 401
@@ -228,11 +229,13 @@ async def test_revoking_a_subject_refuses_older_tokens_and_accepts_newer(
     rsa_key: SigningKey,
 ) -> None:
     target = app(rsa_key)  # the list needs no abuse_detection ... but a store does
-    assert target._gate.guard is None  # type: ignore[attr-defined]
+    assert target.state is None
     target = app(rsa_key, abuse_detection={"denials_per_ip": 1000})
     now = time.time()
     older = rsa_key.token(sub="grace", iat=int(now) - 60)
-    target._gate.guard.store.revoke_subject("grace", now - 5, None)  # type: ignore[attr-defined]
+    store = target.state
+    assert store is not None
+    store.revoke_subject("grace", now - 5, None)
     newer = rsa_key.token(sub="grace", iat=int(now))  # issued after the revocation
     assert (await call(target, older)).status == 401
     assert (await call(target, newer)).status == 200
@@ -268,7 +271,7 @@ async def test_report_only_revocation_lets_the_request_on_without_the_token(
 
 
 async def test_nothing_configured_means_no_guard(rsa_key: SigningKey) -> None:
-    assert app(rsa_key)._gate.guard is None  # type: ignore[attr-defined]
+    assert app(rsa_key).state is None
 
 
 # -- WSGI (Flask) and Django reach the same check ----------------------------------------
