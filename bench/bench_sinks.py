@@ -184,6 +184,7 @@ def chain_costs(
     own: dict[bool, list[float]] = {False: [], True: []}
     per_event: dict[bool, list[float]] = {False: [], True: []}
     rates: dict[bool, list[float]] = {False: [], True: []}
+    cpu_rates: dict[bool, list[float]] = {False: [], True: []}
     for _ in range(rounds):
         for chained in (False, True):
             probe = make(chained)
@@ -192,16 +193,21 @@ def chain_costs(
                 per_event[chained].append(request_thread_ns(probe))
             finally:
                 probe.close()
+            cpu = time.process_time()
             rates[chained].append(sustained(lambda chained=chained: make(chained), events)[0])
+            cpu_rates[chained].append(events / (time.process_time() - cpu))
     own_plain, own_chained = (statistics.median(own[c]) for c in (False, True))
     plain_ns, chained_ns = (statistics.median(per_event[c]) for c in (False, True))
     plain_rate, chained_rate = (statistics.median(rates[c]) for c in (False, True))
+    plain_cpu, chained_cpu = (statistics.median(cpu_rates[c]) for c in (False, True))
     print(
         f"{name:<14} {own_plain / 1000:>6.2f} {own_chained / 1000:>6.2f}"
         f" {(own_chained - own_plain) / 1000:>+6.2f} µs"
         f" {plain_ns / 1000:>7.2f} {chained_ns / 1000:>6.2f}"
         f" {(chained_ns - plain_ns) / 1000:>+6.2f} µs"
         f" {plain_rate:>9,.0f} {chained_rate:>9,.0f} /s {chained_rate / plain_rate - 1:>+7.1%}"
+        f"  per CPU second {plain_cpu:>9,.0f} {chained_cpu:>9,.0f} /s"
+        f" {chained_cpu / plain_cpu - 1:>+7.1%}"
     )
 
 
@@ -243,7 +249,8 @@ def chain_main(args: argparse.Namespace, directory: str) -> None:
             )
         )
     print(f"{args.events} events per sustained run; medians of 3 alternating rounds")
-    print("own work: enqueued() alone; handle(): with the writer running (its GIL share)\n")
+    print("own work: enqueued() alone; handle(): with the writer running (its GIL share)")
+    print("sustained per CPU second: events / CPU time of both threads (steadier when busy)\n")
     print(
         f"{'':<14} {'request thread, own work':>24} {'handle(), writer running':>24}"
         f" {'sustained events/s':>27}"
