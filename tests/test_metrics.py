@@ -575,3 +575,28 @@ def test_multiprocess_mode_sums_the_processes(tmp_path: Path) -> None:
         PROMETHEUS_MULTIPROC_DIR=str(tmp_path),
     )
     assert out.strip() == "7.0"
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "sql"])
+def test_the_real_sinks_take_metrics_at_construction(tmp_path: Path, kind: str) -> None:
+    from jwt_audit_middleware.audit import AuditLogger
+    from jwt_audit_middleware.events import app_event
+    from jwt_audit_middleware.sinks import SQLAuditHandler
+
+    registry = CollectorRegistry()
+    handler: BackgroundHandler = (
+        JSONLinesHandler(str(tmp_path / "audit.jsonl"), metrics=registry)
+        if kind == "jsonl"
+        else SQLAuditHandler(f"sqlite:///{tmp_path / 'audit.db'}", metrics=registry)
+    )
+    logger = logging.getLogger(f"jwt_audit_metrics_sink_{kind}")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        AuditLogger(logger).emit(app_event("access", "allowed", subject="s"))
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    assert sink_values(registry, kind)[:2] == (1.0, 0.0)
+    assert handler.stats()["written"] == 1

@@ -132,6 +132,7 @@ class JSONLinesHandler(BackgroundHandler):
         chain: bool = False,
         chain_key: bytes | str | None = None,
         chain_key_file: str | os.PathLike[str] | None = None,
+        metrics: object = None,
     ) -> None:
         key = load_key(chain_key, chain_key_file)
         if key is not None and not chain:
@@ -145,6 +146,7 @@ class JSONLinesHandler(BackgroundHandler):
             flush_interval=flush_interval,
             block_timeout=block_timeout,
             close_timeout=close_timeout,
+            metrics=metrics,
         )
         if fsync not in ("never", "batch"):
             raise ValueError("fsync must be 'never' or 'batch'")

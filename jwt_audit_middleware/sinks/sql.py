@@ -329,6 +329,7 @@ class SQLAuditHandler(BackgroundHandler):
         chain: bool = False,
         chain_key: bytes | str | None = None,
         chain_key_file: str | os.PathLike[str] | None = None,
+        metrics: object = None,
     ) -> None:
         key = load_key(chain_key, chain_key_file)
         if key is not None and not chain:
@@ -344,6 +345,7 @@ class SQLAuditHandler(BackgroundHandler):
             flush_interval=flush_interval,
             block_timeout=block_timeout,
             close_timeout=close_timeout,
+            metrics=metrics,
         )
         options = dict(engine_options or {})
         if normalise_url(url).get_backend_name() == "sqlite":
