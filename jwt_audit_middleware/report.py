@@ -34,6 +34,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
+from .chain import CLOSING_EVENT
 from .events import clean
 
 #: Distinct values counted per dimension (path, client IP, subject, ...).  Below
@@ -402,6 +403,8 @@ class Tally:
         if self.since is not None and when < self.since:
             return
         kind, outcome = event["event"], event["outcome"]
+        if kind == CLOSING_EVENT:  # the end of a hash chain (chain=True), not an event
+            return
         refused = outcome != "allowed" and kind not in NOT_REQUESTS
         self.total += 1
         self.hours.add(when, refused)
@@ -720,7 +723,7 @@ def _count_rows(
     c = events.c
     window = [c.time >= since] if since is not None else []
     hour, valid, bad = _time_checks(db.dialect.name, c.time, window)
-    rows = [*window, valid]
+    rows = [*window, valid, c.event != CLOSING_EVENT]  # chain ends are not events
     refused = sa.and_(c.outcome != "allowed", c.event.not_in(NOT_REQUESTS))
     count = sa.select(sa.func.count()).select_from(events)
     report.skipped_records = int(db.scalar(count.where(bad)) or 0)

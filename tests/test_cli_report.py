@@ -864,3 +864,30 @@ def test_histogram_buckets_cover_empty_stretches() -> None:
     assert len(rows) <= 48
     assert sum(total for _, total, _ in rows) == 12
     assert histogram([]) == (1, [])
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "sqlite"])
+def test_the_closing_records_of_hash_chains_are_not_counted(tmp_path: Path, kind: str) -> None:
+    from jwt_audit_middleware.events import app_event
+    from jwt_audit_middleware.report import report_from_database, report_from_files
+    from jwt_audit_middleware.sinks import JSONLinesHandler, SQLAuditHandler
+
+    path = tmp_path / "audit.jsonl"
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    logger = logging.getLogger(f"jwt_audit_report_chain_{kind}")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    for _ in range(2):  # two streams: two closing records
+        handler = (
+            JSONLinesHandler(str(path), chain=True)
+            if kind == "jsonl"
+            else SQLAuditHandler(url, chain=True)
+        )
+        logger.addHandler(handler)
+        for n in range(3):
+            AuditLogger(logger).emit(app_event("access", "allowed", subject=f"u{n}"))
+        logger.removeHandler(handler)
+        handler.close()
+    report = report_from_files([str(path)]) if kind == "jsonl" else report_from_database(url)
+    assert report.to_dict()["total"] == 6
+    assert "chain_closed" not in report.to_dict()["by_event"]
