@@ -95,8 +95,17 @@ class JWTAuditMiddleware:
     server stops), and ``settings=Settings(...)`` fails at import already.
     """
 
-    def __init__(self, app: ASGIApp, /, settings: Settings | None = None, **options: Any) -> None:
-        self.app = app
+    def __init__(
+        self, app: ASGIApp | None = None, /, settings: Settings | None = None, **options: Any
+    ) -> None:
+        # ``app`` is positional-only so that ``add_middleware(JWTAuditMiddleware, ...)``
+        # type-checks against Starlette's middleware protocol; Starlette before 0.42
+        # passes it by keyword (``cls(app=app, ...)``), which lands in ``options``
+        if app is None:
+            app = options.pop("app", None)
+            if app is None:
+                raise TypeError("JWTAuditMiddleware needs the ASGI app to wrap")
+        self.app: ASGIApp = app
         self._startup_error: ConfigurationError | None = None
         try:
             lifecycle = Lifecycle(settings, options)
