@@ -36,6 +36,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -50,6 +51,8 @@ from .sinks.sql import ROW_COLUMNS, create_audit_engine, ensure_schema, event_ro
 DEFAULT_BATCH = 5000
 #: Bytes read from a file at a time.
 _CHUNK = 4 * 1024 * 1024
+#: Rows per SQLite INSERT statement: under its limit of 32,766 bound values.
+_SQLITE_ROWS = 32766 // len(ROW_COLUMNS)
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zip")
 _LEVELS = {"ERROR", "WARNING", "INFO", "DEBUG", "CRITICAL"}
 
@@ -109,11 +112,14 @@ def event_id_of(line: bytes, event: dict[str, Any]) -> str:
     Deterministic (a line loaded twice keeps one row) and ordered by time like
     the handler's own ids, so inserts land at the end of the unique index.
     """
-    when = _event_time(event.get("time"))
-    millis = (
-        0 if when is None else int(when.replace(tzinfo=datetime.timezone.utc).timestamp() * 1000)
-    )
-    return f"{millis & 0xFFFFFFFFFFFF:012x}" + hashlib.sha256(line).hexdigest()[:20]
+    when = _event_time(event.get("time")) or datetime.datetime(1970, 1, 1)
+    return _millis_hex(when) + hashlib.sha256(line).hexdigest()[:20]
+
+
+def _millis_hex(when: datetime.datetime) -> str:
+    """A naive UTC time as 12 hex digits of milliseconds since the epoch."""
+    millis = int(when.replace(tzinfo=datetime.timezone.utc).timestamp() * 1000)
+    return f"{millis & 0xFFFFFFFFFFFF:012x}"
 
 
 def _event_time(value: object) -> datetime.datetime | None:
@@ -148,14 +154,43 @@ class _Writer:
             return {str(source): int(position) for source, position in rows}
 
     def commit(self, rows: list[tuple[Any, ...]], source: str, path: str, position: int) -> None:
+        """Store ``rows`` and ``position`` in one transaction.
+
+        PostgreSQL: ``COPY`` straight into the table; a line already stored
+        (the same lines in another file) fails the whole ``COPY``, and the batch
+        then goes through a temporary table that skips stored ids.
+        """
+        if self.dialect == "postgresql":
+            duplicate = self.engine.dialect.loaded_dbapi.IntegrityError
+            try:
+                self._transaction(rows, source, path, position, self._copy)
+            except duplicate:
+                self._transaction(rows, source, path, position, self._copy_skipping)
+            return
+        self._transaction(rows, source, path, position, self._insert)
+
+    def _transaction(
+        self,
+        rows: list[tuple[Any, ...]],
+        source: str,
+        path: str,
+        position: int,
+        insert: Callable[[Any, list[tuple[Any, ...]]], None],
+    ) -> None:
         raw = self.engine.raw_connection()
         try:
             cursor: Any = raw.cursor()
+            if self.dialect == "sqlite":
+                # A power cut may roll back the last commits: rows and position
+                # together, so those lines are read again; a full sync per batch
+                # buys nothing here.
+                cursor.execute("PRAGMA synchronous=NORMAL")
+                # The indexes on random keys (request_id, the ids' hash part) touch
+                # pages all over: with SQLite's 2 MB default cache a row cost 23 µs
+                # to insert, with 64 MB 13 µs (200,000 rows).
+                cursor.execute("PRAGMA cache_size=-65536")
             if rows:
-                if self.dialect == "postgresql":
-                    self._copy(cursor, rows)
-                else:
-                    self._insert(cursor, rows)
+                insert(cursor, rows)
             self._save(cursor, source, path, position)
             raw.commit()
         except BaseException:
@@ -165,6 +200,13 @@ class _Writer:
             raw.close()
 
     def _copy(self, cursor: Any, rows: list[tuple[Any, ...]]) -> None:
+        """PostgreSQL: ``COPY`` the rows into the table."""
+        with cursor.copy(f"COPY {self._table} ({self._columns}) FROM STDIN") as copy:
+            write_row = copy.write_row
+            for row in rows:
+                write_row(row)
+
+    def _copy_skipping(self, cursor: Any, rows: list[tuple[Any, ...]]) -> None:
         """PostgreSQL: ``COPY`` into a temporary table, then insert what is not stored yet."""
         cursor.execute(
             f"CREATE TEMPORARY TABLE IF NOT EXISTS jwt_audit_ingest_batch "
@@ -183,8 +225,9 @@ class _Writer:
     def _insert(self, cursor: Any, rows: list[tuple[Any, ...]]) -> None:
         marks = ", ".join(["?" if self.dialect == "sqlite" else "%s"] * len(ROW_COLUMNS))
         if self.dialect == "sqlite":
-            verb, tail = "INSERT", " ON CONFLICT (event_id) DO NOTHING"
-        elif self.dialect in ("mysql", "mariadb"):
+            self._insert_sqlite(cursor, rows, f"({marks})")
+            return
+        if self.dialect in ("mysql", "mariadb"):
             verb, tail = "INSERT IGNORE", ""
         else:
             verb, tail = "INSERT", ""
@@ -192,6 +235,22 @@ class _Writer:
             f"{verb} INTO {self._table} ({self._columns}) VALUES ({marks}){tail}",
             rows,
         )
+
+    def _insert_sqlite(self, cursor: Any, rows: list[tuple[Any, ...]], row_marks: str) -> None:
+        """SQLite: many rows per statement, so the parsing of the next batch overlaps.
+
+        SQLite runs a statement with the GIL released, but ``executemany``
+        takes it back for every row, and then waits for the parsing thread to
+        let go of it: one statement per ``_SQLITE_ROWS`` rows keeps the two
+        apart.
+        """
+        for start in range(0, len(rows), _SQLITE_ROWS):
+            chunk = rows[start : start + _SQLITE_ROWS]
+            cursor.execute(
+                f"INSERT INTO {self._table} ({self._columns}) "  # noqa: S608 - our names
+                f"VALUES {', '.join([row_marks] * len(chunk))} ON CONFLICT (event_id) DO NOTHING",
+                [value for row in chunk for value in row],
+            )
 
     def _save(self, cursor: Any, source: str, path: str, position: int) -> None:
         mark = "?" if self.dialect == "sqlite" else "%s"
@@ -236,13 +295,14 @@ def _rows(lines: list[bytes], as_text: bool, stats: IngestStats) -> list[tuple[A
             parsed = _event_time(text) or datetime.datetime(1970, 1, 1)
             last_time = text
             when = parsed.isoformat(" ", "microseconds") if as_text else parsed
+            stamp = _millis_hex(parsed)
         level = event.get("level")
         stored = _Stored(line.decode("utf-8", "replace"))
         rows.append(
             event_row(
                 event,
                 level if level in _LEVELS else "INFO",
-                event_id_of(line, event),
+                stamp + hashlib.sha256(line).hexdigest()[:20],  # event_id_of()
                 when,
                 stored.text,
             )
@@ -277,41 +337,63 @@ class _FileLoad:
     def run(
         self, handle: Any, batch: int, stop: threading.Event, progress: Callable[[], None]
     ) -> None:
+        """Read, parse and store; batch n+1 is parsed while batch n commits.
+
+        The database works with the GIL released (SQLite's step, a server's
+        answer), so one writer thread beside the parsing makes the two overlap.
+        Batches commit one at a time, in order: positions only grow.
+        """
         handle.seek(self.position)
         pending: list[bytes] = []
         rest = b""
-        while not stop.is_set():
-            chunk = handle.read(_CHUNK)
-            if not chunk:
-                break
-            data = rest + chunk
-            end = data.rfind(b"\n")
-            if end < 0:
-                rest = data
-                continue
-            rest = data[end + 1 :]
-            pending.extend(data[:end].split(b"\n"))
-            while len(pending) >= batch and not stop.is_set():
-                self.commit(pending[:batch])
-                del pending[:batch]
+        with ThreadPoolExecutor(1, thread_name_prefix="jwt-audit-ingest") as writer:
+            in_flight: Future[None] | None = None
+            while not stop.is_set():
+                chunk = handle.read(_CHUNK)
+                if not chunk:
+                    break
+                data = rest + chunk
+                end = data.rfind(b"\n")
+                if end < 0:
+                    rest = data
+                    continue
+                rest = data[end + 1 :]
+                pending.extend(data[:end].split(b"\n"))
+                while len(pending) >= batch and not stop.is_set():
+                    in_flight = self._submit(writer, in_flight, pending[:batch], progress)
+                    del pending[:batch]
+            if pending and not stop.is_set():
+                in_flight = self._submit(writer, in_flight, pending, progress)
+            if in_flight is not None:
+                in_flight.result()
                 progress()
-        if pending and not stop.is_set():
-            self.commit(pending)
-            progress()
 
-    def commit(self, lines: list[bytes]) -> None:
-        """Store ``lines`` (complete, without newlines) and the position after them, at once."""
+    def _submit(
+        self,
+        writer: ThreadPoolExecutor,
+        in_flight: Future[None] | None,
+        lines: list[bytes],
+        progress: Callable[[], None],
+    ) -> Future[None]:
+        """Parse ``lines`` here, then hand them to the writer once the last batch is in."""
         stats = self.stats
         end = self.position + sum(len(line) + 1 for line in lines)
-        before = stats.skipped
         complete = [line for line in lines if line.strip()]
         rows = _rows(complete, self.writer.time_as_text, stats)
-        self.writer.commit(rows, self.source, self.path, end)
-        self.position = end
-        stats.events += len(rows)
-        stats.skipped = before + (len(complete) - len(rows))
-        stats.per_file[self.path] = stats.per_file.get(self.path, 0) + len(rows)
-        stats.batches += 1
+        if in_flight is not None:
+            in_flight.result()  # raises the writer's error here
+            progress()
+        self.position = end  # what the batch handed over stores
+        future = writer.submit(self.writer.commit, rows, self.source, self.path, end)
+        future.add_done_callback(lambda done: self._count(done, len(rows)))
+        return future
+
+    def _count(self, done: Future[None], events: int) -> None:
+        if not done.cancelled() and done.exception() is None:
+            stats = self.stats
+            stats.events += events
+            stats.per_file[self.path] = stats.per_file.get(self.path, 0) + events
+            stats.batches += 1
 
 
 def ingest_file(  # noqa: PLR0917 - one call site, in ingest()
