@@ -15,8 +15,9 @@ The ``Gate`` asks its ``Guard`` twice per request, and only when
    ``settle_async()``: one round trip, never on the event loop's thread.
 
 Lockouts learnt from the store (this process's or another's) are kept in the
-local mirror until they end, which is what makes step 1 work across
-processes after a locked client's first request.  Denials the app makes
+local mirror for ``MIRROR_SECONDS``, which is what makes step 1 work across
+processes after a locked client's first request (and a lockout ended
+elsewhere end here within that time).  Denials the app makes
 itself with ``deny_request()`` are not counted: the probe runs before the app.
 """
 
@@ -29,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from .events import ALLOWED, DENIED, WOULD_DENY, app_event
+from .events import DENIED, app_event
 from .model import Verdict
 from .settings import Settings
 from .state import (
@@ -50,6 +51,8 @@ DETECTED = "detected"
 #: how long a lockout learnt from the store is trusted here without asking again: a
 #: locked client's flood costs one probe per this many seconds, not one per request
 MIRROR_SECONDS = 1.0
+#: what a client without an address is called (a Unix socket, an empty REMOTE_ADDR)
+_NO_ADDRESS = frozenset({"unknown", ""})
 #: local lockout mirror entries kept at most (beyond it the oldest are dropped:
 #: the store still has them, so a dropped one comes back on the client's next probe)
 _MAX_MIRRORED = 65536
@@ -58,7 +61,7 @@ _MAX_MIRRORED = 65536
 class Guard:
     """Lockouts, revocations and detectors around the ``Gate``'s verdicts.
 
-    ``deny(reason, verdict, report)`` is the Gate's way of building a denial
+    ``deny(reason, verdict, report, retry_after)`` is the Gate's way of building a denial
     (report-only or not, the token kept when the request goes on), passed in
     so that this module needs nothing of the Gate.
     """
@@ -109,7 +112,7 @@ class Guard:
         now = time.time()
         trusted_until, until = known
         if trusted_until <= now:  # ask the store again (it may have ended meanwhile)
-            del mirror[client_ip]
+            mirror.pop(client_ip, None)  # another thread may have done so already
             return None
         if not self.enforce_lockout:
             return None  # report-only: the token work goes on, after() reports it
@@ -150,6 +153,8 @@ class Guard:
 
     def _probe(self, verdict: Verdict, client_ip: str | None) -> Probe | None:
         """What the store needs to know of this request; ``None``: nothing to ask."""
+        if client_ip in _NO_ADDRESS:  # every such client would share one count and lock
+            client_ip = None
         token = verdict.token
         base = verdict.event_base
         subject = base.get("subject")  # only ever from a token whose signature verified
@@ -194,24 +199,26 @@ class Guard:
             self._mirror(probe.client_ip, answer.ip_locked_until, now)
         ends = [u for u in (answer.ip_locked_until, answer.subject_locked_until) if u]
         until = max(ends, default=0.0)
-        if until > now:
-            if self.enforce_lockout:
-                return self._locked_out(verdict, until, now)
-            if verdict.reason is None:  # report-only lockout: say what would have happened
-                return self._deny("locked_out", verdict, True, _seconds_left(until, now))
-            return verdict
-        if answer.revoked and verdict.reason is None:
+        locked = until > now
+        if locked and self.enforce_lockout:
+            return self._locked_out(verdict, until, now)
+        if answer.revoked and verdict.allow:
+            # also over a report-only denial (scopes, lockout, mode): a revoked
+            # token is refused where revocation enforces, and never attached
             return self._deny("revoked", verdict, self.report_revocation, None)
+        if locked and verdict.reason is None:  # report-only lockout: what would have happened
+            return self._deny("locked_out", verdict, True, _seconds_left(until, now))
         return verdict
 
     def _mirror(self, client_ip: str, until: float, now: float) -> None:
         """Remember a lockout of ``client_ip`` here for a moment, for ``locked()``."""
-        mirror = self.mirror
+        mirror = self.mirror  # shared by request threads: pop(), never del, and snapshots
         if len(mirror) >= _MAX_MIRRORED and client_ip not in mirror:
-            for key in [k for k, (trusted, _) in mirror.items() if trusted <= now]:
-                del mirror[key]
-            while len(mirror) >= _MAX_MIRRORED:
-                del mirror[next(iter(mirror))]
+            for key, (trusted, _) in list(mirror.items()):
+                if trusted <= now:
+                    mirror.pop(key, None)
+            for key in list(mirror)[: max(0, len(mirror) - _MAX_MIRRORED + 1)]:
+                mirror.pop(key, None)
         mirror[client_ip] = (min(until, now + MIRROR_SECONDS), until)
 
     def _locked_out(self, verdict: Verdict | None, until: float, now: float) -> Verdict:
@@ -251,4 +258,4 @@ def _seconds_left(until: float, now: float) -> int:
 
 _NO_VERDICT = Verdict(False, DENIED)  # a lockout before any token work: no identity
 
-__all__ = ["ALERT", "ALLOWED", "DETECTED", "WOULD_DENY", "Guard"]
+__all__ = ["ALERT", "DETECTED", "Guard"]

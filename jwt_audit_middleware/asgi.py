@@ -387,10 +387,11 @@ class JWTAuditMiddleware:
 
     def _lifespan_send(self, send: Send) -> Send:
         async def lifespan_send(message: Message) -> None:
-            await send(message)
             if message["type"] == "lifespan.shutdown.complete":
+                # before saying so: the server may tear the loop down right after
                 await self._gate.aclose()  # this loop's connections (a store in Redis)
                 self.close()
+            await send(message)
 
         return lifespan_send
 

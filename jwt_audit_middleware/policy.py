@@ -116,7 +116,12 @@ class _MethodPrefixes:
 
 
 def _rule_method(method: str) -> str:
-    """The method a rule names for ``method``: ``HEAD`` is answered as ``GET``."""
+    """The method a rule names for ``method``: ``HEAD`` is answered as ``GET``.
+
+    Upper-cased: a server may pass ``post`` on as sent, and Flask and Django
+    upper-case it before routing, so ``post`` reaches the ``POST`` view.
+    """
+    method = method.upper()
     return "GET" if method == "HEAD" else method
 
 
@@ -137,9 +142,10 @@ class PathPolicy:
         self._optional = _MethodPrefixes(tuple(settings.optional_paths))
         rules = []
         for key, scopes in settings.path_scopes.items():
-            method, _, prefix = key.rpartition(" ")  # "GET /orders" or "/orders"
+            # "/orders", "/my docs" or "GET /orders" (settings left one space after a method)
+            method, prefix = (None, key) if key.startswith("/") else key.split(" ", 1)
             stripped = prefix.rstrip("/")
-            rules.append((method or None, stripped, stripped + "/", tuple(scopes)))
+            rules.append((method, stripped, stripped + "/", tuple(scopes)))
         # the longest prefix first; at the same length a method's own rule first.
         # (method, exact path, prefix + "/", scopes); "/" has an empty prefix: every path
         rules.sort(key=lambda rule: (-len(rule[1]), rule[0] is None))
@@ -203,7 +209,7 @@ class Gate:
         self._leeway = settings.leeway_seconds
         self._log_claims = tuple(settings.log_claims)
         self._challenges = {reason: self._challenge(reason, ()) for reason in REASONS}
-        self._denials: dict[tuple[str, str, str], Verdict] = {}
+        self._denials: dict[tuple[str, str, str, bool], Verdict] = {}
         self._exempt = Verdict(True, ALLOWED, path_kind=EXEMPT)
         self._anonymous = Verdict(True, ALLOWED, path_kind=OPTIONAL)
         #: the verdict of a CORS preflight let through (``pass_cors_preflight``), if on
@@ -433,15 +439,14 @@ class Gate:
         if report is None:
             report = self.report_only
         shareable = (
-            not report
-            and token is None
+            token is None
             and fingerprint is None
             and refresh_keys is None
             and denied.claims is None
             and denied.alg is None
             and not denied.required_scopes
         )
-        key = (denied.reason, denied.detail, kind)
+        key = (denied.reason, denied.detail, kind, report)
         if shareable and key in self._denials:
             return self._denials[key]
         verdict = self._denial(denied, fingerprint, kind, token, refresh_keys, pending, report)

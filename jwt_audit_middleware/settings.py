@@ -89,6 +89,8 @@ def _optional_strings(option: str, value: object) -> tuple[str, ...] | None:
 
 
 _METHOD_RULE = re.compile(r"([A-Za-z]+) +(/.*)")
+#: the password of a URL's userinfo (``redis://:pw@host``), hidden by ``repr()``
+_URL_PASSWORD = re.compile(r"//([^/@:]*:)[^/@]*@")
 
 
 def _paths(option: str, value: object) -> tuple[str, ...]:
@@ -97,7 +99,10 @@ def _paths(option: str, value: object) -> tuple[str, ...]:
     for given in _strings(option, value):
         method_rule = _METHOD_RULE.fullmatch(given)
         if method_rule is not None:  # "get  /docs" is kept as "GET /docs"
-            rules.append(f"{method_rule[1].upper()} {method_rule[2]}")
+            method = method_rule[1].upper()
+            if method == "HEAD":  # it would never match: HEAD is decided by GET's rules
+                raise _fail(option, f"HEAD follows the GET rules: write 'GET {method_rule[2]}'")
+            rules.append(f"{method} {method_rule[2]}")
         elif given.startswith("/"):
             rules.append(given)
         else:
@@ -557,6 +562,12 @@ class Settings:
         if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
             raise _fail("state_url", "expected redis://host:port/db, rediss://... or unix://...")
         _import_extra("state_url", "redis", "redis")
+        from redis.connection import parse_url  # noqa: PLC0415 - optional extra
+
+        try:
+            parse_url(url)  # type: ignore[no-untyped-call]
+        except ValueError as exc:  # redis-py's message never holds the password
+            raise _fail("state_url", f"not a usable Redis URL ({exc})") from None
         return url
 
     def _request_id_header(self) -> str | None:
@@ -587,6 +598,8 @@ class Settings:
                 continue
             if f.name in _SECRET_OPTIONS:
                 value = "<redacted>"
+            elif f.name in ("state_url", "jwks_url"):
+                value = _URL_PASSWORD.sub(r"//\1***@", value)
             shown.append(f"{f.name}={value!r}")
         return f"Settings({', '.join(shown)})"
 
