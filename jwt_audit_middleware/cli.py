@@ -1,4 +1,4 @@
-"""The ``jwt-audit`` command line: demo, report, explain, keygen, token.
+"""The ``jwt-audit`` command line: demo, report, explain, keygen, token, and the rest.
 
 ``jwt-audit demo`` runs a small app wrapped in the middleware, in-process,
 sends it good and bad requests, prints the audit events as JSON lines, stores
@@ -6,7 +6,10 @@ them in an embedded SQLite file and ends with the report: the whole job in one
 command.  ``jwt-audit report`` summarises a SQL store or JSON-lines files;
 ``jwt-audit explain`` says why a token would be allowed or denied (and never
 prints or logs the token); ``jwt-audit keygen`` and ``jwt-audit token`` make
-test keys and test tokens (``testing``).
+test keys and test tokens (``testing``); ``verify-log`` checks a hash-chained
+trail (``verify_log``); ``revoke``, ``revocations`` and ``lockouts`` work on the
+shared state store (``state_cli``); ``ingest`` loads JSON lines into SQL
+(``ingest``).
 """
 
 from __future__ import annotations
@@ -396,8 +399,20 @@ def report(args: argparse.Namespace, out: TextIO) -> int:
 
 #: What ``--help`` says of the command and each of its subcommands: plain text.
 _DESCRIPTIONS = {
-    "jwt-audit": "The command line of jwt_audit_middleware: demo, report, explain, and test"
-    " keys and tokens (keygen, token).",
+    "jwt-audit": "The command line of jwt_audit_middleware: demo, report, explain; test keys"
+    " and tokens (keygen, token); verify-log for a hash-chained trail; revoke, revocations"
+    " and lockouts on the shared state store; ingest to load JSON lines into SQL.",
+    "verify-log": "Check the hash chains of a trail written with chain=True: report the first"
+    " edited, deleted, inserted or reordered record of each stream and the streams never"
+    " closed, and print each stream's head hash to keep elsewhere.  Exit status 0 intact,"
+    " 1 tampered, 2 usage or read error.",
+    "revoke": "Add to the revocation list of the shared state store (state_url): a token by"
+    " its jti, or every token of a subject issued before now.",
+    "revocations": "List the revocations in force in the shared state store.",
+    "lockouts": "List the lockouts in force in the shared state store, or end them.",
+    "ingest": "Load JSON-lines audit files (and their rotated siblings) into the SQL table,"
+    " each line exactly once: a batch and its file position commit together, so a killed"
+    " ingester restarts where it stopped.  --follow keeps going until SIGINT or SIGTERM.",
     "demo": "Run a small app wrapped in the middleware, in-process; send it good and bad"
     " requests; print the audit events as JSON lines, store them in a SQLite file and"
     " end with their report.",
@@ -491,23 +506,38 @@ def _parser() -> argparse.ArgumentParser:
     _testing.add_token_arguments(token_)
 
     verify_ = commands.add_parser(
-        "verify-log", help="check the hash chains of a trail (chain=True): 0 intact, 1 tampered"
+        "verify-log",
+        help="check the hash chains of a trail (chain=True): 0 intact, 1 tampered",
+        description=_DESCRIPTIONS["verify-log"],
     )
     _verify_log.add_arguments(verify_)
 
     _state_cli.add_revoke_arguments(
-        commands.add_parser("revoke", help="revoke a token (--jti) or a subject's tokens")
+        commands.add_parser(
+            "revoke",
+            help="revoke a token (--jti) or a subject's tokens",
+            description=_DESCRIPTIONS["revoke"],
+        )
     )
     _state_cli.add_revocations_arguments(
-        commands.add_parser("revocations", help="list the revocations in force")
+        commands.add_parser(
+            "revocations",
+            help="list the revocations in force",
+            description=_DESCRIPTIONS["revocations"],
+        )
     )
     _state_cli.add_lockouts_arguments(
-        commands.add_parser("lockouts", help="list lockouts in force, or end them")
+        commands.add_parser(
+            "lockouts",
+            help="list lockouts in force, or end them",
+            description=_DESCRIPTIONS["lockouts"],
+        )
     )
 
     ingest_ = commands.add_parser(
         "ingest",
         help="load JSON-lines audit files into the SQL table, each line once (restartable)",
+        description=_DESCRIPTIONS["ingest"],
     )
     ingest_.add_argument(
         "--file", action="append", required=True, help="the live JSON-lines file (repeatable)"

@@ -370,7 +370,8 @@ This is a test tool: in production an identity provider issues the tokens.
 example:
   jwt-audit keygen
   TOKEN=$(jwt-audit token --private-key-file private.pem --sub alice \\
-          --scope orders:read --aud orders-api --expires-in 15m)
+          --scope orders:read --iss https://idp.example.com/ --aud orders-api \\
+          --expires-in 15m)
   curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:8000/orders
 """
 
@@ -408,7 +409,7 @@ def add_token_arguments(parser: argparse.ArgumentParser) -> None:
         "--expires-in",
         default="15m",
         help="lifetime: 15m, 2h, 1d, 300 (seconds); -5m mints an expired one;"
-        " never leaves out exp (default 15m)",
+        " 'never': a token without exp (default 15m)",
     )
     parser.add_argument("--kid", help="key id header, as the JWKS names the key")
 
@@ -498,7 +499,10 @@ def keygen_command(args: argparse.Namespace, out: TextIO) -> int:
         return 0
     for path in (args.private_key_file, args.public_key_file):
         if os.path.lexists(path):
-            raise FileExistsError(f"{path} exists: not overwritten (remove it or pick another)")
+            raise FileExistsError(
+                f"{path} exists: not overwritten (remove it, or name other files with"
+                " --private-key-file / --public-key-file)"
+            )
     key = SigningKey.generate(args.alg)
     key.save_private_pem(args.private_key_file)
     with open(args.public_key_file, "x", encoding="ascii") as handle:
