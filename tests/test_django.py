@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -153,22 +154,36 @@ def test_valid_token_sets_request_attributes(events: CapturedEvents) -> None:
 @pytest.mark.parametrize(
     ("label", "headers", "status", "reason", "challenge"),
     [
-        ("missing", {}, 401, "missing_token", 'Bearer realm="api"'),
-        ("expired", auth(good(exp=1)), 401, "expired", 'error="invalid_token"'),
-        ("forged", auth(OTHER.token(aud=AUDIENCE)), 401, "bad_signature", 'error="invalid_token"'),
-        ("audience", auth(KEY.token(aud="billing")), 401, "invalid_audience", "invalid_token"),
-        ("basic", {"Authorization": "Basic YTpi"}, 401, "unsupported_scheme", "realm"),
+        # tokens are minted when the test runs: minted at collection, a valid-looking
+        # one expired before a slow run reached it (exp is checked before aud)
+        ("missing", dict, 401, "missing_token", 'Bearer realm="api"'),
+        ("expired", lambda: auth(good(exp=1)), 401, "expired", 'error="invalid_token"'),
+        (
+            "forged",
+            lambda: auth(OTHER.token(aud=AUDIENCE)),
+            401,
+            "bad_signature",
+            'error="invalid_token"',
+        ),
+        (
+            "audience",
+            lambda: auth(KEY.token(aud="billing")),
+            401,
+            "invalid_audience",
+            "invalid_token",
+        ),
+        ("basic", lambda: {"Authorization": "Basic YTpi"}, 401, "unsupported_scheme", "realm"),
     ],
 )
 def test_denials_answer_with_the_challenge(
     label: str,
-    headers: dict[str, str],
+    headers: Callable[[], dict[str, str]],
     status: int,
     reason: str,
     challenge: str,
     events: CapturedEvents,
 ) -> None:
-    response = Client().get("/me/", headers=headers)
+    response = Client().get("/me/", headers=headers())
     assert response.status_code == status
     assert challenge in response.headers["WWW-Authenticate"]
     assert response.headers["Cache-Control"] == "no-store"
