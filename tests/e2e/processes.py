@@ -20,6 +20,22 @@ def free_port() -> int:
         return port
 
 
+def start_server(
+    argv: list[str], output: Path, *, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """A server process in its own session (its workers go with it), output to ``output``."""
+    with output.open("wb") as sink:
+        return subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> int | None:
     """SIGTERM, as a supervisor stops a server; its exit status, None if it had to be killed.
 

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-from processes import free_port, stop_process, wait_serving
+from processes import free_port, start_server, stop_process, wait_serving
 
 from jwt_audit_middleware.testing import SigningKey
 
@@ -247,7 +247,7 @@ def alerted(client_ip: str, server: Server) -> bool:
     return bool(server.alerts(client_ip))
 
 
-def start_server(name: str, kind: str, tmp: Path, redis_url: str) -> Server:
+def serve_app(name: str, kind: str, tmp: Path, redis_url: str) -> Server:
     port = free_port()
     if kind == "uvicorn":
         argv = [
@@ -277,16 +277,7 @@ def start_server(name: str, kind: str, tmp: Path, redis_url: str) -> Server:
         ),
     )
     output = tmp / f"{name}.out"
-    with output.open("wb") as sink:
-        process = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = start_server(argv, output, env=env, cwd=ROOT)
     server = Server(name, process, f"http://127.0.0.1:{port}", tmp / f"{name}.jsonl", output)
     try:
         wait_serving(name, server.url + "/health", process, output, START_TIMEOUT)
@@ -301,9 +292,9 @@ def servers(
     redis_server: PrivateRedis, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Server, Server]]:
     tmp = tmp_path_factory.mktemp("abuse-servers")
-    a = start_server("A-uvicorn", "uvicorn", tmp, redis_server.url)
+    a = serve_app("A-uvicorn", "uvicorn", tmp, redis_server.url)
     try:
-        b = start_server("B-gunicorn", "gunicorn", tmp, redis_server.url)
+        b = serve_app("B-gunicorn", "gunicorn", tmp, redis_server.url)
     except BaseException:
         stop_process(a.process)
         raise

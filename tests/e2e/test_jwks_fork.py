@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 from jwks_server import JWKSServer
-from processes import free_port, stop_process
+from processes import free_port, start_server, stop_process
 
 from jwt_audit_middleware.testing import SigningKey, jwks_document
 
@@ -100,15 +99,7 @@ def gunicorn(tmp_path: Path, idp: JWKSServer) -> Iterator[str]:
         "--bind", f"127.0.0.1:{port}", "--chdir", str(tmp_path), "--graceful-timeout", "2",
         "--log-level", "warning",
     ]  # fmt: skip
-    with output.open("wb") as sink:
-        process = subprocess.Popen(
-            argv,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: the workers go with it
-        )
+    process = start_server(argv, output, env=env)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

@@ -14,7 +14,6 @@ import os
 import re
 import secrets
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from pathlib import Path
 import httpx
 import jwt
 import pytest
-from processes import free_port, stop_process
+from processes import free_port, start_server, stop_process
 
 pytestmark = [
     pytest.mark.e2e,
@@ -98,15 +97,7 @@ def gunicorn(tmp_path: Path, secret: str) -> Iterator[tuple[str, Path]]:
         "--bind", f"127.0.0.1:{port}", "--chdir", str(tmp_path), "--graceful-timeout", "2",
         "--log-level", "warning",
     ]  # fmt: skip
-    with output.open("wb") as sink:
-        process = subprocess.Popen(
-            argv,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: the workers go with it
-        )
+    process = start_server(argv, output, env=env)
     try:
         yield f"http://127.0.0.1:{port}", directory
     finally:
