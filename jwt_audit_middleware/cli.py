@@ -119,18 +119,27 @@ def _safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def _demo_requests(out: TextIO) -> None:
-    """Send the demo's requests; print each event and a summary table."""
-    issuer, audience = "https://idp.example.test/", "orders-api"
+#: The demo's issuer and audience: the README's quick starts use the same.
+_DEMO_ISSUER, _DEMO_AUDIENCE = "https://idp.example.com/", "orders-api"
+
+
+def _demo_middleware(**options: Any) -> tuple[JWTAuditMiddleware, SigningKey, SigningKey]:
+    """The demo app in the middleware, its signing key and a forger's key with the same kid."""
     key = SigningKey.generate("RS256", kid="demo-key")
     forger = SigningKey.generate("RS256", kid="demo-key")
     app = JWTAuditMiddleware(
         _demo_app,
-        **key.options(issuer=issuer, audience=audience),
+        **key.options(issuer=_DEMO_ISSUER, audience=_DEMO_AUDIENCE),
         exempt_paths=["/health"],
-        path_scopes={"/admin": ["admin"]},
-        log_claims=["scope"],
+        **options,
     )
+    return app, key, forger
+
+
+def _demo_requests(out: TextIO) -> None:
+    """Send the demo's requests; print each event and a summary table."""
+    issuer, audience = _DEMO_ISSUER, _DEMO_AUDIENCE
+    app, key, forger = _demo_middleware(path_scopes={"/admin": ["admin"]}, log_claims=["scope"])
     good = {"iss": issuer, "aud": audience, "scope": "orders:read"}
     requests = [
         ("valid token", "/orders", "Bearer " + key.token(good, sub="alice")),
@@ -173,16 +182,8 @@ _DEMO_ATTACKER, _DEMO_USER = "198.51.100.66", "203.0.113.7"
 
 def _demo_abuse(out: TextIO) -> None:
     """The abuse demo: a burst of forged tokens, its alert, the lockout, a revocation."""
-    issuer, audience = "https://idp.example.test/", "orders-api"
-    key = SigningKey.generate("RS256", kid="demo-key")
-    forger = SigningKey.generate("RS256", kid="demo-key")
-    app = JWTAuditMiddleware(
-        _demo_app,
-        **key.options(issuer=issuer, audience=audience),
-        exempt_paths=["/health"],
-        abuse_detection=_DEMO_ABUSE,
-    )
-    claims = {"iss": issuer, "aud": audience}
+    app, key, forger = _demo_middleware(abuse_detection=_DEMO_ABUSE)
+    claims = {"iss": _DEMO_ISSUER, "aud": _DEMO_AUDIENCE}
     alice = key.token(claims, sub="alice", jti="demo-alice-1")
     formatter = JSONFormatter()
     rows: list[tuple[str, str, int, str]] = []
