@@ -930,7 +930,7 @@ def _render_hours(report: Report, out: TextIO, width: int) -> None:
     if not rows:
         return
     peak = max(total for _, total, _ in rows) or 1
-    out.write(f"\nEvents per {_bucket_name(size)} (UTC)   {'█'} allowed  {'░'} refused\n")
+    out.write(f"\nEvents per {_bucket_name(size)} (UTC)   {'█'} events  {'░'} of them refused\n")
     if report.events_before_histogram:
         out.write(f"  ({report.events_before_histogram} events in earlier hours not drawn)\n")
     for label, total, refused in rows:

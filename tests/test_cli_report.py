@@ -847,7 +847,7 @@ def test_the_histogram_widens_its_buckets_for_long_spans(days: int, title: str, 
     out = io.StringIO()
     render(report, out)
     lines = out.getvalue().splitlines()
-    assert f"Events per {title} (UTC)   █ allowed  ░ refused" in lines
+    assert f"Events per {title} (UTC)   █ events  ░ of them refused" in lines
     bars = [line for line in lines if "░" in line and "refused)" in line]
     assert len(bars) == rows
     assert sum(int(line.split()[-3]) for line in bars) == days * 24
