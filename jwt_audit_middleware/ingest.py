@@ -44,6 +44,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from .chain import CLOSING_EVENT
+from .report import database_error
 from .schema import DEFAULT_TABLE, event_tables
 from .sinks.sql import ROW_COLUMNS, create_audit_engine, ensure_schema, event_row
 
@@ -493,6 +494,9 @@ def main(args: Any, out: TextIO) -> int:
             stop=stop,
             out=sys.stderr if sys.stderr.isatty() else None,
         )
+    except sa.exc.SQLAlchemyError as exc:  # down, refused, no such database: one line
+        source = sa.engine.make_url(args.db).render_as_string(hide_password=True)
+        raise OSError(f"{source}: {database_error(exc)}") from None
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

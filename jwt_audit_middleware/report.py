@@ -635,7 +635,7 @@ def report_from_database(
     try:
         engine = create_audit_engine(parsed)
     except sa.exc.SQLAlchemyError as exc:
-        raise ValueError(f"{shown(source)}: {_database_error(exc)}") from None
+        raise ValueError(f"{shown(source)}: {database_error(exc)}") from None
     try:
         source = engine.url.render_as_string(hide_password=True)
         with engine.connect() as db:
@@ -643,7 +643,7 @@ def report_from_database(
             report = Report(source=source, since=_iso(since))
             return _count_rows(db, events, since, limit, report)
     except sa.exc.SQLAlchemyError as exc:
-        raise ValueError(f"{shown(source)}: cannot read it: {_database_error(exc)}") from None
+        raise ValueError(f"{shown(source)}: cannot read it: {database_error(exc)}") from None
     finally:
         engine.dispose()
 
@@ -667,7 +667,7 @@ def _database_url(url: str) -> Any:
     return parsed
 
 
-def _database_error(exc: Exception) -> str:
+def database_error(exc: Exception) -> str:
     """The first line of the driver's message (not SQLAlchemy's statement and link)."""
     cause = getattr(exc, "orig", None) or exc
     lines = str(cause).strip().splitlines()

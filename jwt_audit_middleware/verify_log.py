@@ -439,7 +439,7 @@ def check_database(url: str, table: str | None, key: ChainKey | None, progress: 
     """Check a ``SQLAuditHandler`` table, its rows by ``id``, read as a stream."""
     import sqlalchemy as sa  # noqa: PLC0415 - only the SQL check needs it
 
-    from .report import _database_error, _database_url, shown  # noqa: PLC0415
+    from .report import _database_url, database_error, shown  # noqa: PLC0415
     from .schema import CHAIN_COLUMNS, DEFAULT_TABLE, event_tables  # noqa: PLC0415
     from .sinks.sql import create_audit_engine  # noqa: PLC0415
 
@@ -449,7 +449,7 @@ def check_database(url: str, table: str | None, key: ChainKey | None, progress: 
     try:
         engine = create_audit_engine(parsed)
     except sa.exc.SQLAlchemyError as exc:
-        raise ValueError(f"{shown(url)}: {_database_error(exc)}") from None
+        raise ValueError(f"{shown(url)}: {database_error(exc)}") from None
     source = engine.url.render_as_string(hide_password=True)
     try:
         inspector = sa.inspect(engine)
@@ -482,7 +482,7 @@ def check_database(url: str, table: str | None, key: ChainKey | None, progress: 
         progress.done()
         return result
     except sa.exc.SQLAlchemyError as exc:
-        raise ValueError(f"{shown(source)}: cannot read it: {_database_error(exc)}") from None
+        raise ValueError(f"{shown(source)}: cannot read it: {database_error(exc)}") from None
     finally:
         engine.dispose()
 

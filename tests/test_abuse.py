@@ -302,3 +302,20 @@ def test_flask_through_the_wsgi_middleware_is_locked_out(
     assert locked.status_code == 429
     assert locked.headers["Retry-After"] == "60"
     assert len(alerts(events)) == 1
+
+
+async def test_a_store_that_breaks_fails_closed_as_internal_error(
+    rsa_key: SigningKey, events: CapturedEvents, caplog: pytest.LogCaptureFixture
+) -> None:
+    target = app(rsa_key, abuse_detection=True)
+    store = target.state
+    assert store is not None
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug in the store")
+
+    store.probe = broken  # type: ignore[method-assign]
+    response = await call(target, rsa_key.token(sub="kim"))
+    assert response.status == 500  # a bug of ours never lets a request through
+    assert requests_of(events)[-1]["reason"] == "internal_error"
+    assert "a bug in the store" in caplog.text  # with its traceback, on jwt_audit.internal

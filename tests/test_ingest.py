@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -262,3 +263,32 @@ def test_command_line_errors_are_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "--batch 0" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_database_that_is_down_is_one_line_without_the_password(tmp_path: Path) -> None:
+    live = tmp_path / "audit.jsonl"
+    write_lines(live, 0, 3)
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jwt_audit_middleware.cli",
+            "ingest",
+            "--file",
+            str(live),
+            "--db",
+            f"postgresql+psycopg://audit:hunter2@127.0.0.1:{port}/audit",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert f"127.0.0.1:{port}" in result.stderr
+    assert "hunter2" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
