@@ -122,12 +122,17 @@ class Guard:
 
     def after(self, verdict: Verdict, client_ip: str | None) -> Verdict:
         """Probe the store for ``verdict`` (settled otherwise); apply the answer."""
-        probe = self._probe(verdict, client_ip)
-        if probe is None:
+        if not self._asks(verdict):
             return verdict
-        if self.store_blocks:
+        if self.store_blocks:  # the probe is built where it runs, in settle_*()
             return replace(verdict, pending_state=True)
+        probe = self._probe(verdict, client_ip)
+        assert probe is not None  # _asks() said so
         return self.apply(verdict, self.store.probe(probe, self.thresholds), probe)
+
+    def _asks(self, verdict: Verdict) -> bool:
+        """Whether the store has anything to say: detection counts, or a token to look up."""
+        return self.counting or verdict.token is not None
 
     def settle_sync(self, verdict: Verdict, client_ip: str | None) -> Verdict:
         """``after()``'s probe in this thread (a store in Redis: one round trip)."""
@@ -168,7 +173,7 @@ class Guard:
             jti = base.get("token_id")
             issued_at = None
             fingerprint = verdict.fingerprint if subject is not None else None
-        if not self.counting and token is None:
+        if not self._asks(verdict):
             return None  # only the revocation list to ask, and no token to ask about
         denial = verdict.reason
         return Probe(
