@@ -139,22 +139,21 @@ def test_asgi_event_carries_the_server_spans_ids(
     assert_no_token(span, token)
 
 
-@pytest.mark.parametrize("build", [fastapi_app, starlette_app], ids=["fastapi", "starlette"])
-def test_asgi_denial_carries_the_server_spans_ids(
-    build: Any,
-    rsa_key: SigningKey,
-    provider: TracerProvider,
-    exporter: InMemorySpanExporter,
-    events: CapturedEvents,
-) -> None:
-    app = build(rsa_key, provider)
-    expired = rsa_key.token(expires_in=-600)
-    assert asyncio.run(get(app, "/orders", f"Bearer {expired}")) == 401
-    assert_correlated(events.only(), server_span(exporter))
+def assert_denial_span(span: Any, token: str) -> None:
+    """The server span of a request denied ``expired``: attributes, the span event, no token."""
+    assert span.attributes is not None
+    assert span.attributes["jwt_audit.outcome"] == "denied"
+    assert span.attributes["jwt_audit.reason"] == "expired"
+    assert span.attributes["jwt_audit.subject"] == "alice"  # verified, then expired
+    (denial,) = [e for e in span.events if e.name == telemetry.DENIAL_EVENT]
+    assert denial.attributes is not None
+    assert denial.attributes["jwt_audit.reason"] == "expired"
+    assert denial.attributes["http.response.status_code"] == 401
+    assert_no_token(span, token)
 
 
 @pytest.mark.parametrize("build", [fastapi_app, starlette_app], ids=["fastapi", "starlette"])
-def test_asgi_denial_sets_the_reason_and_a_span_event(
+def test_asgi_denial_carries_the_server_spans_ids_reason_and_span_event(
     build: Any,
     rsa_key: SigningKey,
     provider: TracerProvider,
@@ -165,15 +164,8 @@ def test_asgi_denial_sets_the_reason_and_a_span_event(
     expired = rsa_key.token(expires_in=-600)
     assert asyncio.run(get(app, "/orders", f"Bearer {expired}")) == 401
     span = server_span(exporter)
-    assert span.attributes is not None
-    assert span.attributes["jwt_audit.outcome"] == "denied"
-    assert span.attributes["jwt_audit.reason"] == "expired"
-    assert span.attributes["jwt_audit.subject"] == "alice"  # verified, then expired
-    (denial,) = [e for e in span.events if e.name == telemetry.DENIAL_EVENT]
-    assert denial.attributes is not None
-    assert denial.attributes["jwt_audit.reason"] == "expired"
-    assert denial.attributes["http.response.status_code"] == 401
-    assert_no_token(span, expired)
+    assert_correlated(events.only(), span)
+    assert_denial_span(span, expired)
 
 
 def test_wsgi_denial_sets_the_reason_and_a_span_event(
@@ -189,14 +181,7 @@ def test_wsgi_denial_sets_the_reason_and_a_span_event(
     assert app.test_client().get("/orders", headers=headers, buffered=True).status_code == 401
     span = server_span(exporter)
     assert_correlated(events.only(), span)
-    assert span.attributes is not None
-    assert span.attributes["jwt_audit.outcome"] == "denied"
-    assert span.attributes["jwt_audit.reason"] == "expired"
-    assert span.attributes["jwt_audit.subject"] == "alice"
-    (denial,) = [e for e in span.events if e.name == telemetry.DENIAL_EVENT]
-    assert denial.attributes is not None
-    assert denial.attributes["http.response.status_code"] == 401
-    assert_no_token(span, expired)
+    assert_denial_span(span, expired)
 
 
 def test_two_requests_two_traces(
